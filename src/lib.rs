@@ -1,0 +1,34 @@
+//! biblioteca: a library's loans across machines.
+//!
+//! Clients send `prestamo`, `devolucion`, `renovacion` and `consulta` requests
+//! over ZeroMQ to the load manager (`biblioteca-carga`), which publishes write
+//! operations to actor processes (`biblioteca-actor`); actors and the load
+//! manager talk to the storage manager (`biblioteca-almacenamiento`), the only
+//! process that touches PostgreSQL.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: every message on every socket, parsing and validation.
+//! - [`config`]: TOML configuration of each service (`parse` / `parse_reader`).
+//! - [`shutdown`]: the stop/reload flags handed to every `run` function, and
+//!   the signal loop that drives them.
+//! - [`logging`], [`notify`]: tracing setup (journald or stderr) and sd-notify.
+//! - [`net`]: small ZeroMQ helpers shared by every socket thread.
+//! - [`storage`]: the storage manager (ROUTER front-end, pooled workers, SQL).
+//! - [`carga`]: the load manager (client front-end, PUB to actors, outcomes).
+//! - [`actor`]: an actor serving one operation.
+//! - [`client`]: the requesting side (single requests, files, retries).
+//! - [`cluster`]: creating and driving local PostgreSQL primary/standby pairs
+//!   (used by the demo and the tests).
+
+pub mod actor;
+pub mod carga;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod logging;
+pub mod net;
+pub mod notify;
+pub mod protocol;
+pub mod shutdown;
+pub mod storage;
