@@ -82,7 +82,8 @@ fn invalid(msg: impl Into<String>) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid(msg.into()))
 }
 
-fn check_endpoint(name: &str, ep: &str) -> Result<(), ConfigError> {
+/// Whether `ep` looks like a ZeroMQ endpoint; `name` is the key in errors.
+pub fn check_endpoint(name: &str, ep: &str) -> Result<(), ConfigError> {
     let ok = ["tcp://", "ipc://", "inproc://"]
         .iter()
         .any(|p| ep.starts_with(p) && ep.len() > p.len());

@@ -20,15 +20,27 @@
 //! - [`client`]: the requesting side (single requests, files, retries).
 //! - [`cluster`]: creating and driving local PostgreSQL primary/standby pairs
 //!   (used by the demo and the tests).
+//! - [`stack`]: the whole service stack on one host with generated configs
+//!   (the demo and the end-to-end tests start the system through it).
+//! - [`demo`]: `biblioteca-demo`: a local cluster, every service, and the
+//!   guide's scenario narrated step by step.
+//! - [`failover`]: `biblioteca-failover`: status, promote, rejoin and
+//!   switchover of the PostgreSQL nodes, re-pointing the storage manager.
+//! - [`launch`]: starting service binaries as child processes with their own
+//!   sd-notify socket (used by the demo and the tests).
 
 pub mod actor;
 pub mod carga;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod failover;
+pub mod launch;
 pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod protocol;
 pub mod shutdown;
+pub mod stack;
 pub mod storage;

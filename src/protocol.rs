@@ -86,6 +86,9 @@ pub enum CodigoError {
     AlmacenamientoNoDisponible,
     /// Too much load: the request was not accepted; retrying later is safe.
     ServicioOcupado,
+    /// `resultado` lookup: no outcome is stored under that id (the request
+    /// was never applied, or is still in flight).
+    SolicitudDesconocida,
 }
 
 impl CodigoError {
@@ -100,6 +103,7 @@ impl CodigoError {
             CodigoError::ServicioNoDisponible => "ServicioNoDisponible",
             CodigoError::AlmacenamientoNoDisponible => "AlmacenamientoNoDisponible",
             CodigoError::ServicioOcupado => "ServicioOcupado",
+            CodigoError::SolicitudDesconocida => "SolicitudDesconocida",
         }
     }
 
@@ -111,6 +115,7 @@ impl CodigoError {
             CodigoError::ServicioNoDisponible
                 | CodigoError::AlmacenamientoNoDisponible
                 | CodigoError::ServicioOcupado
+                | CodigoError::SolicitudDesconocida
         )
     }
 }

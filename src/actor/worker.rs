@@ -1,0 +1,317 @@
+//! The actor's poll loop over its SUB, storage DEALER and report PUSH.
+//!
+//! Nothing here blocks: sends use `DONTWAIT` (a full queue drops the message
+//! with a log line; the load manager re-publishes, and the id makes the
+//! retry safe), and the SUB is only read while fewer than `max_in_flight`
+//! requests are outstanding, so overload stays in bounded ZeroMQ queues.
+
+use std::time::{Duration, Instant};
+
+use super::pending::{Pendientes, MAX_ATTEMPTS};
+use super::ActorError;
+use crate::config::ActorConfig;
+use crate::net;
+use crate::notify;
+use crate::protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
+use crate::shutdown::Shutdown;
+
+const BATCH: usize = 256;
+const TICK: Duration = Duration::from_millis(100);
+/// Consecutive timeout rounds without any storage reply before the DEALER
+/// is replaced by a fresh one.
+const REPLACE_AFTER: u32 = 2;
+/// Reports queued towards a load manager that is down; beyond it they are
+/// dropped (stale heartbeats and outcomes are worthless after a restart).
+const REPORT_HWM: i32 = 1000;
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+
+pub(super) struct Actor {
+    ctx: zmq::Context,
+    cfg: ActorConfig,
+    name: String,
+    sub: zmq::Socket,
+    report: zmq::Socket,
+    storage: zmq::Socket,
+    pending: Pendientes,
+    timeout_rounds: u32,
+    next_heartbeat: Instant,
+}
+
+fn storage_socket(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, ActorError> {
+    let s = net::socket(ctx, zmq::DEALER)?;
+    // Notice a storage manager that vanished without closing TCP.
+    s.set_heartbeat_ivl(1000)?;
+    s.set_heartbeat_timeout(3000)?;
+    net::connect(&s, endpoint)?;
+    Ok(s)
+}
+
+fn ms_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_millis() as u64
+}
+
+impl Actor {
+    pub(super) fn open(
+        ctx: &zmq::Context,
+        cfg: ActorConfig,
+        name: String,
+    ) -> Result<Actor, ActorError> {
+        let sub = net::socket(ctx, zmq::SUB)?;
+        sub.set_subscribe(cfg.operacion.as_str().as_bytes())?;
+        net::connect(&sub, &cfg.subscribe)?;
+        let report = net::socket(ctx, zmq::PUSH)?;
+        report.set_sndhwm(REPORT_HWM)?;
+        net::connect(&report, &cfg.report)?;
+        let storage = storage_socket(ctx, &cfg.storage)?;
+        tracing::info!(
+            operacion = %cfg.operacion,
+            actor = name.as_str(),
+            subscribe = cfg.subscribe.as_str(),
+            report = cfg.report.as_str(),
+            storage = cfg.storage.as_str(),
+            "actor ready"
+        );
+        notify::ready(&format!("serving {} as {name}", cfg.operacion));
+        Ok(Actor {
+            ctx: ctx.clone(),
+            pending: Pendientes::new(Duration::from_millis(cfg.storage_timeout_ms)),
+            cfg,
+            name,
+            sub,
+            report,
+            storage,
+            timeout_rounds: 0,
+            next_heartbeat: Instant::now(),
+        })
+    }
+
+    pub(super) fn run(&mut self, shutdown: &Shutdown) -> Result<(), ActorError> {
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if drain_until.is_none() && shutdown.is_triggered() {
+                notify::stopping();
+                tracing::info!(
+                    pendientes = self.pending.len(),
+                    "stopping: waiting for outstanding storage replies"
+                );
+                let drain = Duration::from_millis(self.cfg.storage_timeout_ms).min(DRAIN_MAX);
+                drain_until = Some(now + drain);
+            }
+            if let Some(until) = drain_until {
+                if self.pending.is_empty() || now >= until {
+                    tracing::info!(abandoned = self.pending.len(), "actor stopped");
+                    return Ok(());
+                }
+            } else if now >= self.next_heartbeat {
+                self.heartbeat();
+                self.next_heartbeat = now + Duration::from_millis(self.cfg.heartbeat_ms);
+            }
+            let accept = drain_until.is_none() && self.pending.len() < self.cfg.max_in_flight;
+            let (store, published) = {
+                let mut items = vec![self.storage.as_poll_item(zmq::POLLIN)];
+                if accept {
+                    items.push(self.sub.as_poll_item(zmq::POLLIN));
+                }
+                match zmq::poll(&mut items, self.poll_timeout_ms(now, accept)) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                (
+                    items[0].is_readable(),
+                    items.get(1).is_some_and(|i| i.is_readable()),
+                )
+            };
+            if store {
+                for _ in 0..BATCH {
+                    let Some(frames) = net::try_recv(&self.storage)? else {
+                        break;
+                    };
+                    self.on_storage_reply(frames, Instant::now());
+                }
+            }
+            if published {
+                for _ in 0..BATCH {
+                    if self.pending.len() >= self.cfg.max_in_flight {
+                        break;
+                    }
+                    let Some(frames) = net::try_recv(&self.sub)? else {
+                        break;
+                    };
+                    self.on_publication(frames, Instant::now());
+                }
+            }
+            self.timeouts(Instant::now())?;
+        }
+    }
+
+    fn poll_timeout_ms(&self, now: Instant, accept: bool) -> i64 {
+        let mut due = (now + TICK).min(self.next_heartbeat);
+        if let Some(t) = self.pending.next_due() {
+            due = due.min(t);
+        }
+        if !accept {
+            // The SUB is not polled while full: look again soon.
+            due = due.min(now + Duration::from_millis(10));
+        }
+        let d = due.saturating_duration_since(now);
+        (d.as_millis() as i64) + i64::from(d.subsec_nanos() % 1_000_000 != 0)
+    }
+
+    fn send_report(&self, informe: &Informe) -> bool {
+        match self.report.send(informe.to_bytes(), zmq::DONTWAIT) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "report not queued (load manager unreachable?)");
+                false
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        self.send_report(&Informe::Latido {
+            operacion: self.cfg.operacion,
+            actor: self.name.clone(),
+        });
+    }
+
+    fn on_publication(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
+        let op = self.cfg.operacion;
+        let [topic, body] = frames.as_slice() else {
+            tracing::warn!(frames = frames.len(), "publication dropped: expected [topic, request]");
+            return;
+        };
+        if topic.as_slice() != op.as_str().as_bytes() {
+            // SUB filters by prefix: "prestamo" also lets "prestamoX" through.
+            tracing::warn!(
+                topic = %String::from_utf8_lossy(topic),
+                "publication for another topic dropped"
+            );
+            return;
+        }
+        let p = match parse_entrada(body) {
+            Ok(Entrada::Operacion(p)) if p.operacion == op && p.id.is_some() => p,
+            Ok(_) => {
+                tracing::warn!("publication dropped: not a {op} request with an id");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed publication dropped");
+                return;
+            }
+        };
+        let Some(id) = p.id.clone() else {
+            return;
+        };
+        if self.pending.contains(&id) {
+            tracing::debug!(id = id.as_str(), "re-publication of a request already at storage");
+            return;
+        }
+        tracing::debug!(
+            id = id.as_str(),
+            isbn = p.isbn.as_str(),
+            usuario = p.usuario.as_str(),
+            "request received"
+        );
+        let payload = p.to_bytes();
+        if !self.to_storage(&payload) {
+            tracing::warn!(id = id.as_str(), "storage queue full: request dropped until re-published");
+            return;
+        }
+        self.pending.insert(id, p, payload, now);
+    }
+
+    fn to_storage(&self, payload: &[u8]) -> bool {
+        let frames: [&[u8]; 2] = [b"", payload];
+        match self.storage.send_multipart(frames, zmq::DONTWAIT) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "send to storage failed");
+                false
+            }
+        }
+    }
+
+    fn on_storage_reply(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
+        let Some(body) = net::reply_body(frames) else {
+            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+            return;
+        };
+        let r = match Respuesta::from_bytes(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed storage reply dropped");
+                return;
+            }
+        };
+        self.timeout_rounds = 0;
+        let Some(id) = r.id.clone() else {
+            tracing::warn!(mensaje = r.mensaje.as_str(), "storage reply without id dropped");
+            return;
+        };
+        let Some(p) = self.pending.take(&id) else {
+            tracing::debug!(id = id.as_str(), "storage reply for nothing outstanding ignored");
+            return;
+        };
+        self.finish(&p.peticion, r, p.received, now);
+    }
+
+    /// Reports an outcome and logs it.
+    fn finish(&self, p: &Peticion, r: Respuesta, received: Instant, now: Instant) {
+        let resultado = match r.error {
+            Some(code) => code.as_str(),
+            None if r.exito => "ok",
+            None => "error",
+        };
+        tracing::info!(
+            id = p.id.as_deref(),
+            isbn = p.isbn.as_str(),
+            usuario = p.usuario.as_str(),
+            resultado,
+            ms = ms_between(received, now),
+            "processed"
+        );
+        if !self.send_report(&Informe::Resultado { respuesta: r }) {
+            tracing::warn!(
+                id = p.id.as_deref(),
+                "outcome not reported: back-channel full (the load manager will re-publish)"
+            );
+        }
+    }
+
+    fn timeouts(&mut self, now: Instant) -> Result<(), ActorError> {
+        let sweep = self.pending.sweep(now);
+        for p in sweep.abandoned {
+            let r = Respuesta::error(
+                self.cfg.operacion.as_str(),
+                CodigoError::AlmacenamientoNoDisponible,
+                format!("the storage manager did not answer after {MAX_ATTEMPTS} tries"),
+            )
+            .with_id(p.peticion.id.clone());
+            self.finish(&p.peticion, r, p.received, now);
+        }
+        if sweep.resend.is_empty() {
+            return Ok(());
+        }
+        self.timeout_rounds += 1;
+        if self.timeout_rounds < REPLACE_AFTER {
+            tracing::warn!(count = sweep.resend.len(), "storage timeout: re-sending");
+            for payload in &sweep.resend {
+                self.to_storage(payload);
+            }
+            return Ok(());
+        }
+        // Whatever sits in the old socket's queues is dropped with it.
+        tracing::warn!(
+            endpoint = self.cfg.storage.as_str(),
+            "storage manager silent: replacing the connection"
+        );
+        self.storage = storage_socket(&self.ctx, &self.cfg.storage)?;
+        self.timeout_rounds = 0;
+        for payload in self.pending.resend_all(now) {
+            self.to_storage(&payload);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! `biblioteca-carga`, the load manager.
+//!
+//! Owns the client front-end (ROUTER, so REQ and DEALER clients are served
+//! concurrently), the publication of write requests to the actors (PUB, topic
+//! = operation name), the back-channel on which actors report outcomes and
+//! heartbeats (PULL), and the DEALER over which `consulta` goes straight to
+//! the storage manager. One thread polls all four sockets (lbbroker style);
+//! nothing in the loop blocks, so a slow storage manager or an operation
+//! without actors never holds up anyone else.
+//!
+//! - [`broker`]: the poll loop and what each message does.
+//! - [`inflight`]: write requests awaiting an outcome (re-publication, deadlines).
+//! - [`consultas`]: clients awaiting the storage manager.
+//! - [`actors`]: which operations have live actors.
+//! - [`status`]: the status reply and assigned request ids.
+
+mod actors;
+mod broker;
+mod consultas;
+mod inflight;
+mod status;
+
+use std::time::Instant;
+
+use crate::config::CargaConfig;
+use crate::net::NetError;
+use crate::notify;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CargaError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+}
+
+/// Binds the sockets, announces readiness and serves until `shutdown`;
+/// then refuses new requests, drains those in flight for a short while and
+/// returns.
+pub fn run(config: CargaConfig, shutdown: Shutdown) -> Result<(), CargaError> {
+    let ctx = zmq::Context::new();
+    let sockets = broker::Sockets::open(&ctx, &config)?;
+    tracing::info!(
+        frontend = config.frontend.as_str(),
+        publisher = config.publisher.as_str(),
+        backchannel = config.backchannel.as_str(),
+        storage = config.storage.as_str(),
+        deadline_ms = config.deadline_ms,
+        "load manager ready"
+    );
+    notify::ready(&format!(
+        "serving clients on {}, publishing on {}",
+        config.frontend, config.publisher
+    ));
+    let mut b = broker::Broker::new(config, sockets, Instant::now());
+    b.run(&shutdown)
+}

@@ -1,0 +1,176 @@
+//! What the demo tells its user: every endpoint, ready-to-paste `psql`
+//! commands for both database nodes, where the logs are, and a ready
+//! `failover.toml` for running `biblioteca-failover` by hand.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Demo, DemoError};
+use crate::failover::config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DbNode {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub psql: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub pid: Option<u32>,
+}
+
+/// The content of `endpoints.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    pub data_dir: PathBuf,
+    pub client_endpoint: String,
+    pub database: Vec<DbNode>,
+    pub services: Vec<ServiceInfo>,
+    pub failover_config: PathBuf,
+}
+
+fn psql(port: u16) -> String {
+    format!("psql -h 127.0.0.1 -p {port} -U app -d library")
+}
+
+impl Endpoints {
+    pub fn of(demo: &Demo) -> Endpoints {
+        let ports = demo.stack.ports();
+        let database = demo
+            .cluster
+            .nodes()
+            .iter()
+            .map(|n| DbNode {
+                name: n.name.clone(),
+                host: "127.0.0.1".into(),
+                port: n.port,
+                data_dir: n.data_dir.clone(),
+                log: n.log_file.clone(),
+                psql: psql(n.port),
+            })
+            .collect();
+        let mut services = vec![
+            ServiceInfo {
+                name: "biblioteca-almacenamiento".into(),
+                endpoints: vec![ports.storage_endpoint()],
+                config: demo.stack.storage.spec().config_path(),
+                log: demo.stack.storage.log_path(),
+                pid: demo.stack.storage.pid(),
+            },
+            ServiceInfo {
+                name: "biblioteca-carga".into(),
+                endpoints: vec![
+                    ports.frontend_endpoint(),
+                    ports.publisher_endpoint(),
+                    ports.backchannel_endpoint(),
+                ],
+                config: demo.stack.carga.spec().config_path(),
+                log: demo.stack.carga.log_path(),
+                pid: demo.stack.carga.pid(),
+            },
+        ];
+        for (op, svc) in &demo.stack.actors {
+            services.push(ServiceInfo {
+                name: format!("biblioteca-actor@{op}"),
+                endpoints: vec![],
+                config: svc.spec().config_path(),
+                log: svc.log_path(),
+                pid: svc.pid(),
+            });
+        }
+        Endpoints {
+            data_dir: demo.dir.clone(),
+            client_endpoint: ports.frontend_endpoint(),
+            database,
+            services,
+            failover_config: demo.dir.join("failover.toml"),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), DemoError> {
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        std::fs::write(path, text + "\n").map_err(|source| DemoError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn print(&self, dir: &Path) {
+        println!("\nbiblioteca is running (everything lives in {}):", dir.display());
+        println!("  clients (REQ)            {}", self.client_endpoint);
+        for s in &self.services {
+            let eps = if s.endpoints.is_empty() {
+                String::new()
+            } else {
+                s.endpoints.join(" ")
+            };
+            println!("  {:<24} {eps}", s.name);
+            println!("  {:<24} log: {}", "", s.log.display());
+        }
+        println!("\nDatabase (database `library`, role `app`):");
+        for n in &self.database {
+            println!("  {:<8} {}:{}   {} -c \"SELECT isbn, ejemplares FROM libros;\"", n.name, n.host, n.port, n.psql);
+        }
+        println!("\nTry it:");
+        println!("  biblioteca-solicitante consulta 978-0134685991");
+        println!("  biblioteca-solicitante prestamo 978-0134685991 usuario_test_1");
+        println!("  biblioteca-solicitante status");
+        println!("  python3 test_cliente.py prestamo 978-0134685991 usuario_test_1   (the guide's client, unchanged)");
+        println!("\nFailover by hand:");
+        let cfg = self.failover_config.display();
+        println!("  biblioteca-failover --config {cfg} status");
+        println!("  biblioteca-failover --config {cfg} promote");
+        println!("  biblioteca-failover --config {cfg} rejoin --node primary");
+        println!("  biblioteca-failover --config {cfg} switchover");
+        println!("\nAll of this is also in {}.", dir.join("endpoints.json").display());
+    }
+}
+
+/// Writes `failover.toml` (nodes managed from this host, the storage manager
+/// reloaded by SIGHUP through its pid file) and the pid file it names.
+pub fn write_failover_config(demo: &Demo) -> Result<PathBuf, DemoError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DemoError::Io { path, source }
+    };
+    let pid_file = demo.stack.run_dir().join("almacenamiento.pid");
+    let pid = demo.stack.storage.pid().map(|p| p.to_string()).unwrap_or_default();
+    std::fs::write(&pid_file, pid + "\n").map_err(io(&pid_file))?;
+    let config = FailoverConfig {
+        nodes: demo
+            .cluster
+            .nodes()
+            .iter()
+            .map(|n| FailoverNode {
+                name: n.name.clone(),
+                conninfo: n.conninfo("postgres", "library"),
+                data_dir: Some(n.data_dir.clone()),
+                start: None,
+                stop: None,
+                log_file: Some(n.log_file.clone()),
+            })
+            .collect(),
+        storage: StorageTarget {
+            endpoint: demo.stack.ports().storage_endpoint(),
+            config: Some(demo.stack.storage.spec().config_path()),
+            reload: ReloadMethod::Pid,
+            pid_file: Some(pid_file),
+            ..StorageTarget::default()
+        },
+        synchronous: !demo.config.asynchronous,
+        ..FailoverConfig::default()
+    };
+    let path = demo.dir.join("failover.toml");
+    let text = toml::to_string(&config).unwrap_or_default();
+    std::fs::write(&path, text).map_err(io(&path))?;
+    Ok(path)
+}

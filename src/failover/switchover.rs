@@ -1,0 +1,1 @@
+//! `switchover`: planned role swap with both nodes up; nothing is lost.

@@ -1,0 +1,233 @@
+//! The storage manager (`biblioteca-almacenamiento`): the only process that
+//! touches PostgreSQL.
+//!
+//! It serves the client protocol on a ROUTER ([`server`]), runs every write as
+//! one transaction that also stores the request id and its reply
+//! ([`ops`], exactly-once), picks and fences the database node that takes
+//! writes ([`nodes`], [`monitor`]) and keeps the schema current
+//! ([`migrate`]). [`run`] is the service; [`migrate`](fn@migrate) and
+//! [`seed`](fn@seed) are the one-shot subcommands of the binary.
+//!
+//! Besides the four operations the socket answers `{"operacion":"status"}`
+//! (without touching the database) and `{"operacion":"resultado","id":X}`
+//! (the stored reply of request X, or `SolicitudDesconocida`).
+
+mod handler;
+mod migrate;
+mod monitor;
+mod nodes;
+mod ops;
+mod seed;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::{ConfigError, StorageConfig};
+use crate::net::NetError;
+use crate::shutdown::Shutdown;
+
+pub use migrate::{MigrationError, MIGRATIONS};
+pub use seed::isbn as seed_isbn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Db(#[from] postgres::Error),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("node {node}: {reason}")]
+    Node { node: String, reason: String },
+    #[error("no writable database node: {0}")]
+    NoWriter(String),
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What every thread of one storage manager shares.
+pub(crate) struct Shared {
+    backend: RwLock<Arc<nodes::Backend>>,
+    fencing: nodes::Fencing,
+    started: Instant,
+    answered: AtomicU64,
+    in_flight: AtomicUsize,
+    recheck: AtomicBool,
+}
+
+impl Shared {
+    fn new(backend: nodes::Backend, fencing: nodes::Fencing) -> Shared {
+        Shared {
+            backend: RwLock::new(Arc::new(backend)),
+            fencing,
+            started: Instant::now(),
+            answered: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            recheck: AtomicBool::new(false),
+        }
+    }
+
+    /// The configuration and pools in force; a request keeps the one it
+    /// started with, so a reload swaps between requests.
+    fn backend(&self) -> Arc<nodes::Backend> {
+        self.backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn swap(&self, b: Arc<nodes::Backend>) {
+        *self.backend.write().unwrap_or_else(|p| p.into_inner()) = b;
+    }
+
+    fn writer_name(&self) -> Option<String> {
+        self.backend().writer().map(|(_, n)| n.cfg.name.clone())
+    }
+
+    /// Asks the monitor to probe the nodes soon (a connection failed).
+    fn request_recheck(&self) {
+        self.recheck.store(true, Ordering::SeqCst);
+    }
+
+    fn take_recheck(&self) -> bool {
+        self.recheck.swap(false, Ordering::SeqCst)
+    }
+
+    fn count_answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the storage manager until `shutdown`: waits for a writable node,
+/// applies migrations, binds `config.bind`, signals READY and serves.
+/// `config_path` is re-read on SIGHUP (`shutdown.reload_generation()`).
+pub fn run(
+    config: StorageConfig,
+    config_path: Option<PathBuf>,
+    shutdown: Shutdown,
+) -> Result<(), StorageError> {
+    let fencing = nodes::Fencing::load(config.state_dir.as_ref())?;
+    let bind = config.bind.clone();
+    let shared = Arc::new(Shared::new(nodes::Backend::new(config)?, fencing));
+    let mut probes = monitor::Probes::default();
+    if !wait_for_database(&shared, &mut probes, &shutdown)? {
+        return Ok(());
+    }
+    let stop_monitor = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (shared, stop) = (shared.clone(), stop_monitor.clone());
+        let shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("storage-monitor".into())
+            .spawn(move || monitor::run(shared, probes, config_path.as_deref(), &shutdown, &stop))?
+    };
+    let served = server::serve(shared, &bind, &shutdown);
+    stop_monitor.store(true, Ordering::SeqCst);
+    if monitor.join().is_err() {
+        tracing::error!("the storage monitor panicked");
+    }
+    served
+}
+
+/// Probes until a writable node answers and the migrations are applied;
+/// `false` when stopped first.
+fn wait_for_database(
+    shared: &Shared,
+    probes: &mut monitor::Probes,
+    shutdown: &Shutdown,
+) -> Result<bool, StorageError> {
+    let mut attempt = 0u32;
+    while !shutdown.is_triggered() {
+        monitor::refresh(shared, probes);
+        let backend = shared.backend();
+        let failure = match backend.writer() {
+            None => "no writable database node yet".to_string(),
+            Some((_, node)) => match node.pool.get() {
+                Err(e) => format!("node {}: {e}", node.cfg.name),
+                Ok(mut conn) => match migrate::apply(&mut conn) {
+                    Ok(applied) => {
+                        tracing::info!(nodo = %node.cfg.name, applied = ?applied, "database answered; schema up to date");
+                        return Ok(true);
+                    }
+                    Err(e) => format!("migrations on {}: {e}", node.cfg.name),
+                },
+            },
+        };
+        if attempt % 5 == 0 {
+            tracing::warn!(reason = %failure, "waiting for the database");
+        }
+        attempt += 1;
+        for _ in 0..10 {
+            if shutdown.is_triggered() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(false)
+}
+
+/// Probes the configured nodes once and connects to the one that takes writes.
+fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageError> {
+    let fencing = nodes::Fencing::load(config.state_dir.as_ref())?;
+    let backend = nodes::Backend::new(config.clone())?;
+    let mut probes = monitor::Probes::default();
+    let results = probes.probe(&backend);
+    let reasons: Vec<String> = backend
+        .nodes
+        .iter()
+        .zip(&results)
+        .filter_map(|(n, r)| match r {
+            Some(Err(e)) => Some(format!("{}: {e}", n.cfg.name)),
+            _ => None,
+        })
+        .collect();
+    backend.apply_probes(results, &fencing);
+    let Some((_, node)) = backend.writer() else {
+        return Err(StorageError::NoWriter(if reasons.is_empty() {
+            "every reachable node is in recovery, fenced or on a stale timeline".into()
+        } else {
+            reasons.join("; ")
+        }));
+    };
+    tracing::info!(nodo = %node.cfg.name, "connected");
+    Ok(node.pg.connect(postgres::NoTls)?)
+}
+
+/// `biblioteca-almacenamiento migrate`: applies pending migrations and
+/// returns their versions.
+pub fn migrate(config: &StorageConfig) -> Result<Vec<i32>, StorageError> {
+    let mut client = connect_writer(config)?;
+    Ok(migrate::apply(&mut client)?)
+}
+
+/// `biblioteca-almacenamiento seed --libros N --ejemplares K`: applies the
+/// migrations, then adds generated books `1..=N` (ISBN [`seed_isbn`]) that
+/// are missing; returns how many were added.
+pub fn seed(config: &StorageConfig, libros: u64, ejemplares: i32) -> Result<u64, StorageError> {
+    let mut client = connect_writer(config)?;
+    migrate::apply(&mut client)?;
+    Ok(seed::seed(&mut client, libros, ejemplares)?)
+}

@@ -1,0 +1,293 @@
+//! The ROUTER front-end and the worker threads.
+//!
+//! One thread owns the ROUTER: it splits envelopes, validates frames (garbage
+//! gets `PeticionInvalida` when it has a return route and is dropped with a
+//! log line when it has none), answers `status` itself and queues everything
+//! else for the workers on a bounded channel (full queue: `ServicioOcupado`).
+//! Each worker owns a PUSH socket over inproc back to the front-end's PULL,
+//! so no socket crosses threads; replies are matched to routes by job number.
+//! On shutdown the front-end stops reading, lets the workers finish what was
+//! queued and delivers those replies before returning.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{handler, Shared, StorageError};
+use crate::net::{self, Envelope};
+use crate::notify;
+use crate::protocol::{self, CodigoError, Entrada, Respuesta};
+use crate::shutdown::Shutdown;
+
+const POLL: Duration = Duration::from_millis(100);
+/// Messages read from the ROUTER per loop turn, so replies are not starved.
+const BURST: usize = 256;
+
+/// A validated request on its way to a worker.
+struct Job {
+    n: u64,
+    entrada: Entrada,
+}
+
+static INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// Binds the ROUTER, starts the workers and serves until `shutdown`.
+pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(), StorageError> {
+    let ctx = zmq::Context::new();
+    let router = net::socket(&ctx, zmq::ROUTER)?;
+    net::bind(&router, bind)?;
+    let replies = net::socket(&ctx, zmq::PULL)?;
+    let inproc = format!(
+        "inproc://storage-replies-{}",
+        INSTANCE.fetch_add(1, Ordering::Relaxed)
+    );
+    net::bind(&replies, &inproc)?;
+
+    let cfg = shared.backend().config.clone();
+    let (tx, rx) = mpsc::sync_channel::<Job>(cfg.max_queue);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::with_capacity(cfg.workers);
+    for i in 0..cfg.workers {
+        let push = net::socket(&ctx, zmq::PUSH)?;
+        net::connect(&push, &inproc)?;
+        let (shared, rx) = (shared.clone(), rx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("storage-worker-{i}"))
+            .spawn(move || worker(&shared, &rx, &push))?;
+        workers.push(handle);
+    }
+
+    let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
+    notify::ready(&format!("serving on {bind}, writes to {nodo}"));
+    tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
+
+    let mut front = Front {
+        router,
+        replies,
+        pending: HashMap::new(),
+        next: 0,
+        tx: Some(tx),
+        shared: shared.clone(),
+    };
+    let drain_for = Duration::from_millis(cfg.database.statement_timeout_ms * 2)
+        + super::nodes::connect_timeout(&cfg.database)
+        + Duration::from_secs(1);
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        let accepting = stop_deadline.is_none();
+        front.turn(accepting)?;
+        if accepting && shutdown.is_triggered() {
+            notify::stopping();
+            tracing::info!(in_flight = front.pending.len(), "stopping: finishing in-flight requests");
+            // Dropping the sender lets workers exit once the queue is empty.
+            front.tx = None;
+            stop_deadline = Some(Instant::now() + drain_for);
+        }
+        if let Some(deadline) = stop_deadline {
+            if front.pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(abandoned = front.pending.len(), "stop deadline reached with requests in flight");
+                break;
+            }
+        }
+    }
+    front.tx = None;
+    for w in workers {
+        if w.join().is_err() {
+            tracing::error!("a storage worker panicked");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Front {
+    router: zmq::Socket,
+    replies: zmq::Socket,
+    /// Job number → the route to reply along.
+    pending: HashMap<u64, Vec<Vec<u8>>>,
+    next: u64,
+    tx: Option<SyncSender<Job>>,
+    shared: Arc<Shared>,
+}
+
+impl Front {
+    fn turn(&mut self, accepting: bool) -> Result<(), StorageError> {
+        let mut items = [
+            self.replies.as_poll_item(zmq::POLLIN),
+            self.router
+                .as_poll_item(if accepting { zmq::POLLIN } else { zmq::PollEvents::empty() }),
+        ];
+        zmq::poll(&mut items, POLL.as_millis() as i64).map_err(net::NetError::from)?;
+        while let Some(frames) = net::try_recv(&self.replies)? {
+            self.deliver(frames);
+        }
+        if accepting {
+            for _ in 0..BURST {
+                let Some(frames) = net::try_recv(&self.router)? else {
+                    break;
+                };
+                self.accept(frames);
+            }
+        }
+        self.shared.set_in_flight(self.pending.len());
+        Ok(())
+    }
+
+    fn deliver(&mut self, mut frames: Vec<Vec<u8>>) {
+        let (Some(reply), Some(n)) = (frames.pop(), frames.pop()) else {
+            return;
+        };
+        let n = u64::from_be_bytes(n.as_slice().try_into().unwrap_or([0xff; 8]));
+        let Some(route) = self.pending.remove(&n) else {
+            tracing::warn!(job = n, "reply for an unknown job dropped");
+            return;
+        };
+        self.send(route, &reply);
+    }
+
+    fn send(&self, route: Vec<Vec<u8>>, reply: &[u8]) {
+        let env = Envelope {
+            route,
+            body: Vec::new(),
+        };
+        match env.reply(&self.router, reply) {
+            Ok(()) => self.shared.count_answered(),
+            // The peer may be gone (its identity unknown now): nothing to do.
+            Err(e) => tracing::debug!(error = %e, "reply not sent"),
+        }
+    }
+
+    fn accept(&mut self, frames: Vec<Vec<u8>>) {
+        let count = frames.len();
+        let Some(env) = Envelope::split(frames) else {
+            tracing::warn!(frames = count, "dropping a message without an empty delimiter frame (no way to reply)");
+            return;
+        };
+        let Some(body) = env.single_body() else {
+            let why = protocol::Invalida(format!(
+                "expected exactly one body frame after the delimiter, got {}",
+                env.body.len()
+            ));
+            let reply = Respuesta::invalida(b"", &why).to_bytes();
+            self.send(env.route, &reply);
+            return;
+        };
+        let entrada = match protocol::parse_entrada(body) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::debug!(reason = %why, "invalid request");
+                let reply = Respuesta::invalida(body, &why).to_bytes();
+                self.send(env.route, &reply);
+                return;
+            }
+        };
+        if entrada == Entrada::Status {
+            let reply = status_reply(&self.shared);
+            self.send(env.route, &reply);
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let n = self.next;
+        self.next += 1;
+        let id = match &entrada {
+            Entrada::Operacion(p) => p.id.clone(),
+            Entrada::Resultado { id } => Some(id.clone()),
+            Entrada::Status => None,
+        };
+        let op = match &entrada {
+            Entrada::Operacion(p) => p.operacion.as_str(),
+            _ => "resultado",
+        };
+        match tx.try_send(Job { n, entrada }) {
+            Ok(()) => {
+                self.pending.insert(n, env.route);
+            }
+            Err(TrySendError::Full(_)) => {
+                let reply = Respuesta::error(
+                    op,
+                    CodigoError::ServicioOcupado,
+                    "the storage manager's queue is full; retry later with the same id",
+                )
+                .with_id(id)
+                .to_bytes();
+                self.send(env.route, &reply);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                let reply = Respuesta::error(
+                    op,
+                    CodigoError::AlmacenamientoNoDisponible,
+                    "the storage manager is stopping; retry with the same id",
+                )
+                .with_id(id)
+                .to_bytes();
+                self.send(env.route, &reply);
+            }
+        }
+    }
+}
+
+fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, push: &zmq::Socket) {
+    loop {
+        let next = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv_timeout(Duration::from_millis(250))
+        };
+        let job = match next {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let op = match &job.entrada {
+            Entrada::Operacion(p) => p.operacion.as_str(),
+            _ => "resultado",
+        };
+        let entrada = job.entrada.clone();
+        // A bug in one request must not take a worker (and its future
+        // requests) down with it.
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler::handle(shared, entrada)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(job = job.n, "request handler panicked");
+            Respuesta::error(op, CodigoError::AlmacenamientoNoDisponible, "internal error")
+                .to_bytes()
+        });
+        if let Err(e) = push.send_multipart([&job.n.to_be_bytes()[..], &reply], 0) {
+            tracing::error!(error = %e, "cannot hand a reply to the front-end");
+        }
+    }
+}
+
+/// `{"operacion":"status"}`: answered without touching the database.
+pub fn status_reply(shared: &Shared) -> Vec<u8> {
+    let backend = shared.backend();
+    let writer = backend.writer().map(|(_, n)| n.cfg.name.clone());
+    let mensaje = match &writer {
+        Some(n) => format!("storage manager up; writes go to {n}"),
+        None => "storage manager up; no writable database node".to_string(),
+    };
+    Respuesta::ok(
+        "status",
+        mensaje,
+        json!({
+            "servicio": "almacenamiento",
+            "nodo": writer,
+            "uptime_s": shared.started.elapsed().as_secs(),
+            "atendidas": shared.answered(),
+            "en_curso": shared.in_flight(),
+            "workers": backend.config.workers,
+            "nodos": backend.nodes_status(),
+            "timeline": shared.fencing.newest(),
+        }),
+    )
+    .to_bytes()
+}
