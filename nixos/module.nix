@@ -71,7 +71,7 @@ let
       TimeoutStartSec = "30s";
       TimeoutStopSec = "30s";
       Restart = "on-failure";
-      RestartSec = "2s";
+      RestartSec = "5s";
       DynamicUser = true;
       User = "biblioteca";
       Group = "biblioteca";
@@ -99,6 +99,11 @@ let
     ++ map (a: "host all postgres ${cidr a} scram-sha-256") pgCfg.adminAddresses
     ++ map (a: "host replication postgres ${cidr a} scram-sha-256") pgCfg.adminAddresses;
   pgPort = toString pgCfg.port;
+
+  # Setup sessions on a primary commit locally: with synchronous_standby_names
+  # set, a commit otherwise waits for a standby that cannot connect before
+  # these very sessions have set the replication password.
+  PGOPTIONS = "-c synchronous_commit=local";
 in
 {
   options.services.biblioteca = {
@@ -329,7 +334,7 @@ in
   };
 
   config = mkMerge [
-    (mkIf cfg.enable {
+    (mkIf (cfg.enable || pgCfg.enable) {
       assertions = [
         {
           assertion = lib.all (f: f == null || !lib.hasPrefix builtins.storeDir f) [
@@ -340,7 +345,9 @@ in
           message = "services.biblioteca: password files must not be in the Nix store (it is world-readable).";
         }
       ];
+    })
 
+    (mkIf cfg.enable {
       environment.systemPackages = [ cfg.package ];
 
       environment.etc =
@@ -495,7 +502,10 @@ in
             after = [ "postgresql.service" "postgresql-setup.service" ];
             before = lib.optional (cfg.enable && cfg.components.almacenamiento.enable) "biblioteca-almacenamiento.service";
             path = [ pg.package ];
-            environment.PGPORT = pgPort;
+            environment = {
+              PGPORT = pgPort;
+              inherit PGOPTIONS;
+            };
             serviceConfig = {
               Type = "oneshot";
               RemainAfterExit = true;
@@ -531,6 +541,11 @@ in
                 -c ${lib.escapeShellArg ''ALTER DATABASE "${pgCfg.database}" OWNER TO "${pgCfg.user}"''}
             '';
           };
+        })
+
+        (mkIf isPrimary {
+          # ensureUsers/ensureDatabases commit before any standby exists.
+          postgresql-setup.environment = { inherit PGOPTIONS; };
         })
 
         (mkIf (!isPrimary) {

@@ -2,6 +2,9 @@
 //! manager (a ROUTER that answers every request with a `Respuesta` carrying
 //! its id). Each test uses its own ports in 21000-21999.
 
+// Helpers outside #[test] functions fail loudly too: this is test code.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,9 +38,7 @@ impl Harness {
     fn new(base: u16) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter(
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
-            )
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
             .try_init();
         Harness {
             base,
@@ -52,6 +53,11 @@ impl Harness {
     }
 
     fn carga(&mut self, tweak: impl FnOnce(&mut CargaConfig)) {
+        self.carga_until(self.sd.clone(), tweak);
+    }
+
+    /// A load manager that stops on its own `sd` (or with the harness).
+    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut CargaConfig)) {
         let mut cfg = CargaConfig {
             frontend: ep(self.base),
             publisher: ep(self.base + 1),
@@ -63,9 +69,17 @@ impl Harness {
             max_in_flight: 100,
         };
         tweak(&mut cfg);
-        let sd = self.sd.clone();
+        let all = self.sd.clone();
         self.threads.push(std::thread::spawn(move || {
+            let own = sd.clone();
+            let watcher = std::thread::spawn(move || {
+                while !all.is_triggered() && !own.is_triggered() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                own.trigger();
+            });
             biblioteca::carga::run(cfg, sd).unwrap();
+            watcher.join().unwrap();
         }));
     }
 
@@ -87,8 +101,12 @@ impl Harness {
 
     fn storage(&mut self, mode: Storage) {
         let endpoint = ep(self.base + 3);
-        self.threads
-            .push(fake_storage(&endpoint, mode, self.sd.clone(), self.calls.clone()));
+        self.threads.push(fake_storage(
+            &endpoint,
+            mode,
+            self.sd.clone(),
+            self.calls.clone(),
+        ));
     }
 
     fn calls(&self, id: &str) -> usize {
@@ -285,7 +303,11 @@ fn no_live_actor_is_service_unavailable_at_once() {
         &h.frontend(),
         &json!({"operacion": "devolucion", "isbn": "978-0134685991", "usuario": "u", "id": "d1"}),
     );
-    assert!(t0.elapsed() < Duration::from_millis(300), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
     assert_eq!(r["exito"], false);
     assert_eq!(r["error"], "ServicioNoDisponible", "{r}");
     assert_eq!(r["id"], "d1");
@@ -393,17 +415,23 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
     let first = Informe::from_bytes(&pull.recv_bytes(0).unwrap()).unwrap();
     assert!(matches!(
         first,
-        Informe::Latido { operacion: Operacion::Prestamo, .. }
+        Informe::Latido {
+            operacion: Operacion::Prestamo,
+            ..
+        }
     ));
     std::thread::sleep(Duration::from_millis(200)); // subscription propagates
     let good = prestamo("ok", Some("a-1")).to_string();
-    publ.send_multipart(["prestamoX", good.as_str()], 0).unwrap();
+    publ.send_multipart(["prestamoX", good.as_str()], 0)
+        .unwrap();
     publ.send_multipart(["prestamo", "not json"], 0).unwrap();
     publ.send_multipart(["prestamo"], 0).unwrap();
     publ.send_multipart(["prestamo", &prestamo("sin-id", None).to_string()], 0)
         .unwrap();
-    let other = json!({"operacion": "devolucion", "isbn": "978-0134685991", "usuario": "u", "id": "x"});
-    publ.send_multipart(["prestamo", &other.to_string()], 0).unwrap();
+    let other =
+        json!({"operacion": "devolucion", "isbn": "978-0134685991", "usuario": "u", "id": "x"});
+    publ.send_multipart(["prestamo", &other.to_string()], 0)
+        .unwrap();
     publ.send_multipart(["prestamo", good.as_str()], 0).unwrap();
     let t0 = Instant::now();
     let resultado = loop {
@@ -416,6 +444,53 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
     assert_eq!(resultado.id.as_deref(), Some("a-1"));
     assert!(resultado.exito);
     let calls = h.calls.lock().unwrap().clone();
-    assert_eq!(calls.len(), 1, "only the valid request reached storage: {calls:?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the valid request reached storage: {calls:?}"
+    );
     assert_eq!(calls.get("a-1"), Some(&1));
+}
+
+#[test]
+fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
+    let mut h = Harness::new(21060);
+    let first = Shutdown::new();
+    h.carga_until(first.clone(), |c| c.deadline_ms = 4000);
+    let cfg = ActorConfig {
+        operacion: Operacion::Renovacion,
+        subscribe: ep(h.base + 1),
+        report: ep(h.base + 2),
+        storage: ep(h.base + 3),
+        storage_timeout_ms: 300,
+        max_in_flight: 16,
+        heartbeat_ms: 100,
+    };
+    let sd = h.sd.clone();
+    h.threads.push(std::thread::spawn(move || {
+        biblioteca::actor::run(cfg, sd).unwrap()
+    }));
+    h.wait_for_actor("renovacion");
+
+    // The storage manager is down at first: the actor re-sends, replaces its
+    // DEALER, and the request completes once storage is up, within the deadline.
+    let renovacion = |id: &str| json!({"operacion": "renovacion", "isbn": "978-0134685991", "usuario": "u", "id": id});
+    let pending = {
+        let endpoint = h.frontend();
+        let body = renovacion("r-1");
+        std::thread::spawn(move || req(&endpoint, &body))
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    h.storage(Storage::Answer { delay_ms: 0 });
+    let r = pending.join().unwrap();
+    assert_eq!(r["exito"], true, "{r}");
+
+    // The load manager restarts on the same ports; the actor's SUB and PUSH
+    // reconnect by themselves.
+    first.trigger();
+    std::thread::sleep(Duration::from_millis(500));
+    h.carga(|_| {});
+    h.wait_for_actor("renovacion");
+    let r = req(&h.frontend(), &renovacion("r-2"));
+    assert_eq!(r["exito"], true, "{r}");
 }

@@ -179,7 +179,10 @@ impl Actor {
     fn on_publication(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
         let op = self.cfg.operacion;
         let [topic, body] = frames.as_slice() else {
-            tracing::warn!(frames = frames.len(), "publication dropped: expected [topic, request]");
+            tracing::warn!(
+                frames = frames.len(),
+                "publication dropped: expected [topic, request]"
+            );
             return;
         };
         if topic.as_slice() != op.as_str().as_bytes() {
@@ -205,7 +208,10 @@ impl Actor {
             return;
         };
         if self.pending.contains(&id) {
-            tracing::debug!(id = id.as_str(), "re-publication of a request already at storage");
+            tracing::debug!(
+                id = id.as_str(),
+                "re-publication of a request already at storage"
+            );
             return;
         }
         tracing::debug!(
@@ -216,7 +222,10 @@ impl Actor {
         );
         let payload = p.to_bytes();
         if !self.to_storage(&payload) {
-            tracing::warn!(id = id.as_str(), "storage queue full: request dropped until re-published");
+            tracing::warn!(
+                id = id.as_str(),
+                "storage queue full: request dropped until re-published"
+            );
             return;
         }
         self.pending.insert(id, p, payload, now);
@@ -247,11 +256,17 @@ impl Actor {
         };
         self.timeout_rounds = 0;
         let Some(id) = r.id.clone() else {
-            tracing::warn!(mensaje = r.mensaje.as_str(), "storage reply without id dropped");
+            tracing::warn!(
+                mensaje = r.mensaje.as_str(),
+                "storage reply without id dropped"
+            );
             return;
         };
         let Some(p) = self.pending.take(&id) else {
-            tracing::debug!(id = id.as_str(), "storage reply for nothing outstanding ignored");
+            tracing::debug!(
+                id = id.as_str(),
+                "storage reply for nothing outstanding ignored"
+            );
             return;
         };
         self.finish(&p.peticion, r, p.received, now);

@@ -20,12 +20,7 @@ use biblioteca::failover::{rejoin, status, switchover, FailoverConfig, Progress}
 )]
 struct Cli {
     /// Failover configuration (TOML): [[nodes]] and [storage].
-    #[arg(
-        short,
-        long,
-        default_value = "/etc/biblioteca/failover.toml",
-        env = "BIBLIOTECA_FAILOVER_CONFIG"
-    )]
+    #[arg(short, long, default_value = "/etc/biblioteca/failover.toml")]
     config: PathBuf,
     /// Validate the configuration and exit.
     #[arg(long)]
@@ -76,7 +71,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("  next:  fix {} (see docs/failover.md)", cli.config.display());
+            eprintln!(
+                "  next:  fix {} (see docs/failover.md)",
+                cli.config.display()
+            );
             return ExitCode::from(2);
         }
     };

@@ -5,12 +5,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use biblioteca::client::archivo::{self, Evento};
+use biblioteca::client::load::spec::{self, Espera, Mezcla};
+use biblioteca::client::load::{self, csv, grafico, Avance, Informe, Opciones};
 use biblioteca::client::status::{self, Servicio};
 use biblioteca::client::{render, Client, ClientError};
 use biblioteca::config::{self, ClientConfig, Validate};
@@ -97,12 +102,57 @@ enum Command {
         /// The request file.
         file: PathBuf,
     },
+    /// Generate load: concurrent virtual clients with coherent per-user
+    /// sequences; prints a latency/throughput report per operation.
+    Carga(CargaArgs),
     /// Show the health of the load manager(s) and the storage manager in one table.
     Status {
         /// Storage-manager endpoint.
         #[arg(long, value_name = "EP", default_value = DEFAULT_STORAGE)]
         storage: String,
     },
+}
+
+#[derive(Args, Debug)]
+struct CargaArgs {
+    /// Concurrent virtual clients (each has one REQ socket: one request in flight).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    clientes: usize,
+    /// Run this long, e.g. 30s, 2m (default 1m unless --peticiones is given).
+    #[arg(long, value_name = "D", value_parser = spec::duracion)]
+    duracion: Option<Duration>,
+    /// Stop after this many requests in total.
+    #[arg(long, value_name = "N")]
+    peticiones: Option<u64>,
+    /// Closed loop: think time between a reply and the next request, e.g. 0.5s..2s.
+    #[arg(long, value_name = "MIN..MAX", value_parser = spec::espera)]
+    espera: Option<Espera>,
+    /// Open loop: total request rate across clients, e.g. 500/s (latency counts from the scheduled send time).
+    #[arg(long, value_name = "R/s", value_parser = spec::tasa, conflicts_with = "espera")]
+    tasa: Option<f64>,
+    /// Operation mix by weight.
+    #[arg(long, value_name = "OP=W,..", value_parser = Mezcla::parse,
+          default_value = "prestamo=40,devolucion=40,renovacion=20")]
+    mezcla: Mezcla,
+    /// Catalogue size, as seeded by `biblioteca-almacenamiento seed --libros N`
+    /// (default: the guide's four books).
+    #[arg(long, value_name = "N")]
+    libros: Option<u64>,
+    /// Virtual users per virtual client.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    usuarios: usize,
+    /// Write Locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.
+    #[arg(long, value_name = "PREFIX")]
+    csv: Option<PathBuf>,
+    /// Draw throughput and latency percentiles over time into an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    grafico: Option<PathBuf>,
+    /// Run 4, 6 and 10 clients for 2 minutes each (--duracion shortens) and print one table.
+    #[arg(long)]
+    experimento: bool,
+    /// Seed of the request sequences (default: random).
+    #[arg(long, value_name = "N")]
+    semilla: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -176,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resultado { id, storage } => resultado(&cli, cfg, id, storage),
         Command::Archivo { file } => file_run(&cli, cfg, file),
         Command::Status { storage } => status_table(&cli, &cfg, storage),
+        Command::Carga(args) => carga(&cli, cfg, args),
     }
 }
 
@@ -329,4 +380,106 @@ fn status_table(cli: &Cli, cfg: &ClientConfig, storage: &str) -> anyhow::Result<
     } else {
         ExitCode::from(1)
     })
+}
+
+fn carga(cli: &Cli, cfg: ClientConfig, a: &CargaArgs) -> anyhow::Result<ExitCode> {
+    let parar = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // A second signal while stopping kills the process as usual.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, parar.clone())?;
+        signal_hook::flag::register(sig, parar.clone())?;
+    }
+    let semilla = match a.semilla {
+        Some(s) => s,
+        None => {
+            let id = biblioteca::client::new_request_id();
+            u64::from_str_radix(id.trim_start_matches("s-"), 16)?
+        }
+    };
+    let base = Opciones {
+        cliente: cfg,
+        clientes: a.clientes,
+        duracion: match (a.duracion, a.peticiones) {
+            (None, None) => Some(Duration::from_secs(60)),
+            (d, _) => d,
+        },
+        peticiones: a.peticiones,
+        espera: a.espera,
+        tasa: a.tasa,
+        mezcla: a.mezcla.clone(),
+        catalogo: spec::catalogo(a.libros),
+        usuarios: a.usuarios,
+        prefijo: load::prefijo_nuevo(),
+        semilla,
+    };
+    let ctx = zmq::Context::new();
+    if !a.experimento {
+        let informe = una_carga(&base, &ctx, &parar)?;
+        salidas(cli, a, &informe, "")?;
+        if !cli.json {
+            println!("{}", informe.texto());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut informes = Vec::new();
+    for n in load::EXPERIMENTO {
+        if parar.load(Ordering::SeqCst) {
+            break;
+        }
+        let opts = Opciones {
+            clientes: n,
+            duracion: Some(a.duracion.unwrap_or(load::EXPERIMENTO_DURACION)),
+            prefijo: format!("{}-n{n}", base.prefijo),
+            ..base.clone()
+        };
+        eprintln!("experiment: {n} clients");
+        let informe = una_carga(&opts, &ctx, &parar)?;
+        salidas(cli, a, &informe, &format!("_{n}c"))?;
+        informes.push(informe);
+    }
+    if cli.json {
+        println!("{}", serde_json::json!({ "experimento": informes }));
+    } else {
+        println!("{}", load::tabla_experimento(&informes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn una_carga(
+    opts: &Opciones,
+    ctx: &zmq::Context,
+    parar: &Arc<AtomicBool>,
+) -> anyhow::Result<Informe> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(format!("{} clients starting", opts.clientes));
+    let informe = load::ejecutar(opts, ctx, parar, |a: &Avance| {
+        bar.set_message(a.to_string());
+        bar.tick();
+    });
+    bar.finish_and_clear();
+    Ok(informe?)
+}
+
+/// CSV files and the chart of one run (`suffix` tells experiment steps apart).
+fn salidas(cli: &Cli, a: &CargaArgs, informe: &Informe, suffix: &str) -> anyhow::Result<()> {
+    if let Some(prefix) = &a.csv {
+        let mut p = prefix.as_os_str().to_os_string();
+        p.push(suffix);
+        let (s, h) = csv::escribir(informe, &PathBuf::from(p))?;
+        eprintln!("wrote {} and {}", s.display(), h.display());
+    }
+    if let Some(file) = &a.grafico {
+        let path = if suffix.is_empty() {
+            file.clone()
+        } else {
+            let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+            file.with_file_name(format!("{stem}{suffix}.svg"))
+        };
+        grafico::dibujar(informe, &path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if cli.json && suffix.is_empty() {
+        println!("{}", serde_json::to_string(informe)?);
+    }
+    Ok(())
 }

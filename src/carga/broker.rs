@@ -255,7 +255,7 @@ impl Broker {
             Entrada::Resultado { id } => {
                 if let Some(route) = self.admissible(route, "resultado", Some(&id)) {
                     let body = json!({"operacion": "resultado", "id": id});
-                    self.to_storage(route, id.clone(), body, Some(id), "resultado", now);
+                    self.forward(route, id.clone(), body, Some(id), "resultado", now);
                 }
             }
             Entrada::Operacion(p) if !p.operacion.is_write() => {
@@ -265,7 +265,7 @@ impl Broker {
                     if !p.usuario.is_empty() {
                         body["usuario"] = Value::String(p.usuario.clone());
                     }
-                    self.to_storage(route, corr, body, p.id, "consulta", now);
+                    self.forward(route, corr, body, p.id, "consulta", now);
                 }
             }
             Entrada::Operacion(p) => self.on_write(route, p, now),
@@ -338,7 +338,10 @@ impl Broker {
         match self.inflight.admit(p, route, now) {
             Admision::New => self.publish(op, &id),
             Admision::Attached => {
-                tracing::debug!(id = id.as_str(), "joined the same request already in flight");
+                tracing::debug!(
+                    id = id.as_str(),
+                    "joined the same request already in flight"
+                );
             }
             Admision::Conflict(route) => {
                 let r = Respuesta::error(
@@ -360,7 +363,7 @@ impl Broker {
         }
     }
 
-    fn to_storage(
+    fn forward(
         &mut self,
         route: Vec<Vec<u8>>,
         key: String,
@@ -374,7 +377,12 @@ impl Broker {
             .or(body["id"].as_str())
             .unwrap_or_default()
             .to_string();
-        tracing::debug!(key = key.as_str(), operacion, isbn = isbn.as_str(), "to storage");
+        tracing::debug!(
+            key = key.as_str(),
+            operacion,
+            isbn = isbn.as_str(),
+            "to storage"
+        );
         let c = Consulta {
             route,
             client_id,
@@ -431,12 +439,18 @@ impl Broker {
             }
         };
         let Some(id) = r.id.clone() else {
-            tracing::warn!(mensaje = r.mensaje.as_str(), "storage reply without id dropped");
+            tracing::warn!(
+                mensaje = r.mensaje.as_str(),
+                "storage reply without id dropped"
+            );
             return;
         };
         let waiting = self.consultas.take(&id);
         if waiting.is_empty() {
-            tracing::debug!(id = id.as_str(), "storage reply for nobody waiting (late) ignored");
+            tracing::debug!(
+                id = id.as_str(),
+                "storage reply for nobody waiting (late) ignored"
+            );
         }
         for c in waiting {
             self.answer_consulta(c, r.clone(), now);
@@ -445,7 +459,10 @@ impl Broker {
 
     fn on_report(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
         let [frame] = frames.as_slice() else {
-            tracing::warn!(frames = frames.len(), "back-channel message dropped: expected one frame");
+            tracing::warn!(
+                frames = frames.len(),
+                "back-channel message dropped: expected one frame"
+            );
             return;
         };
         match Informe::from_bytes(frame) {
@@ -472,7 +489,10 @@ impl Broker {
             return;
         }
         let Some(entry) = self.inflight.complete(&id) else {
-            tracing::debug!(id = id.as_str(), "result for an unknown id (late duplicate) ignored");
+            tracing::debug!(
+                id = id.as_str(),
+                "result for an unknown id (late duplicate) ignored"
+            );
             return;
         };
         let bytes = r.clone().with_id(Some(id)).to_bytes();
@@ -503,7 +523,10 @@ impl Broker {
             }
         }
         if !tick.republish.is_empty() {
-            tracing::debug!(count = tick.republish.len(), "re-published unanswered requests");
+            tracing::debug!(
+                count = tick.republish.len(),
+                "re-published unanswered requests"
+            );
         }
         for e in tick.expired {
             let r = match e.transient {

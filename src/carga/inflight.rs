@@ -170,10 +170,8 @@ impl InFlight {
         let mut next_due: Option<Instant> = None;
         let mut finished = Vec::new();
         for (id, entry) in &mut self.entries {
-            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = entry
-                .waiters
-                .drain(..)
-                .partition(|w| w.deadline <= now);
+            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
+                entry.waiters.drain(..).partition(|w| w.deadline <= now);
             entry.waiters = kept;
             for waiter in gone {
                 out.expired.push(Expired {
@@ -230,7 +228,10 @@ mod tests {
     fn same_id_attaches_and_completes_together() {
         let t0 = Instant::now();
         let mut t = InFlight::new(Duration::from_millis(100), Duration::from_millis(1000));
-        assert_eq!(t.admit(pet("a", "u"), vec![b"1".to_vec()], t0), Admision::New);
+        assert_eq!(
+            t.admit(pet("a", "u"), vec![b"1".to_vec()], t0),
+            Admision::New
+        );
         assert_eq!(
             t.admit(pet("a", "u"), vec![b"2".to_vec()], t0),
             Admision::Attached

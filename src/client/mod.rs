@@ -3,11 +3,12 @@
 //! [`Client`] is a synchronous Lazy Pirate client (one REQ socket owned by the
 //! calling thread; a reply deadline, then a fresh socket, the same request id,
 //! the next endpoint). Around it: request files ([`archivo`]), latency
-//! summaries ([`stats`]), the health table ([`status`]) and the one-line
-//! rendering of replies ([`render`]). The binary only parses arguments and
-//! prints what these modules return.
+//! summaries ([`stats`]), the health table ([`status`]), the one-line
+//! rendering of replies ([`render`]) and the load generator ([`load`]). The
+//! binary only parses arguments and prints what these modules return.
 
 pub mod archivo;
+pub mod load;
 pub mod pirate;
 pub mod render;
 pub mod stats;

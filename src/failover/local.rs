@@ -160,8 +160,8 @@ impl Local {
         );
         Ok(text
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
+            .map(|l| l.trim_start_matches("pg_rewind: "))
             .unwrap_or("done")
             .to_string())
     }

@@ -32,7 +32,7 @@ pub enum FailoverError {
         state: String,
         next: String,
     },
-    #[error("node {node}: {source}")]
+    #[error("node {node}: {}", pg::describe_error(source))]
     Db {
         node: String,
         #[source]
@@ -51,7 +51,11 @@ pub enum FailoverError {
 }
 
 impl FailoverError {
-    pub fn stuck(what: impl Into<String>, state: impl Into<String>, next: impl Into<String>) -> Self {
+    pub fn stuck(
+        what: impl Into<String>,
+        state: impl Into<String>,
+        next: impl Into<String>,
+    ) -> Self {
         FailoverError::Stuck {
             what: what.into(),
             state: state.into(),
@@ -69,8 +73,8 @@ impl FailoverError {
 
 pub type Result<T, E = FailoverError> = std::result::Result<T, E>;
 
-/// Prints one line per step, prefixed with the time since the command began,
-/// and mirrors it to the log.
+/// Prints one line per step, prefixed with the time since the command began
+/// (mirrored to the log at debug level: the lines are the tool's output).
 pub struct Progress {
     start: Instant,
     sink: Box<dyn Fn(&str) + Send + Sync>,
@@ -100,7 +104,7 @@ impl Progress {
     /// Something the operator should know but that does not stop the command.
     pub fn warn(&self, msg: impl AsRef<str>) {
         let msg = msg.as_ref();
-        tracing::warn!("{msg}");
+        tracing::debug!("warning: {msg}");
         (self.sink)(&format!("[{:6.1}s] WARNING: {msg}", self.elapsed_secs()));
     }
 

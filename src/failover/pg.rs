@@ -64,7 +64,8 @@ pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Clien
     if cfg.get_application_name().is_none() {
         cfg.application_name("biblioteca-failover");
     }
-    cfg.connect(postgres::NoTls).map_err(FailoverError::db(&node.name))
+    cfg.connect(postgres::NoTls)
+        .map_err(FailoverError::db(&node.name))
 }
 
 /// What a node is right now.
@@ -151,19 +152,24 @@ pub fn probe(node: &FailoverNode, timeout: Duration) -> Probe {
     }
 }
 
+/// The server's message for a database error, else the error and its causes.
+pub fn describe_error(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// The first line of an error, with the database's own message when there is one.
 pub fn short_error(e: &FailoverError) -> String {
     if let FailoverError::Db { source, .. } = e {
-        if let Some(db) = source.as_db_error() {
-            return db.message().to_string();
-        }
-        let mut text = source.to_string();
-        let mut cause = std::error::Error::source(source);
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
-        return text;
+        return describe_error(source);
     }
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
@@ -299,10 +305,20 @@ pub fn counts(c: &mut postgres::Client, name: &str) -> Result<Counts> {
 /// synchronous replication off.
 pub fn set_sync_standbys(c: &mut postgres::Client, name: &str, names: &str) -> Result<()> {
     let quoted = names.replace('\'', "''");
-    c.batch_execute(&format!(
-        "ALTER SYSTEM SET synchronous_standby_names = '{quoted}'; SELECT pg_reload_conf();"
-    ))
-    .map_err(FailoverError::db(name))
+    alter_system(
+        c,
+        name,
+        &format!("synchronous_standby_names = '{quoted}'"),
+    )
+}
+
+/// `ALTER SYSTEM SET <setting>` then a reload; separate statements, since
+/// ALTER SYSTEM refuses to run inside the implicit transaction of a batch.
+pub fn alter_system(c: &mut postgres::Client, name: &str, setting: &str) -> Result<()> {
+    c.batch_execute(&format!("ALTER SYSTEM SET {setting}"))
+        .map_err(FailoverError::db(name))?;
+    c.batch_execute("SELECT pg_reload_conf()")
+        .map_err(FailoverError::db(name))
 }
 
 /// A `synchronous_standby_names` value naming exactly `node`.

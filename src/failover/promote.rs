@@ -46,7 +46,11 @@ const EVENTS_DDL: &str = "CREATE TABLE IF NOT EXISTS eventos_failover (
     timeline integer
 )";
 
-pub fn promote(cfg: &FailoverConfig, opts: &PromoteOptions, progress: &Progress) -> Result<PromoteOutcome> {
+pub fn promote(
+    cfg: &FailoverConfig,
+    opts: &PromoteOptions,
+    progress: &Progress,
+) -> Result<PromoteOutcome> {
     progress.step(format!("probing nodes {}", cfg.names()));
     let probes = probe_all(cfg);
     for p in &probes {
@@ -56,7 +60,10 @@ pub fn promote(cfg: &FailoverConfig, opts: &PromoteOptions, progress: &Progress)
     let old = old_primary(cfg, &probes, &target.name);
     match &old {
         Some(o) => progress.step(format!("promoting {} in place of {}", target.name, o.name)),
-        None => progress.step(format!("promoting {} (no former primary identified)", target.name)),
+        None => progress.step(format!(
+            "promoting {} (no former primary identified)",
+            target.name
+        )),
     }
     let already = find(&probes, &target.name).is_some_and(|p| p.role == Role::Primary);
     if already {
@@ -65,7 +72,13 @@ pub fn promote(cfg: &FailoverConfig, opts: &PromoteOptions, progress: &Progress)
             target.name
         ));
     } else {
-        check_no_data_loss(cfg, target, old.map(|o| (o, find(&probes, &o.name))), opts, progress)?;
+        check_no_data_loss(
+            cfg,
+            target,
+            old.map(|o| (o, find(&probes, &o.name))),
+            opts,
+            progress,
+        )?;
     }
     if let Some(o) = old {
         fence_old_primary(cfg, o, find(&probes, &o.name), progress)?;
@@ -96,7 +109,11 @@ fn describe(p: &Probe) -> String {
             p.timeline.map_or("?".into(), |t| t.to_string()),
             p.receive_lsn.map_or("-".into(), |l| l.to_string()),
             p.replay_lsn.map_or("-".into(), |l| l.to_string()),
-            if p.replay_paused { " (replay paused)" } else { "" }
+            if p.replay_paused {
+                " (replay paused)"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -147,8 +164,15 @@ fn pick_target<'a>(
 
 /// The primary being replaced: a reachable primary other than the target,
 /// else the storage manager's configured primary, else the only other node.
-fn old_primary<'a>(cfg: &'a FailoverConfig, probes: &[Probe], target: &str) -> Option<&'a FailoverNode> {
-    if let Some(p) = probes.iter().find(|p| p.role == Role::Primary && p.name != target) {
+fn old_primary<'a>(
+    cfg: &'a FailoverConfig,
+    probes: &[Probe],
+    target: &str,
+) -> Option<&'a FailoverNode> {
+    if let Some(p) = probes
+        .iter()
+        .find(|p| p.role == Role::Primary && p.name != target)
+    {
         return cfg.node(&p.name);
     }
     let configured = cfg
@@ -207,14 +231,19 @@ fn check_no_data_loss(
             (None, format!("{} received", target.name))
         }
     };
-    let p = wait_replay(cfg, target, |p| match (p.replay_lsn, needed.or(p.receive_lsn)) {
-        (Some(replay), Some(need)) => replay >= need,
-        (Some(_), None) => true,
-        _ => false,
+    let p = wait_replay(cfg, target, |p| {
+        match (p.replay_lsn, needed.or(p.receive_lsn)) {
+            (Some(replay), Some(need)) => replay >= need,
+            (Some(_), None) => true,
+            _ => false,
+        }
     });
     if p.role != Role::Standby {
         return Err(FailoverError::stuck(
-            format!("{} stopped being a reachable standby during the checks", target.name),
+            format!(
+                "{} stopped being a reachable standby during the checks",
+                target.name
+            ),
             format!("it is now {} ({})", p.role, p.error.unwrap_or_default()),
             "run `biblioteca-failover status` and retry",
         ));
@@ -240,7 +269,11 @@ fn check_no_data_loss(
         target.name,
         shown(replay),
         shown(need),
-        if p.replay_paused { "; its replay is PAUSED" } else { "" }
+        if p.replay_paused {
+            "; its replay is PAUSED"
+        } else {
+            ""
+        }
     );
     if opts.allow_data_loss {
         progress.warn(format!("{state}; promoting anyway (--allow-data-loss)"));
@@ -252,7 +285,10 @@ fn check_no_data_loss(
         "wait for the standby to catch up and run promote again, or accept the loss with --allow-data-loss".to_string()
     };
     Err(FailoverError::stuck(
-        format!("refusing to promote {}: it would lose committed data", target.name),
+        format!(
+            "refusing to promote {}: it would lose committed data",
+            target.name
+        ),
         format!("{state}; nothing was changed"),
         next,
     ))
@@ -260,7 +296,12 @@ fn check_no_data_loss(
 
 /// A former primary still running would accept writes from anyone still
 /// pointed at it: stop it when this host manages it, else say so loudly.
-fn fence_old_primary(cfg: &FailoverConfig, old: &FailoverNode, probe: Option<&Probe>, progress: &Progress) -> Result<()> {
+fn fence_old_primary(
+    cfg: &FailoverConfig,
+    old: &FailoverNode,
+    probe: Option<&Probe>,
+    progress: &Progress,
+) -> Result<()> {
     if probe.map_or(true, |p| p.role != Role::Primary) {
         return Ok(());
     }
@@ -271,16 +312,47 @@ fn fence_old_primary(cfg: &FailoverConfig, old: &FailoverNode, probe: Option<&Pr
         ));
         return Ok(());
     }
-    progress.step(format!("stopping old primary {} (pg_ctl stop -m fast) so it takes no more writes", old.name));
+    progress.step(format!(
+        "stopping old primary {} (pg_ctl stop -m fast) so it takes no more writes",
+        old.name
+    ));
     Local::new(cfg)?.stop(old).map_err(|e| {
         FailoverError::stuck(
-            format!("cannot stop old primary {}: {}", old.name, pg::short_error(&e)),
+            format!(
+                "cannot stop old primary {}: {}",
+                old.name,
+                pg::short_error(&e)
+            ),
             "nothing was promoted; the old primary may still take writes",
             format!("stop {} by hand and run promote again", old.name),
         )
     })?;
     progress.step(format!("old primary {} stopped", old.name));
     Ok(())
+}
+
+/// Creates `eventos_failover` when the storage migrations have not, owned
+/// by the database's owner (the application role) so the storage manager
+/// can write to it as well.
+fn ensure_events_table(c: &mut postgres::Client, node: &str) -> Result<()> {
+    let exists: bool = c
+        .query_one("SELECT to_regclass('eventos_failover') IS NOT NULL", &[])
+        .map_err(FailoverError::db(node))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    let owner: String = c
+        .query_one(
+            "SELECT quote_ident(pg_get_userbyid(datdba)) FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .map_err(FailoverError::db(node))?
+        .get(0);
+    c.batch_execute(&format!(
+        "{EVENTS_DDL}; ALTER TABLE eventos_failover OWNER TO {owner}"
+    ))
+    .map_err(FailoverError::db(node))
 }
 
 /// From `pg_promote` to the storage manager serving from the new primary.
@@ -298,7 +370,10 @@ pub fn finish_promotion(
     progress.step(format!("before: {before} (on {})", target.name));
     let started = Instant::now();
     if !already {
-        progress.step(format!("promoting {} (pg_promote, waiting up to {}s)", target.name, cfg.promote_timeout_secs));
+        progress.step(format!(
+            "promoting {} (pg_promote, waiting up to {}s)",
+            target.name, cfg.promote_timeout_secs
+        ));
         let secs = cfg.promote_timeout_secs.min(i32::MAX as u64) as i32;
         let done: bool = c
             .query_one("SELECT pg_promote(true, $1)", &[&secs])
@@ -308,14 +383,24 @@ pub fn finish_promotion(
         while pg::in_recovery(&mut c, &target.name)? {
             if Instant::now() >= deadline {
                 return Err(FailoverError::stuck(
-                    format!("{} did not leave recovery within {}s (pg_promote returned {done})", target.name, cfg.promote_timeout_secs),
+                    format!(
+                        "{} did not leave recovery within {}s (pg_promote returned {done})",
+                        target.name, cfg.promote_timeout_secs
+                    ),
                     "promotion was requested; the storage manager still points at the old primary",
-                    format!("check {}'s server log, then run `promote --node {}` again", target.name, target.name),
+                    format!(
+                        "check {}'s server log, then run `promote --node {}` again",
+                        target.name, target.name
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        progress.step(format!("{} left recovery: it is a primary ({:.1}s)", target.name, started.elapsed().as_secs_f64()));
+        progress.step(format!(
+            "{} left recovery: it is a primary ({:.1}s)",
+            target.name,
+            started.elapsed().as_secs_f64()
+        ));
     }
     let sync: String = c
         .query_one("SELECT current_setting('synchronous_standby_names')", &[])
@@ -342,11 +427,13 @@ pub fn finish_promotion(
     }
     // The storage manager compares timelines from pg_control_checkpoint();
     // the end-of-recovery checkpoint may still be pending.
-    c.batch_execute("CHECKPOINT").map_err(FailoverError::db(&target.name))?;
+    c.batch_execute("CHECKPOINT")
+        .map_err(FailoverError::db(&target.name))?;
     let timeline = pg::probe_with(&mut c, &target.name)?.timeline;
     let tl: Option<i32> = timeline.map(|t| t as i32);
-    c.batch_execute("SET statement_timeout = '15s'").map_err(FailoverError::db(&target.name))?;
-    c.batch_execute(EVENTS_DDL).map_err(FailoverError::db(&target.name))?;
+    c.batch_execute("SET statement_timeout = '15s'")
+        .map_err(FailoverError::db(&target.name))?;
+    ensure_events_table(&mut c, &target.name)?;
     let id: i64 = c
         .query_one(
             "INSERT INTO eventos_failover (momento, nodo_anterior, nodo_nuevo, timeline)
@@ -384,7 +471,7 @@ pub fn finish_promotion(
     repoint_storage(cfg, &target.name, old, progress)?;
     let total_secs = progress.elapsed_secs();
     progress.step(format!(
-        "failover complete: {} is the primary on timeline {} (total {total_secs:.1}s)",
+        "promotion complete: {} is the primary on timeline {} (total {total_secs:.1}s)",
         target.name,
         timeline.map_or("?".into(), |t| t.to_string())
     ));
@@ -400,7 +487,12 @@ pub fn finish_promotion(
 
 /// Rewrites the storage manager's roles (new primary, old fenced), reloads
 /// it and waits until it serves from `new`.
-fn repoint_storage(cfg: &FailoverConfig, new: &str, old: Option<&str>, progress: &Progress) -> Result<()> {
+fn repoint_storage(
+    cfg: &FailoverConfig,
+    new: &str,
+    old: Option<&str>,
+    progress: &Progress,
+) -> Result<()> {
     let target = &cfg.storage;
     match &target.config {
         Some(path) => {
@@ -422,7 +514,9 @@ fn repoint_storage(cfg: &FailoverConfig, new: &str, old: Option<&str>, progress:
                 backup.display()
             ));
         }
-        None => progress.warn("no storage.config set: the storage manager's config was not changed"),
+        None => {
+            progress.warn("no storage.config set: the storage manager's config was not changed")
+        }
     }
     let how = storage::reload(target).map_err(|e| {
         FailoverError::stuck(
@@ -448,7 +542,11 @@ pub(crate) fn set_role_and_reload(
 ) -> Result<()> {
     if let Some(path) = &cfg.storage.config {
         storage::set_roles(path, &[(node, role)])?;
-        progress.step(format!("storage config {}: {node} is now {role:?}", path.display()).to_lowercase());
+        progress.step(format!(
+            "storage config {}: {node} is now {}",
+            path.display(),
+            storage::role_name(role)
+        ));
     }
     let how = storage::reload(&cfg.storage)?;
     progress.step(format!("storage manager reload: {how}"));

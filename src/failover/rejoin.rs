@@ -37,7 +37,11 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
         .collect();
     let primary = match primaries.as_slice() {
         [one] => cfg.node(&one.name).ok_or_else(|| {
-            FailoverError::stuck("probe named an unknown node", "nothing was changed", "report a bug")
+            FailoverError::stuck(
+                "probe named an unknown node",
+                "nothing was changed",
+                "report a bug",
+            )
         })?,
         [] => {
             return Err(FailoverError::stuck(
@@ -54,11 +58,14 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
             ))
         }
     };
-    progress.step(format!("{name} will follow primary {}", primary.name));
+    progress.step(format!("{name} will become a standby of {}, the current primary", primary.name));
     let slot = pg::slot_name(name);
     let already = streaming(cfg, primary, name)?;
     if already {
-        progress.step(format!("{name} already streams from {}; skipping the rewind", primary.name));
+        progress.step(format!(
+            "{name} already streams from {}; skipping the rewind",
+            primary.name
+        ));
     } else {
         rebuild(cfg, &local, old, primary, &slot, progress)?;
     }
@@ -119,12 +126,22 @@ fn rebuild(
         }
     }
     let mut c = pg::connect(primary, cfg.connect_timeout())?;
-    progress.step(format!("CHECKPOINT on {} so pg_rewind sees the new timeline", primary.name));
-    c.batch_execute("CHECKPOINT").map_err(FailoverError::db(&primary.name))?;
+    progress.step(format!(
+        "CHECKPOINT on {} so pg_rewind sees the new timeline",
+        primary.name
+    ));
+    c.batch_execute("CHECKPOINT")
+        .map_err(FailoverError::db(&primary.name))?;
     if pg::ensure_slot(&mut c, &primary.name, slot)? {
-        progress.step(format!("replication slot {slot} ready on {} (WAL reserved from now)", primary.name));
+        progress.step(format!(
+            "replication slot {slot} ready on {} (WAL reserved from now)",
+            primary.name
+        ));
     } else {
-        progress.step(format!("replication slot {slot} on {} is in use; keeping it", primary.name));
+        progress.step(format!(
+            "replication slot {slot} on {} is in use; keeping it",
+            primary.name
+        ));
     }
     let saved = local.save_conf(old)?;
     progress.step(format!("pg_rewind of {name} from {}", primary.name));
@@ -139,10 +156,16 @@ fn rebuild(
                 FailoverError::stuck(
                     format!("pg_basebackup of {name} failed: {}", pg::short_error(&e)),
                     format!("{name}'s data directory is incomplete; it must not be started as is"),
-                    format!("fix the cause (disk, connectivity to {}) and run rejoin again", primary.name),
+                    format!(
+                        "fix the cause (disk, connectivity to {}) and run rejoin again",
+                        primary.name
+                    ),
                 )
             })?;
-            progress.step(format!("pg_basebackup of {name} from {} done", primary.name));
+            progress.step(format!(
+                "pg_basebackup of {name} from {} done",
+                primary.name
+            ));
         }
     }
     local.restore_conf(&saved)?;
@@ -156,10 +179,13 @@ fn rebuild(
         FailoverError::stuck(
             format!("{name} did not start: {}", pg::short_error(&e)),
             format!("{name} is rewound and configured as a standby but not running"),
-            format!("read its server log, fix the cause, start it and run rejoin again"),
+            "read its server log, fix the cause, start it and run rejoin again",
         )
     })?;
-    progress.step(format!("waiting up to {}s for {name} to stream from {}", cfg.streaming_timeout_secs, primary.name));
+    progress.step(format!(
+        "waiting up to {}s for {name} to stream from {}",
+        cfg.streaming_timeout_secs, primary.name
+    ));
     let deadline = Instant::now() + Duration::from_secs(cfg.streaming_timeout_secs);
     while !streaming(cfg, primary, name)? {
         if Instant::now() >= deadline {

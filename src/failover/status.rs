@@ -71,11 +71,8 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
     probes
         .iter()
         .map(|p| {
-            let replica = primary.and_then(|pr| {
-                pr.replicas
-                    .iter()
-                    .find(|r| r.application_name == p.name)
-            });
+            let replica =
+                primary.and_then(|pr| pr.replicas.iter().find(|r| r.application_name == p.name));
             let lag_bytes = match p.role {
                 Role::Standby => {
                     let ahead = primary.and_then(|pr| pr.lsn).or(p.receive_lsn);
@@ -166,7 +163,11 @@ pub fn render(report: &Report) -> String {
     } else {
         format!(
             "serving from {}",
-            report.storage.serving_from.as_deref().unwrap_or("(no node)")
+            report
+                .storage
+                .serving_from
+                .as_deref()
+                .unwrap_or("(no node)")
         )
     };
     let _ = writeln!(

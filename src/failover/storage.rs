@@ -66,7 +66,7 @@ pub fn set_roles(path: &Path, changes: &[(&str, NodeRole)]) -> Result<PathBuf> {
     Ok(backup)
 }
 
-fn role_name(r: NodeRole) -> &'static str {
+pub fn role_name(r: NodeRole) -> &'static str {
     match r {
         NodeRole::Primary => "primary",
         NodeRole::Standby => "standby",
@@ -89,9 +89,10 @@ pub fn rewrite_roles(text: &str, changes: &[(&str, NodeRole)]) -> Result<String,
         .map(|(n, _)| *n)
         .collect();
     for (name, role) in changes {
-        let found = nodes.iter_mut().filter_map(|n| n.as_table_mut()).find(|n| {
-            n.get("name").and_then(|v| v.as_str()) == Some(name)
-        });
+        let found = nodes
+            .iter_mut()
+            .filter_map(|n| n.as_table_mut())
+            .find(|n| n.get("name").and_then(|v| v.as_str()) == Some(name));
         let node = found.ok_or_else(|| format!("no node named {name:?} in [[database.nodes]]"))?;
         node.insert("role".into(), toml::Value::String(role_name(*role).into()));
     }
@@ -207,10 +208,7 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
                 progress.step(format!("storage manager now serves from {node}"));
                 return Ok(());
             }
-            Ok(Some(s)) => format!(
-                "it reports node {}",
-                s.nodo.as_deref().unwrap_or("(none)")
-            ),
+            Ok(Some(s)) => format!("it reports node {}", s.nodo.as_deref().unwrap_or("(none)")),
             Ok(None) => format!("no answer from {}", target.endpoint),
             Err(e) => e.to_string(),
         };

@@ -118,7 +118,11 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
             Err(e) => {
                 shared.request_recheck();
                 tracing::warn!(node = %node.cfg.name, error = %e, "no database connection for a write");
-                return unavailable(op, Some(&id), format!("no connection to node {}", node.cfg.name));
+                return unavailable(
+                    op,
+                    Some(&id),
+                    format!("no connection to node {}", node.cfg.name),
+                );
             }
         };
         match ops::apply_write(&mut conn, &p, &id, shared.fencing.newest()) {
@@ -266,7 +270,11 @@ fn resultado(shared: &Shared, id: &str) -> Vec<u8> {
         )
         .with_id(Some(id.to_string()))
         .to_bytes(),
-        Ok(_) => unavailable("resultado", Some(id), "only a standby answered and it has no outcome for this id"),
+        Ok(_) => unavailable(
+            "resultado",
+            Some(id),
+            "only a standby answered and it has no outcome for this id",
+        ),
         Err(why) => unavailable("resultado", Some(id), why),
     }
 }

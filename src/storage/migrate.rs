@@ -53,7 +53,10 @@ pub fn apply(client: &mut Client) -> Result<Vec<i32>, MigrationError> {
     let mut tx = client.transaction()?;
     // Waiting for another instance's migrations is fine; the pool's short
     // timeouts are for requests, not for this.
-    tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = '5min'")?;
+    tx.batch_execute(
+        "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = '5min'; \
+         SET LOCAL client_min_messages = warning",
+    )?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (

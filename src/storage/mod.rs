@@ -12,12 +12,13 @@
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
 //! (the stored reply of request X, or `SolicitudDesconocida`).
 
+mod fencing;
 mod handler;
 mod migrate;
 mod monitor;
 mod nodes;
 mod ops;
-mod seed;
+pub mod seed;
 mod server;
 
 use std::path::PathBuf;
@@ -58,7 +59,7 @@ pub enum StorageError {
 /// What every thread of one storage manager shares.
 pub(crate) struct Shared {
     backend: RwLock<Arc<nodes::Backend>>,
-    fencing: nodes::Fencing,
+    fencing: fencing::Fencing,
     started: Instant,
     answered: AtomicU64,
     in_flight: AtomicUsize,
@@ -66,7 +67,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(backend: nodes::Backend, fencing: nodes::Fencing) -> Shared {
+    fn new(backend: nodes::Backend, fencing: fencing::Fencing) -> Shared {
         Shared {
             backend: RwLock::new(Arc::new(backend)),
             fencing,
@@ -128,11 +129,19 @@ pub fn run(
     config_path: Option<PathBuf>,
     shutdown: Shutdown,
 ) -> Result<(), StorageError> {
-    let fencing = nodes::Fencing::load(config.state_dir.as_ref())?;
+    let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let bind = config.bind.clone();
     let shared = Arc::new(Shared::new(nodes::Backend::new(config)?, fencing));
     let mut probes = monitor::Probes::default();
-    if !wait_for_database(&shared, &mut probes, &shutdown)? {
+    let mut generation = shutdown.reload_generation();
+    let waited = wait_for_database(
+        &shared,
+        &mut probes,
+        &shutdown,
+        config_path.as_deref(),
+        &mut generation,
+    )?;
+    if !waited {
         return Ok(());
     }
     let stop_monitor = Arc::new(AtomicBool::new(false));
@@ -141,7 +150,10 @@ pub fn run(
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("storage-monitor".into())
-            .spawn(move || monitor::run(shared, probes, config_path.as_deref(), &shutdown, &stop))?
+            .spawn(move || {
+                let path = config_path.as_deref();
+                monitor::run(shared, probes, path, &shutdown, generation, &stop)
+            })?
     };
     let served = server::serve(shared, &bind, &shutdown);
     stop_monitor.store(true, Ordering::SeqCst);
@@ -152,14 +164,22 @@ pub fn run(
 }
 
 /// Probes until a writable node answers and the migrations are applied;
-/// `false` when stopped first.
+/// `false` when stopped first. A SIGHUP meanwhile reloads the configuration
+/// (the file may be what points at the wrong node).
 fn wait_for_database(
     shared: &Shared,
     probes: &mut monitor::Probes,
     shutdown: &Shutdown,
+    config_path: Option<&std::path::Path>,
+    generation: &mut u64,
 ) -> Result<bool, StorageError> {
     let mut attempt = 0u32;
     while !shutdown.is_triggered() {
+        let g = shutdown.reload_generation();
+        if g != *generation {
+            *generation = g;
+            monitor::reload(shared, config_path, probes, false);
+        }
         monitor::refresh(shared, probes);
         let backend = shared.backend();
         let failure = match backend.writer() {
@@ -191,7 +211,7 @@ fn wait_for_database(
 
 /// Probes the configured nodes once and connects to the one that takes writes.
 fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageError> {
-    let fencing = nodes::Fencing::load(config.state_dir.as_ref())?;
+    let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let backend = nodes::Backend::new(config.clone())?;
     let mut probes = monitor::Probes::default();
     let results = probes.probe(&backend);

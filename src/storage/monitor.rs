@@ -33,7 +33,11 @@ pub struct Probes {
     clients: HashMap<(String, String), postgres::Client>,
 }
 
-fn probe_one(pg: &postgres::Config, client: Option<postgres::Client>, timeout: Duration) -> (ProbeResult, Option<postgres::Client>) {
+fn probe_one(
+    pg: &postgres::Config,
+    client: Option<postgres::Client>,
+    timeout: Duration,
+) -> (ProbeResult, Option<postgres::Client>) {
     let mut client = match client {
         Some(c) if !c.is_closed() => c,
         _ => match pg.connect(postgres::NoTls) {
@@ -126,13 +130,10 @@ pub fn refresh(shared: &Shared, probes: &mut Probes) {
 }
 
 fn refresh_backend(shared: &Shared, backend: &Backend, probes: &mut Probes) {
-    let before = backend.writer().map(|(_, n)| n.cfg.name.clone());
     let results = probes.probe(backend);
-    backend.apply_probes(results, &shared.fencing);
-    let after = backend.writer();
-    if let (Some(old), Some((_, node))) = (before, after) {
-        if old != node.cfg.name {
-            record_failover(node, &old, shared.fencing.newest());
+    if let Some(from) = backend.apply_probes(results, &shared.fencing) {
+        if let Some((_, node)) = backend.writer() {
+            record_failover(node, &from, shared.fencing.newest());
         }
     }
 }
@@ -158,15 +159,15 @@ pub fn run(
     mut probes: Probes,
     config_path: Option<&Path>,
     shutdown: &Shutdown,
+    mut generation: u64,
     stop: &AtomicBool,
 ) {
-    let mut generation = shutdown.reload_generation();
     let mut last = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let g = shutdown.reload_generation();
         if g != generation {
             generation = g;
-            reload(&shared, config_path, &mut probes);
+            reload(&shared, config_path, &mut probes, true);
             last = Instant::now();
         }
         let since = last.elapsed();
@@ -178,8 +179,9 @@ pub fn run(
     }
 }
 
-/// SIGHUP: re-read, validate, build, probe, swap.
-fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes) {
+/// SIGHUP: re-read, validate, build, probe, swap. `serving` is false while
+/// the service still waits for its database (no READY yet, so no RELOADING).
+pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, serving: bool) {
     let Some(path) = config_path else {
         tracing::info!("SIGHUP without a configuration file: re-probing the nodes");
         refresh(shared, probes);
@@ -192,11 +194,19 @@ fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes) {
             return;
         }
     };
-    notify::reloading();
+    if serving {
+        notify::reloading();
+    }
     let old = shared.backend();
     let fixed = &old.config;
-    if cfg.bind != fixed.bind || cfg.workers != fixed.workers || cfg.max_queue != fixed.max_queue || cfg.state_dir != fixed.state_dir {
-        tracing::warn!("bind, workers, max_queue and state_dir changes take effect only after a restart");
+    if cfg.bind != fixed.bind
+        || cfg.workers != fixed.workers
+        || cfg.max_queue != fixed.max_queue
+        || cfg.state_dir != fixed.state_dir
+    {
+        tracing::warn!(
+            "bind, workers, max_queue and state_dir changes take effect only after a restart"
+        );
         cfg.bind = fixed.bind.clone();
         cfg.workers = fixed.workers;
         cfg.max_queue = fixed.max_queue;
@@ -206,35 +216,42 @@ fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "reload refused: keeping the running configuration");
-            notify::ready(&status_line(&old));
+            if serving {
+                notify::ready(&status_line(&old));
+            }
             return;
         }
     };
     *probes = Probes::default();
+    let before = old.last_writer();
+    backend.inherit_last_writer(before.clone());
     let results = probes.probe(&backend);
-    backend.apply_probes(results, &shared.fencing);
-    let before = old.writer().map(|(_, n)| n.cfg.name.clone());
+    let switched = backend.apply_probes(results, &shared.fencing);
     let backend = Arc::new(backend);
     shared.swap(backend.clone());
     let after = backend.writer().map(|(_, n)| n.cfg.name.clone());
-    if before != after {
-        tracing::warn!(
-            "configuration reloaded: switching writes from {} to {}",
-            before.as_deref().unwrap_or("none"),
-            after.as_deref().unwrap_or("none")
-        );
-        if let (Some(old_name), Some((_, node))) = (before, backend.writer()) {
-            record_failover(node, &old_name, shared.fencing.newest());
-        }
-    } else {
-        tracing::info!(nodo = after.as_deref().unwrap_or("none"), "configuration reloaded");
+    tracing::info!(
+        nodo = after.as_deref().unwrap_or("none"),
+        previous = before.as_deref().unwrap_or("none"),
+        "configuration reloaded"
+    );
+    if let (Some(from), Some((_, node))) = (switched, backend.writer()) {
+        record_failover(node, &from, shared.fencing.newest());
     }
-    notify::ready(&status_line(&backend));
+    if serving {
+        notify::ready(&status_line(&backend));
+    }
 }
 
 pub fn status_line(backend: &Backend) -> String {
     match backend.writer() {
-        Some((_, n)) => format!("serving on {}, writes to {}", backend.config.bind, n.cfg.name),
-        None => format!("serving on {}, no writable database node", backend.config.bind),
+        Some((_, n)) => format!(
+            "serving on {}, writes to {}",
+            backend.config.bind, n.cfg.name
+        ),
+        None => format!(
+            "serving on {}, no writable database node",
+            backend.config.bind
+        ),
     }
 }

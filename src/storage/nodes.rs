@@ -5,12 +5,10 @@
 //! recovery, timeline). [`choose_writer`] is the whole failover policy as a
 //! pure function: writes go to a reachable node that is not in recovery, is
 //! not fenced by configuration and whose timeline is not older than the newest
-//! timeline ever seen ([`Fencing`], persisted in `state_dir/timeline`). A
+//! timeline ever seen ([`Fencing`]). A
 //! former primary that comes back on an old timeline is therefore refused and
 //! reported as `fenced: stale timeline`.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::{json, Value};
 
+use super::fencing::Fencing;
 use super::StorageError;
 use crate::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
 
@@ -32,73 +31,6 @@ pub const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
           THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
           ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
      END";
-
-/// The newest timeline ever seen; a node on an older one never takes writes.
-#[derive(Debug)]
-pub struct Fencing {
-    newest: AtomicU32,
-    file: Option<PathBuf>,
-}
-
-impl Fencing {
-    /// Loads the newest timeline from `state_dir/timeline` when configured.
-    pub fn load(state_dir: Option<&PathBuf>) -> Result<Fencing, StorageError> {
-        let file = state_dir.map(|d| d.join("timeline"));
-        let mut newest = 0;
-        if let Some(path) = &file {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| StorageError::State {
-                    path: dir.to_path_buf(),
-                    source: e,
-                })?;
-            }
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    newest = text.trim().parse().map_err(|_| StorageError::State {
-                        path: path.clone(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            "expected a timeline number",
-                        ),
-                    })?;
-                    tracing::info!(timeline = newest, file = %path.display(), "newest timeline seen so far");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(StorageError::State {
-                        path: path.clone(),
-                        source: e,
-                    })
-                }
-            }
-        }
-        Ok(Fencing {
-            newest: AtomicU32::new(newest),
-            file,
-        })
-    }
-
-    pub fn newest(&self) -> u32 {
-        self.newest.load(Ordering::SeqCst)
-    }
-
-    /// Records a timeline; persists it when it is the newest so far.
-    pub fn observe(&self, timeline: u32) {
-        let before = self.newest.fetch_max(timeline, Ordering::SeqCst);
-        if timeline <= before {
-            return;
-        }
-        tracing::info!(timeline, previous = before, "newer timeline seen");
-        if let Some(path) = &self.file {
-            let tmp = path.with_extension("tmp");
-            let written = std::fs::write(&tmp, format!("{timeline}\n"))
-                .and_then(|_| std::fs::rename(&tmp, path));
-            if let Err(e) = written {
-                tracing::error!(file = %path.display(), error = %e, "cannot persist the newest timeline");
-            }
-        }
-    }
-}
 
 /// What the last probe of a node saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,6 +134,9 @@ pub struct Backend {
     pub config: StorageConfig,
     pub nodes: Vec<Node>,
     writer: Mutex<Option<usize>>,
+    /// The last node that took writes, kept while none can: a failover is a
+    /// switch from it, even across an outage.
+    last_writer: Mutex<Option<String>>,
 }
 
 impl Backend {
@@ -242,6 +177,7 @@ impl Backend {
             config,
             nodes,
             writer: Mutex::new(None),
+            last_writer: Mutex::new(None),
         })
     }
 
@@ -271,16 +207,15 @@ impl Backend {
 
     /// Takes the probe results (same order as `nodes`; `None` for nodes not
     /// probed because the configuration fences them), updates every node's
-    /// state and picks the writer. Logs failovers and fencing decisions.
+    /// state and picks the writer. Logs failovers and fencing decisions;
+    /// returns the node writes switched away from, when they did.
     pub fn apply_probes(
         &self,
         results: Vec<Option<Result<(bool, u32), String>>>,
         fencing: &Fencing,
-    ) -> Option<usize> {
-        for r in results.iter().flatten() {
-            if let Ok((_, tl)) = r {
-                fencing.observe(*tl);
-            }
+    ) -> Option<String> {
+        for (_, tl) in results.iter().flatten().flatten() {
+            fencing.observe(*tl);
         }
         let newest = fencing.newest();
         let mut observed = Vec::with_capacity(self.nodes.len());
@@ -313,30 +248,42 @@ impl Backend {
         }
         let mut writer = lock(&self.writer);
         let chosen = choose_writer(&observed, *writer, newest);
+        let mut failover = None;
         if chosen != *writer {
-            let name = |i: Option<usize>| {
-                i.and_then(|i| self.nodes.get(i))
-                    .map_or("none".to_string(), |n| n.cfg.name.clone())
-            };
-            match (*writer, chosen) {
-                (Some(_), Some(_)) => tracing::warn!(
-                    timeline = newest,
-                    "FAILOVER: switching writes from {} to {}",
-                    name(*writer),
-                    name(chosen)
-                ),
-                (None, Some(_)) => {
-                    tracing::info!(timeline = newest, "writes go to {}", name(chosen))
+            let mut last = lock(&self.last_writer);
+            match chosen.and_then(|i| self.nodes.get(i)) {
+                Some(node) => {
+                    let to = node.cfg.name.clone();
+                    match last.as_deref() {
+                        Some(from) if from != to => {
+                            tracing::warn!(
+                                timeline = newest,
+                                "FAILOVER: switching writes from {from} to {to}"
+                            );
+                            failover = Some(from.to_string());
+                        }
+                        _ => tracing::info!(timeline = newest, "writes go to {to}"),
+                    }
+                    *last = Some(to);
                 }
-                (Some(_), None) => tracing::error!(
-                    "no writable database node: writes fail with AlmacenamientoNoDisponible (was {})",
-                    name(*writer)
+                None => tracing::error!(
+                    "no writable database node: writes fail with AlmacenamientoNoDisponible (last writer: {})",
+                    last.as_deref().unwrap_or("none")
                 ),
-                (None, None) => {}
             }
             *writer = chosen;
         }
-        chosen
+        failover
+    }
+
+    /// The node that took writes last (now or before an outage).
+    pub fn last_writer(&self) -> Option<String> {
+        lock(&self.last_writer).clone()
+    }
+
+    /// Starts a reloaded backend's history where the old one ended.
+    pub fn inherit_last_writer(&self, name: Option<String>) {
+        *lock(&self.last_writer) = name;
     }
 
     /// Stops writes to node `idx` (a write found it in recovery or on an old
@@ -461,7 +408,11 @@ pub fn choose_writer(nodes: &[Observed], current: Option<usize>, newest: u32) ->
         .filter(|o| candidate(o))
         .map(|o| o.timeline)
         .max()?;
-    let best = |i: usize| nodes.get(i).is_some_and(|o| candidate(o) && o.timeline == top);
+    let best = |i: usize| {
+        nodes
+            .get(i)
+            .is_some_and(|o| candidate(o) && o.timeline == top)
+    };
     if let Some(c) = current.filter(|&c| best(c)) {
         return Some(c);
     }
@@ -541,21 +492,12 @@ mod tests {
         };
         assert_eq!(estado(NodeRole::Primary, &s, true), "writing");
         s.stale = true;
-        assert_eq!(estado(NodeRole::Primary, &s, false), "fenced: stale timeline");
+        assert_eq!(
+            estado(NodeRole::Primary, &s, false),
+            "fenced: stale timeline"
+        );
         s.reachable = Some(false);
         assert_eq!(estado(NodeRole::Primary, &s, false), "unreachable");
         assert_eq!(estado(NodeRole::Fenced, &s, false), "fenced");
-    }
-
-    #[test]
-    fn fencing_persists_the_newest_timeline() {
-        let dir = std::env::temp_dir().join(format!("bib-fencing-{}", std::process::id()));
-        let f = Fencing::load(Some(&dir)).unwrap();
-        f.observe(3);
-        f.observe(2);
-        assert_eq!(f.newest(), 3);
-        let again = Fencing::load(Some(&dir)).unwrap();
-        assert_eq!(again.newest(), 3);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -76,7 +76,8 @@ pub fn apply_write(
                 "request id {id} vanished while being read"
             )));
         };
-        let (s_op, s_isbn, s_usuario): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        let (s_op, s_isbn, s_usuario): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
         if s_op != op || s_isbn != p.isbn || s_usuario != p.usuario {
             return Err(TxError::IdReused(format!(
                 "id {id:?} was already used for {s_op} of {s_isbn} by {s_usuario}; use a new id for a different request"
@@ -114,7 +115,10 @@ pub fn replay(stored: &str) -> Vec<u8> {
 }
 
 /// The stored reply of a request id, if any (`resultado` lookups).
-pub fn stored_reply(client: &mut impl GenericClient, id: &str) -> Result<Option<Vec<u8>>, postgres::Error> {
+pub fn stored_reply(
+    client: &mut impl GenericClient,
+    id: &str,
+) -> Result<Option<Vec<u8>>, postgres::Error> {
     let row = client.query_opt(
         "SELECT respuesta::text FROM solicitudes WHERE id = $1 AND respuesta IS NOT NULL",
         &[&id],
@@ -304,7 +308,10 @@ fn renovacion(tx: &mut Transaction<'_>, p: &Peticion) -> Result<Respuesta, postg
 }
 
 /// Availability of a book; read-only, runs on any node.
-pub fn consulta(client: &mut impl GenericClient, p: &Peticion) -> Result<Respuesta, postgres::Error> {
+pub fn consulta(
+    client: &mut impl GenericClient,
+    p: &Peticion,
+) -> Result<Respuesta, postgres::Error> {
     let Some(row) = client.query_opt(
         "SELECT l.titulo, l.autor, l.ejemplares, \
                 (SELECT count(*) FROM prestamos WHERE isbn = l.isbn AND estado = 'ACTIVO'), \
@@ -330,7 +337,10 @@ pub fn consulta(client: &mut impl GenericClient, p: &Peticion) -> Result<Respues
     if !p.usuario.is_empty() {
         if let Some(m) = datos.as_object_mut() {
             m.insert("usuario".into(), json!(p.usuario));
-            m.insert("prestamo_activo_usuario".into(), json!(row.get::<_, bool>(4)));
+            m.insert(
+                "prestamo_activo_usuario".into(),
+                json!(row.get::<_, bool>(4)),
+            );
         }
     }
     let mensaje = if ejemplares > 0 {

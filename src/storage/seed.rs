@@ -69,6 +69,9 @@ mod tests {
         assert!(validate_isbn(&a).is_ok());
         assert_ne!(isbn(1), isbn(2));
         let digits: String = isbn(123_456).chars().filter(char::is_ascii_digit).collect();
-        assert_eq!(check_digit(&digits[..12]), digits[12..].parse::<u32>().unwrap());
+        assert_eq!(
+            check_digit(&digits[..12]),
+            digits[12..].parse::<u32>().unwrap()
+        );
     }
 }

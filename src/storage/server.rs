@@ -27,6 +27,14 @@ const POLL: Duration = Duration::from_millis(100);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
 const BURST: usize = 256;
 
+/// A request handed to a worker, as the front-end remembers it.
+struct Pending {
+    route: Vec<Vec<u8>>,
+    since: Instant,
+    op: &'static str,
+    id: Option<String>,
+}
+
 /// A validated request on its way to a worker.
 struct Job {
     n: u64,
@@ -65,6 +73,11 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     notify::ready(&format!("serving on {bind}, writes to {nodo}"));
     tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
 
+    // Longer than any legitimate request (a connection, then statements
+    // bounded by statement_timeout); past it the database is hung.
+    let deadline = Duration::from_millis(cfg.database.statement_timeout_ms)
+        + super::nodes::connect_timeout(&cfg.database)
+        + Duration::from_secs(1);
     let mut front = Front {
         router,
         replies,
@@ -72,17 +85,20 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         next: 0,
         tx: Some(tx),
         shared: shared.clone(),
+        deadline,
+        next_sweep: Instant::now(),
     };
-    let drain_for = Duration::from_millis(cfg.database.statement_timeout_ms * 2)
-        + super::nodes::connect_timeout(&cfg.database)
-        + Duration::from_secs(1);
+    let drain_for = deadline;
     let mut stop_deadline: Option<Instant> = None;
     loop {
         let accepting = stop_deadline.is_none();
         front.turn(accepting)?;
         if accepting && shutdown.is_triggered() {
             notify::stopping();
-            tracing::info!(in_flight = front.pending.len(), "stopping: finishing in-flight requests");
+            tracing::info!(
+                in_flight = front.pending.len(),
+                "stopping: finishing in-flight requests"
+            );
             // Dropping the sender lets workers exit once the queue is empty.
             front.tx = None;
             stop_deadline = Some(Instant::now() + drain_for);
@@ -92,7 +108,10 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(abandoned = front.pending.len(), "stop deadline reached with requests in flight");
+                tracing::warn!(
+                    abandoned = front.pending.len(),
+                    "stop deadline reached with requests in flight"
+                );
                 break;
             }
         }
@@ -111,18 +130,24 @@ struct Front {
     router: zmq::Socket,
     replies: zmq::Socket,
     /// Job number → the route to reply along.
-    pending: HashMap<u64, Vec<Vec<u8>>>,
+    pending: HashMap<u64, Pending>,
     next: u64,
     tx: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
+    /// A request unanswered this long gets `AlmacenamientoNoDisponible`.
+    deadline: Duration,
+    next_sweep: Instant,
 }
 
 impl Front {
     fn turn(&mut self, accepting: bool) -> Result<(), StorageError> {
         let mut items = [
             self.replies.as_poll_item(zmq::POLLIN),
-            self.router
-                .as_poll_item(if accepting { zmq::POLLIN } else { zmq::PollEvents::empty() }),
+            self.router.as_poll_item(if accepting {
+                zmq::POLLIN
+            } else {
+                zmq::PollEvents::empty()
+            }),
         ];
         zmq::poll(&mut items, POLL.as_millis() as i64).map_err(net::NetError::from)?;
         while let Some(frames) = net::try_recv(&self.replies)? {
@@ -136,8 +161,43 @@ impl Front {
                 self.accept(frames);
             }
         }
+        self.sweep();
         self.shared.set_in_flight(self.pending.len());
         Ok(())
+    }
+
+    /// Answers requests a worker has held past the deadline (a database
+    /// node that froze without closing its connections). The worker's late
+    /// reply is dropped; retrying under the same id stays safe.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + Duration::from_millis(250);
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) >= self.deadline)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in expired {
+            let Some(p) = self.pending.remove(&n) else {
+                continue;
+            };
+            tracing::warn!(job = n, id = ?p.id, "no answer from the database in time");
+            let reply = Respuesta::error(
+                p.op,
+                CodigoError::AlmacenamientoNoDisponible,
+                format!(
+                    "no answer from the database within {} ms; retrying with the same id is safe",
+                    self.deadline.as_millis()
+                ),
+            )
+            .with_id(p.id)
+            .to_bytes();
+            self.send(p.route, &reply);
+        }
     }
 
     fn deliver(&mut self, mut frames: Vec<Vec<u8>>) {
@@ -145,11 +205,11 @@ impl Front {
             return;
         };
         let n = u64::from_be_bytes(n.as_slice().try_into().unwrap_or([0xff; 8]));
-        let Some(route) = self.pending.remove(&n) else {
-            tracing::warn!(job = n, "reply for an unknown job dropped");
+        let Some(p) = self.pending.remove(&n) else {
+            tracing::debug!(job = n, "late reply for an expired job dropped");
             return;
         };
-        self.send(route, &reply);
+        self.send(p.route, &reply);
     }
 
     fn send(&self, route: Vec<Vec<u8>>, reply: &[u8]) {
@@ -167,7 +227,10 @@ impl Front {
     fn accept(&mut self, frames: Vec<Vec<u8>>) {
         let count = frames.len();
         let Some(env) = Envelope::split(frames) else {
-            tracing::warn!(frames = count, "dropping a message without an empty delimiter frame (no way to reply)");
+            tracing::warn!(
+                frames = count,
+                "dropping a message without an empty delimiter frame (no way to reply)"
+            );
             return;
         };
         let Some(body) = env.single_body() else {
@@ -209,7 +272,13 @@ impl Front {
         };
         match tx.try_send(Job { n, entrada }) {
             Ok(()) => {
-                self.pending.insert(n, env.route);
+                let pending = Pending {
+                    route: env.route,
+                    since: Instant::now(),
+                    op,
+                    id,
+                };
+                self.pending.insert(n, pending);
             }
             Err(TrySendError::Full(_)) => {
                 let reply = Respuesta::error(
@@ -258,8 +327,12 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, push: &zmq::Socket) {
         }))
         .unwrap_or_else(|_| {
             tracing::error!(job = job.n, "request handler panicked");
-            Respuesta::error(op, CodigoError::AlmacenamientoNoDisponible, "internal error")
-                .to_bytes()
+            Respuesta::error(
+                op,
+                CodigoError::AlmacenamientoNoDisponible,
+                "internal error",
+            )
+            .to_bytes()
         });
         if let Err(e) = push.send_multipart([&job.n.to_be_bytes()[..], &reply], 0) {
             tracing::error!(error = %e, "cannot hand a reply to the front-end");

@@ -60,7 +60,13 @@ impl PorOperacion {
     fn fila(&self, operacion: &str, segundos: f64) -> FilaOp {
         let h = &self.hist;
         let ms = |us: u64| us as f64 / 1000.0;
-        let q = |p: f64| if h.is_empty() { 0.0 } else { ms(h.value_at_quantile(p)) };
+        let q = |p: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(p))
+            }
+        };
         let fallos: u64 = self.fallos.values().sum();
         FilaOp {
             operacion: operacion.to_string(),
@@ -77,7 +83,11 @@ impl PorOperacion {
                 0.0
             },
             media_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            desviacion_ms: if h.is_empty() { 0.0 } else { h.stdev() / 1000.0 },
+            desviacion_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.stdev() / 1000.0
+            },
             min_ms: if h.is_empty() { 0.0 } else { ms(h.min()) },
             p50_ms: q(0.50),
             p66_ms: q(0.66),
@@ -227,21 +237,19 @@ impl Agregado {
     }
 
     /// The finished report of a run that lasted `elapsed`.
-    pub fn informe(mut self, clientes: usize, elapsed: Duration) -> Informe {
+    pub fn informe(mut self, clientes: usize, inicio_unix: u64, elapsed: Duration) -> Informe {
         self.avanzar(elapsed);
         let rest = elapsed.as_secs_f64() - self.segundo_actual as f64;
-        if self.segundo.peticiones > 0 && rest > 0.0 {
-            self.cerrar_segundo(rest.max(0.001));
+        // A sliver of a second would show as a spike in per-second rates.
+        if self.segundo.peticiones > 0 && rest >= 0.5 {
+            self.cerrar_segundo(rest);
         }
         let secs = elapsed.as_secs_f64();
         Informe {
             clientes,
+            inicio_unix,
             duracion_s: secs,
-            operaciones: self
-                .por_op
-                .iter()
-                .map(|(op, s)| s.fila(op, secs))
-                .collect(),
+            operaciones: self.por_op.iter().map(|(op, s)| s.fila(op, secs)).collect(),
             total: self.total.fila("Aggregated", secs),
             serie: self.serie,
         }
@@ -252,6 +260,8 @@ impl Agregado {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Informe {
     pub clientes: usize,
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub inicio_unix: u64,
     pub duracion_s: f64,
     pub operaciones: Vec<FilaOp>,
     pub total: FilaOp,
@@ -334,18 +344,29 @@ mod tests {
             &m(Operacion::Devolucion, Some(5), Some("PrestamoNoEncontrado")),
             s(1500),
         );
-        a.record(&m(Operacion::Devolucion, None, Some(SIN_RESPUESTA)), s(2100));
+        a.record(
+            &m(Operacion::Devolucion, None, Some(SIN_RESPUESTA)),
+            s(2100),
+        );
         assert_eq!(a.peticiones(), 102);
         assert_eq!(a.fallos(), 2);
-        let r = a.informe(4, s(2500));
+        let r = a.informe(4, 0, s(2500));
         assert_eq!(r.clientes, 4);
-        let p = &r.operaciones.iter().find(|f| f.operacion == "prestamo").unwrap();
+        let p = &r
+            .operaciones
+            .iter()
+            .find(|f| f.operacion == "prestamo")
+            .unwrap();
         assert_eq!(p.peticiones, 100);
         assert!((p.p50_ms - 50.0).abs() < 0.1, "{}", p.p50_ms);
         assert!((p.p99_ms - 99.0).abs() < 0.1, "{}", p.p99_ms);
         assert!((p.max_ms - 100.0).abs() < 0.1);
         assert!((p.media_ms - 50.5).abs() < 0.1);
-        let d = r.operaciones.iter().find(|f| f.operacion == "devolucion").unwrap();
+        let d = r
+            .operaciones
+            .iter()
+            .find(|f| f.operacion == "devolucion")
+            .unwrap();
         assert_eq!(d.fallos, 2);
         assert_eq!(d.fallos_por_codigo[SIN_RESPUESTA], 1);
         assert_eq!(r.total.peticiones, 102);
@@ -356,12 +377,15 @@ mod tests {
         assert_eq!(r.serie[1].total_peticiones, 101);
         assert_eq!(r.serie[2].rps, 2.0);
         let text = r.texto();
-        assert!(text.contains("Aggregated") && text.contains("SinRespuesta: 1"), "{text}");
+        assert!(
+            text.contains("Aggregated") && text.contains("SinRespuesta: 1"),
+            "{text}"
+        );
     }
 
     #[test]
     fn empty_runs_report_zeros() {
-        let r = Agregado::new().unwrap().informe(1, Duration::ZERO);
+        let r = Agregado::new().unwrap().informe(1, 0, Duration::ZERO);
         assert_eq!(r.total.peticiones, 0);
         assert_eq!(r.total.p99_ms, 0.0);
         assert!(r.serie.is_empty());

@@ -15,16 +15,11 @@ pub const CATALOGO_GUIA: [&str; 4] = [
     "978-1491950357",
 ];
 
-/// The `i`-th ISBN (1-based) of a catalogue seeded with
-/// `biblioteca-almacenamiento seed --libros N`: `979-` and 10 digits.
-pub fn isbn_sembrado(i: u64) -> String {
-    format!("979-{i:010}")
-}
-
 /// The catalogue the virtual clients borrow from.
 pub fn catalogo(libros: Option<u64>) -> Vec<String> {
     match libros {
-        Some(n) if n > 0 => (1..=n).map(isbn_sembrado).collect(),
+        // Books 1..=N of `biblioteca-almacenamiento seed --libros N`.
+        Some(n) if n > 0 => (1..=n).map(crate::storage::seed_isbn).collect(),
         _ => CATALOGO_GUIA.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -205,7 +200,14 @@ mod tests {
         let short = Mezcla::parse("PRES=1, cons=0").unwrap();
         assert!((0..50).all(|r| short.elegir(r) == Operacion::Prestamo));
         assert_eq!(short.to_string(), "prestamo=1,consulta=0");
-        for bad in ["", "prestamo", "robo=1", "prestamo=x", "prestamo=0", "PRES=1,prestamo=2"] {
+        for bad in [
+            "",
+            "prestamo",
+            "robo=1",
+            "prestamo=x",
+            "prestamo=0",
+            "PRES=1,prestamo=2",
+        ] {
             assert!(Mezcla::parse(bad).is_err(), "{bad}");
         }
     }
@@ -214,9 +216,8 @@ mod tests {
     fn catalogues() {
         assert_eq!(catalogo(None).len(), 4);
         let c = catalogo(Some(3));
-        assert_eq!(c, vec!["979-0000000001", "979-0000000002", "979-0000000003"]);
-        assert!(c
-            .iter()
-            .all(|i| crate::protocol::validate_isbn(i).is_ok()));
+        assert_eq!(c[0], crate::storage::seed_isbn(1));
+        assert_eq!(c[2], crate::storage::seed_isbn(3));
+        assert!(c.iter().all(|i| crate::protocol::validate_isbn(i).is_ok()));
     }
 }

@@ -145,7 +145,10 @@ mod tests {
         let mut rng = Rng::new(42);
         let mut u = Usuario::new("u".into());
         // A user without loans can only borrow.
-        assert_eq!(u.siguiente(&mut rng, &mix, &cat).operacion, Operacion::Prestamo);
+        assert_eq!(
+            u.siguiente(&mut rng, &mix, &cat).operacion,
+            Operacion::Prestamo
+        );
         for _ in 0..500 {
             let p = u.siguiente(&mut rng, &mix, &cat);
             match p.operacion {
@@ -170,7 +173,10 @@ mod tests {
         u.observar(&p(Operacion::Prestamo, "a"), None);
         u.observar(
             &p(Operacion::Prestamo, "b"),
-            Some(&err(Operacion::Prestamo, CodigoError::SinEjemplaresDisponibles)),
+            Some(&err(
+                Operacion::Prestamo,
+                CodigoError::SinEjemplaresDisponibles,
+            )),
         );
         u.observar(
             &p(Operacion::Prestamo, "c"),
@@ -179,9 +185,15 @@ mod tests {
         assert_eq!(u.prestados(), ["a", "c"]);
         u.observar(
             &p(Operacion::Renovacion, "a"),
-            Some(&err(Operacion::Renovacion, CodigoError::PrestamoNoEncontrado)),
+            Some(&err(
+                Operacion::Renovacion,
+                CodigoError::PrestamoNoEncontrado,
+            )),
         );
-        u.observar(&p(Operacion::Devolucion, "c"), Some(&ok(Operacion::Devolucion)));
+        u.observar(
+            &p(Operacion::Devolucion, "c"),
+            Some(&ok(Operacion::Devolucion)),
+        );
         assert!(u.prestados().is_empty());
     }
 }

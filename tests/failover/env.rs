@@ -1,0 +1,252 @@
+//! One test's world: a local primary/standby pair (`biblioteca::cluster`),
+//! every service (`biblioteca::stack`), and a `biblioteca-failover` config
+//! pointing at both, on fixed ports below 32768 (PostgreSQL 264xx, services
+//! 274xx) so this suite never collides with the others.
+//!
+//! Tests run one at a time ([`serial`]): each needs two servers and five
+//! processes, and the machine has two cores.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use biblioteca::client::pirate::Client;
+use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, Node, StopMode};
+use biblioteca::config::ClientConfig;
+use biblioteca::launch::{find_binary, port_in_use};
+use biblioteca::protocol::{Operacion, Peticion, Respuesta};
+use biblioteca::stack::{Stack, StackPorts, StackSpec};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub const ISBNS: [&str; 4] = [
+    "978-0134685991",
+    "978-0135957059",
+    "978-0596007126",
+    "978-1491950357",
+];
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub stack: Option<Stack>,
+    pub cluster: Cluster,
+    pub failover_toml: PathBuf,
+    pub ports: StackPorts,
+}
+
+fn pick(base: u16) -> u16 {
+    (base..base + 50)
+        .find(|p| !port_in_use(*p))
+        .unwrap_or_else(|| panic!("no free port from {base}"))
+}
+
+impl Env {
+    /// `slot` (0..9) separates the ports of the suite's tests.
+    pub fn new(tag: &str, slot: u16) -> Env {
+        let dir = std::env::temp_dir().join(format!("bib-failover-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spec = ClusterSpec::new(dir.join("pg"));
+        spec.primary_port = pick(26400 + slot * 10);
+        spec.standby_port = pick(spec.primary_port + 1);
+        spec.synchronous = false;
+        let cluster = Cluster::create(spec).unwrap_or_else(|e| panic!("cluster: {e}"));
+        make_rewindable_and_synchronous(&cluster);
+        let base = 27400 + slot * 10;
+        let ports = StackPorts {
+            frontend: pick(base),
+            publisher: pick(base + 2),
+            backchannel: pick(base + 4),
+            storage: pick(base + 6),
+        };
+        let (p, s) = (cluster.primary(), cluster.standby());
+        let mut stack_spec = StackSpec::new(
+            dir.join("run"),
+            ports,
+            &p.conninfo("app", "library"),
+            &s.conninfo("app", "library"),
+        );
+        stack_spec.deadline_ms = 4000;
+        let stack = Stack::start(stack_spec).unwrap_or_else(|e| panic!("stack: {e}"));
+        let mut env = Env {
+            failover_toml: dir.join("failover.toml"),
+            dir,
+            stack: Some(stack),
+            cluster,
+            ports,
+        };
+        env.write_failover_toml();
+        env
+    }
+
+    pub fn storage_config_path(&self) -> PathBuf {
+        self.stack().storage.spec().config_path()
+    }
+
+    pub fn stack(&self) -> &Stack {
+        self.stack.as_ref().expect("stack running")
+    }
+
+    pub fn stack_mut(&mut self) -> &mut Stack {
+        self.stack.as_mut().expect("stack running")
+    }
+
+    /// (Re)writes the failover config (the storage manager's pid changes on restart).
+    pub fn write_failover_toml(&mut self) {
+        let node = |n: &Node| {
+            format!(
+                "[[nodes]]\nname = \"{}\"\nconninfo = \"{}\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n\n",
+                n.name,
+                n.conninfo("postgres", "library"),
+                n.data_dir.display(),
+                n.log_file.display()
+            )
+        };
+        let pid = self.stack().storage.pid().expect("storage pid");
+        let text = format!(
+            "catchup_secs = 3\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nwait_secs = 30\n",
+            node(self.cluster.primary()),
+            node(self.cluster.standby()),
+            self.ports.storage_endpoint(),
+            self.storage_config_path().display(),
+        );
+        std::fs::write(&self.failover_toml, text).unwrap();
+    }
+
+    pub fn primary(&self) -> &Node {
+        self.cluster.primary()
+    }
+
+    pub fn standby(&self) -> &Node {
+        self.cluster.standby()
+    }
+
+    /// Runs `biblioteca-failover --config .. ARGS`, echoes its output, and
+    /// returns (success, stdout + stderr).
+    pub fn failover(&self, args: &[&str]) -> (bool, String) {
+        let bin = find_binary("biblioteca-failover", None).unwrap();
+        let started = Instant::now();
+        let out = Command::new(bin)
+            .arg("--config")
+            .arg(&self.failover_toml)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "$ biblioteca-failover {} ({:.1}s, {})\n{text}",
+            args.join(" "),
+            started.elapsed().as_secs_f64(),
+            out.status
+        );
+        (out.status.success(), text)
+    }
+
+    pub fn client(&self, timeout_ms: u64) -> Client {
+        Client::new(ClientConfig {
+            endpoints: vec![self.ports.frontend_endpoint()],
+            timeout_ms,
+            retries: 3,
+        })
+        .unwrap()
+    }
+
+    pub fn request(&self, op: Operacion, isbn: &str, usuario: &str) -> Respuesta {
+        let r = self
+            .client(5000)
+            .request(&peticion(op, isbn, usuario, None))
+            .unwrap_or_else(|e| panic!("{op} {isbn} {usuario}: {e}"));
+        println!("{op} {isbn} {usuario} -> exito {} {}", r.exito, r.mensaje);
+        r
+    }
+
+    /// Retries a loan until it succeeds or `timeout` passes.
+    pub fn loan_until_ok(&self, isbn: &str, usuario: &str, timeout: Duration) -> Respuesta {
+        let deadline = Instant::now() + timeout;
+        let id = format!("loan-{usuario}");
+        loop {
+            let r = self
+                .client(3000)
+                .request(&peticion(Operacion::Prestamo, isbn, usuario, Some(id.clone())));
+            match r {
+                Ok(r) if r.exito => return r,
+                other if Instant::now() >= deadline => panic!("loan never succeeded: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+/// `pg_rewind` needs `wal_log_hints` (a restart), and the failover story
+/// assumes synchronous replication to the standby named `standby`.
+fn make_rewindable_and_synchronous(cluster: &Cluster) {
+    use std::io::Write;
+    let (p, s) = (cluster.primary(), cluster.standby());
+    for n in [p, s] {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(n.data_dir.join("postgresql.conf"))
+            .unwrap();
+        writeln!(f, "wal_log_hints = on").unwrap();
+    }
+    s.stop(StopMode::Fast).unwrap();
+    p.stop(StopMode::Fast).unwrap();
+    p.start().unwrap();
+    s.start().unwrap();
+    sql(p, "ALTER SYSTEM SET synchronous_standby_names = 'standby'");
+    sql(p, "SELECT pg_reload_conf()");
+    wait_sync(p, "standby", Duration::from_secs(30));
+}
+
+/// Waits until `primary` shows `standby` streaming synchronously.
+pub fn wait_sync(primary: &Node, standby: &str, timeout: Duration) {
+    wait_until(timeout, "synchronous streaming", || {
+        Ok(primary
+            .sql_as(
+                "postgres",
+                "postgres",
+                &format!("SELECT state || '|' || sync_state FROM pg_stat_replication WHERE application_name = '{standby}'"),
+            )
+            .map(|s| s == "streaming|sync")
+            .unwrap_or(false))
+    })
+    .unwrap();
+}
+
+pub fn peticion(op: Operacion, isbn: &str, usuario: &str, id: Option<String>) -> Peticion {
+    Peticion {
+        operacion: op,
+        isbn: isbn.into(),
+        usuario: usuario.into(),
+        id,
+    }
+}
+
+/// `SELECT ..` as the superuser on `library`, psql `-tA` output.
+pub fn sql(n: &Node, q: &str) -> String {
+    n.sql_as("postgres", "library", q)
+        .unwrap_or_else(|e| panic!("{} {q}: {e}", n.name))
+}
+
+/// Each book's available copies plus its active loans, by ISBN.
+pub fn copies(n: &Node) -> Vec<(String, i64)> {
+    sql(
+        n,
+        "SELECT l.isbn, l.ejemplares + (SELECT count(*) FROM prestamos p WHERE p.isbn = l.isbn AND p.estado = 'ACTIVO') FROM libros l ORDER BY 1",
+    )
+    .lines()
+    .map(|l| {
+        let (isbn, n) = l.split_once('|').unwrap();
+        (isbn.to_string(), n.parse().unwrap())
+    })
+    .collect()
+}

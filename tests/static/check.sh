@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Static checks of the deployment artefacts: units/, nixos/ + flake.nix,
+# ansible/. Prints one PASS/FAIL line per check, then "N passed, M failed",
+# and exits non-zero when any check failed.
+#
+#   bash tests/static/check.sh            # installs missing tools, then checks
+#   STATIC_CHECK_NO_INSTALL=1 bash tests/static/check.sh   # use what is there
+#
+# Tools it installs when missing (idempotent; run as root):
+#   apt:   ansible (ansible-playbook --syntax-check), nix-bin (nix-instantiate),
+#          python3-venv, postgresql-15 (validates the PostgreSQL templates)
+#   pip:   ansible-lint==$ANSIBLE_LINT_VERSION in the venv $ANSIBLE_LINT_VENV
+#   cargo: nixpkgs-fmt and deadnix (cargo install --locked; minutes the first
+#          time, built in $TOOLS_TARGET_DIR, outside the repository)
+# The config check builds the binaries with `cargo build --bins` (debug) to
+# feed each rendered TOML to its binary's --check-config.
+#
+# How the units are verified: `systemd-analyze verify` insists that ExecStart=
+# binaries exist, and the units name /usr/local/bin (where ansible installs
+# them). The check copies units/ to a temporary directory with /usr/local/bin/
+# rewritten to a directory of stub executables; nothing else in the files
+# changes, and verify must print nothing at all (it exits 0 on warnings).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" || exit 2
+
+ANSIBLE_LINT_VERSION=${ANSIBLE_LINT_VERSION:-26.10.1}
+ANSIBLE_LINT_VENV=${ANSIBLE_LINT_VENV:-/opt/ansible-lint}
+NIXPKGS_FMT_VERSION=1.3.0
+DEADNIX_VERSION=1.3.1
+TOOLS_TARGET_DIR=${TOOLS_TARGET_DIR:-/opt/cargo-tools-target}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+SECURITY_THRESHOLD=2.5
+
+WORK=$(mktemp -d)
+chmod 0711 "$WORK" # the throw-away PostgreSQL cluster runs as postgres
+trap 'rm -rf "$WORK"' EXIT
+PASSED=0
+FAILED=0
+
+log() { printf '%s\n' "$*" >&2; }
+
+# check NAME COMMAND...: runs COMMAND, prints PASS/FAIL, shows output on failure.
+check() {
+    local name=$1
+    shift
+    local out="$WORK/out.$PASSED.$FAILED"
+    local start=$SECONDS
+    if "$@" >"$out" 2>&1; then
+        printf 'PASS %s (%ss)\n' "$name" $((SECONDS - start))
+        PASSED=$((PASSED + 1))
+    else
+        printf 'FAIL %s (%ss)\n' "$name" $((SECONDS - start))
+        sed 's/^/    /' "$out" | tail -n 60
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+# ---------------------------------------------------------------- tools
+
+install_tools() {
+    local missing=() pkg
+    for pkg in ansible nix-bin python3-venv postgresql-15; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "installing with apt: ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            return 1
+    fi
+    if ! "$ANSIBLE_LINT_VENV/bin/ansible-lint" --version 2>/dev/null | grep -q "$ANSIBLE_LINT_VERSION"; then
+        log "installing ansible-lint $ANSIBLE_LINT_VERSION into $ANSIBLE_LINT_VENV"
+        /usr/bin/python3 -m venv "$ANSIBLE_LINT_VENV" &&
+            "$ANSIBLE_LINT_VENV/bin/pip" install -q "ansible-lint==$ANSIBLE_LINT_VERSION" || return 1
+    fi
+    local tool version
+    for tool in "nixpkgs-fmt $NIXPKGS_FMT_VERSION" "deadnix $DEADNIX_VERSION"; do
+        read -r tool version <<<"$tool"
+        if ! cargo install --list 2>/dev/null | grep -q "^$tool v$version:"; then
+            log "cargo install $tool $version (slow the first time)"
+            CARGO_TARGET_DIR=$TOOLS_TARGET_DIR cargo install --locked --quiet "$tool" --version "$version" ||
+                return 1
+        fi
+    done
+}
+
+if [[ -z ${STATIC_CHECK_NO_INSTALL:-} ]]; then
+    check "tools installed (apt, pip venv, cargo install)" install_tools
+fi
+PATH="$HOME/.cargo/bin:$PATH"
+
+# ---------------------------------------------------------------- units
+
+UNITS=(units/biblioteca.target units/biblioteca-carga.service
+    units/biblioteca-almacenamiento.service units/biblioteca-actor@.service)
+
+# Copies units/ with /usr/local/bin/ pointing at stub executables.
+stage_units() {
+    mkdir -p "$WORK/units" "$WORK/bin"
+    local bin unit
+    for bin in $(grep -ho '/usr/local/bin/[A-Za-z0-9_-]*' units/* | sort -u); do
+        printf '#!/bin/sh\nexit 0\n' >"$WORK/bin/${bin##*/}"
+        chmod +x "$WORK/bin/${bin##*/}"
+    done
+    for unit in units/*; do
+        sed "s#/usr/local/bin/#$WORK/bin/#g" "$unit" >"$WORK/units/${unit##*/}"
+    done
+    # An instance of the template, as `systemctl start` would load it.
+    cp "$WORK/units/biblioteca-actor@.service" "$WORK/units/biblioteca-actor@prestamo.service"
+}
+
+verify_units() {
+    local out rc
+    out=$(cd "$WORK/units" && systemd-analyze verify --man=no ./biblioteca.target \
+        ./biblioteca-carga.service ./biblioteca-almacenamiento.service \
+        ./biblioteca-actor@prestamo.service 2>&1)
+    rc=$?
+    printf '%s\n' "$out"
+    [[ $rc -eq 0 && -z $out ]]
+}
+
+# Exposure score of each unit, at most SECURITY_THRESHOLD ("OK").
+security_units() {
+    local unit score ok=0
+    for unit in biblioteca-carga.service biblioteca-almacenamiento.service biblioteca-actor@prestamo.service; do
+        score=$(systemd-analyze security --offline=true --no-pager "$WORK/units/$unit" 2>&1 |
+            sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p')
+        echo "$unit: ${score:-no score}"
+        if [[ -z $score ]] || ! awk -v s="$score" -v t="$SECURITY_THRESHOLD" 'BEGIN { exit !(s <= t) }'; then
+            ok=1
+        fi
+    done
+    return $ok
+}
+
+hardening_matches_nix() {
+    nix-instantiate --eval --strict --json nixos/hardening.nix >"$WORK/hardening.json" &&
+        python3 tests/static/units_match_nix.py "$WORK/hardening.json" units/*.service
+}
+
+check "units staged with stub binaries" stage_units
+check "systemd-analyze verify prints nothing" verify_units
+check "systemd-analyze security <= $SECURITY_THRESHOLD for every service" security_units
+check "units' hardening = nixos/hardening.nix" hardening_matches_nix
+
+# ---------------------------------------------------------------- nix
+
+NIX_FILES=(flake.nix $(find nixos -name '*.nix' | sort))
+
+nix_parse() {
+    local f ok=0
+    for f in "${NIX_FILES[@]}"; do
+        nix-instantiate --parse "$f" >/dev/null || ok=1
+    done
+    return $ok
+}
+
+check "nix-instantiate --parse (${#NIX_FILES[@]} files)" nix_parse
+check "nixpkgs-fmt --check" nixpkgs-fmt --check "${NIX_FILES[@]}"
+check "deadnix --fail" deadnix --fail "${NIX_FILES[@]}"
+
+# ---------------------------------------------------------------- ansible
+
+export ANSIBLE_CONFIG="$ROOT/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1
+check "ansible-playbook --syntax-check site.yml failover.yml" \
+    ansible-playbook --syntax-check -i ansible/inventory.example.ini ansible/site.yml ansible/failover.yml
+check "ansible-lint --offline (profile production)" \
+    bash -c 'cd ansible && "$0/bin/ansible-lint" --offline --nocolor -q' "$ANSIBLE_LINT_VENV"
+
+# Renders every template for the example inventory and feeds each TOML to its
+# binary: serde's deny_unknown_fields makes --check-config reject any key that
+# src/config.rs (or src/failover/config.rs) does not know.
+render_configs() {
+    mkdir -p "$WORK/rendered" &&
+        ansible-playbook -i ansible/inventory.example.ini tests/static/render_configs.yml \
+            -e "out=$WORK/rendered" -e @tests/static/render_secrets.yml
+}
+
+configs_accepted() {
+    cargo build --quiet --bins || return 1
+    local f name service bin ok=0 n=0
+    for f in "$WORK"/rendered/*.toml; do
+        name=${f##*/}
+        service=${name%.toml}
+        service=${service#*.}
+        bin=target/debug/biblioteca-$service
+        if ! out=$("$bin" --config "$f" --check-config 2>&1); then
+            echo "$name rejected by ${bin##*/}: $out"
+            ok=1
+        fi
+        n=$((n + 1))
+    done
+    echo "$n configs checked"
+    [[ $n -gt 0 ]] && return $ok
+}
+
+# The PostgreSQL templates go into a throw-away cluster that must start with
+# them: postgresql.conf settings and pg_hba.conf lines are both parsed.
+postgres_accepts_templates() {
+    local host dir rc=0
+    for host in db1 db2; do
+        dir="$WORK/pg-$host"
+        mkdir -p "$dir" && chown postgres "$dir" || return 1
+        runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -A trust >/dev/null || return 1
+        cp "$WORK/rendered/$host.biblioteca.conf" "$dir/data/biblioteca.conf"
+        cp "$WORK/rendered/$host.pg_hba.conf" "$dir/data/pg_hba.conf"
+        echo "include 'biblioteca.conf'" >>"$dir/data/postgresql.conf"
+        chown postgres "$dir/data/"*.conf
+        # Command-line settings win: no TCP listener, a private socket.
+        if runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -w -t 30 -l "$dir/log" \
+            -o "-c listen_addresses='' -k $dir" start >/dev/null; then
+            runuser -u postgres -- psql -X -h "$dir" -d postgres -tAc \
+                "SELECT 'setting: ' || name || ' ' || error FROM pg_file_settings WHERE error IS NOT NULL
+                 UNION ALL SELECT 'hba line ' || line_number || ': ' || error FROM pg_hba_file_rules WHERE error IS NOT NULL" \
+                >"$dir/errors" || rc=1
+            runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null
+            if [[ -s "$dir/errors" ]]; then
+                echo "$host:" && cat "$dir/errors"
+                rc=1
+            fi
+        else
+            echo "$host: PostgreSQL did not start with the rendered templates:" && tail -n 5 "$dir/log"
+            rc=1
+        fi
+    done
+    return $rc
+}
+
+check "ansible templates render for the example inventory" render_configs
+check "rendered TOML accepted by each binary's --check-config" configs_accepted
+check "rendered postgresql.conf/pg_hba.conf accepted by PostgreSQL" postgres_accepts_templates
+
+echo "static: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
