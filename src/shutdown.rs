@@ -6,10 +6,17 @@
 //! SIGHUP *before* spawning any thread and then loop over them on the main
 //! thread ([`run_with_signals`]): TERM/INT trigger the shutdown, HUP bumps the
 //! reload generation that services which support reloading watch.
+//!
+//! The same loop drives the systemd watchdog: socket threads call
+//! [`Shutdown::checkin`] once per loop iteration, and `WATCHDOG=1` is sent only
+//! while every thread that ever checked in has done so recently, so a wedged
+//! socket thread gets the service restarted instead of kept alive by a healthy
+//! main thread.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -19,6 +26,7 @@ use signal_hook::iterator::Signals;
 pub struct Shutdown {
     stop: Arc<AtomicBool>,
     reloads: Arc<AtomicU64>,
+    checkins: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl Shutdown {
@@ -43,6 +51,32 @@ impl Shutdown {
     pub fn reload_generation(&self) -> u64 {
         self.reloads.load(Ordering::SeqCst)
     }
+
+    /// Records that the thread called `name` is alive and looping.
+    pub fn checkin(&self, name: &str) {
+        if let Ok(mut map) = self.checkins.lock() {
+            match map.get_mut(name) {
+                Some(t) => *t = Instant::now(),
+                None => {
+                    map.insert(name.to_string(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Threads that have not checked in within `within` (empty: all healthy).
+    pub fn stale_threads(&self, within: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.checkins
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .filter(|(_, t)| now.duration_since(**t) > within)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// Registers the signals, runs `service` on a worker thread and turns signals
@@ -65,7 +99,23 @@ where
                 result
             })?
     };
+    let watchdog = crate::notify::watchdog_interval();
+    let mut last_ping = Instant::now();
+    let mut warned = false;
     while !shutdown.is_triggered() {
+        if let Some(interval) = watchdog {
+            if last_ping.elapsed() >= interval / 3 {
+                let stale = shutdown.stale_threads(interval / 2);
+                if stale.is_empty() {
+                    crate::notify::watchdog();
+                    last_ping = Instant::now();
+                    warned = false;
+                } else if !warned {
+                    tracing::error!(threads = ?stale, "threads stopped checking in: withholding watchdog keep-alives");
+                    warned = true;
+                }
+            }
+        }
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {

@@ -29,6 +29,9 @@ pub struct Sweep {
     pub resend: Vec<Vec<u8>>,
     /// Requests out of tries, removed from the table.
     pub abandoned: Vec<Pending>,
+    /// Requests that just timed out for the first time (still outstanding):
+    /// worth telling the load manager why it is waiting.
+    pub late: Vec<Peticion>,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,9 @@ impl Pendientes {
                 gone.push(id.clone());
                 continue;
             }
+            if p.attempts == 1 {
+                out.late.push(p.peticion.clone());
+            }
             p.attempts += 1;
             p.sent_at = now;
             out.resend.push(p.payload.clone());
@@ -136,8 +142,12 @@ mod tests {
         p.insert("a".into(), pet, b"x".to_vec(), t0);
         assert!(p.contains("a"));
         assert!(p.sweep(t0 + ms(50)).resend.is_empty());
-        assert_eq!(p.sweep(t0 + ms(100)).resend, vec![b"x".to_vec()]);
-        assert_eq!(p.sweep(t0 + ms(200)).resend.len(), 1);
+        let first = p.sweep(t0 + ms(100));
+        assert_eq!(first.resend, vec![b"x".to_vec()]);
+        assert_eq!(first.late.len(), 1);
+        let second = p.sweep(t0 + ms(200));
+        assert_eq!(second.resend.len(), 1);
+        assert!(second.late.is_empty());
         let last = p.sweep(t0 + ms(300));
         assert_eq!(last.abandoned.len(), 1);
         assert!(p.is_empty());

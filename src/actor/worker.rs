@@ -306,6 +306,20 @@ impl Actor {
             .with_id(p.peticion.id.clone());
             self.finish(&p.peticion, r, p.received, now);
         }
+        for p in &sweep.late {
+            // Not final: the load manager keeps waiting (and re-publishing), but
+            // if its deadline passes first the client hears the real cause.
+            let r = Respuesta::error(
+                self.cfg.operacion.as_str(),
+                CodigoError::AlmacenamientoNoDisponible,
+                format!(
+                    "the storage manager has not answered in {} ms; still trying",
+                    self.cfg.storage_timeout_ms
+                ),
+            )
+            .with_id(p.id.clone());
+            self.send_report(&Informe::Resultado { respuesta: r });
+        }
         if sweep.resend.is_empty() {
             return Ok(());
         }

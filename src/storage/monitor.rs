@@ -164,6 +164,7 @@ pub fn run(
 ) {
     let mut last = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        shutdown.checkin("monitor");
         let g = shutdown.reload_generation();
         if g != generation {
             generation = g;

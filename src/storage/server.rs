@@ -91,6 +91,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     let drain_for = deadline;
     let mut stop_deadline: Option<Instant> = None;
     loop {
+        shutdown.checkin("front-end");
         let accepting = stop_deadline.is_none();
         front.turn(accepting)?;
         if accepting && shutdown.is_triggered() {

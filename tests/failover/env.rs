@@ -91,10 +91,6 @@ impl Env {
         self.stack.as_ref().expect("stack running")
     }
 
-    pub fn stack_mut(&mut self) -> &mut Stack {
-        self.stack.as_mut().expect("stack running")
-    }
-
     /// (Re)writes the failover config (the storage manager's pid changes on restart).
     pub fn write_failover_toml(&mut self) {
         let node = |n: &Node| {

@@ -4,11 +4,23 @@
 //! failover, switchover under load, and a broken config on SIGHUP.
 
 mod env;
+mod load;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use biblioteca::cluster::StopMode;
+use biblioteca::config::NodeRole;
+use biblioteca::failover::storage::{query_status, set_roles};
 use biblioteca::protocol::Operacion;
-use env::{serial, sql, Env, ISBNS};
+use env::{serial, sql, wait_sync, Env, ISBNS};
+use load::{check_nothing_lost, pause, Load};
+
+/// The node the storage manager writes to, per its status reply.
+fn serving_from(env: &Env) -> Option<String> {
+    query_status(&env.ports.storage_endpoint(), Duration::from_secs(2))
+        .unwrap()
+        .and_then(|s| s.nodo)
+}
 
 /// Keeps an environment up for trying the tool by hand: run with
 /// `cargo test --test failover manual -- --ignored --nocapture`, then use the
@@ -73,4 +85,193 @@ fn guide_parts_5_and_6() {
     assert_eq!(report["storage"]["serving_from"], "standby");
     let storage_cfg = std::fs::read_to_string(env.storage_config_path()).unwrap();
     assert!(storage_cfg.contains("fenced"), "{storage_cfg}");
+}
+
+/// A config that does not parse, or breaks an invariant, sent with SIGHUP:
+/// the storage manager keeps serving with the config it had. The failover
+/// tool never writes such a file in the first place.
+#[test]
+fn sighup_with_a_broken_config_keeps_serving() {
+    let _g = serial();
+    let env = Env::new("sighup", 1);
+    let path = env.storage_config_path();
+    let good = std::fs::read_to_string(&path).unwrap();
+    assert!(env.request(Operacion::Prestamo, ISBNS[0], "antes").exito);
+    let two_primaries = good.replace("role = \"standby\"", "role = \"primary\"");
+    for (what, text) in [
+        ("not TOML", "this is [[[ not toml".to_string()),
+        ("two primaries", two_primaries),
+        ("empty node list", "bind = \"tcp://127.0.0.1:1\"\n[database]\nnodes = []\n".to_string()),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        env.stack().storage.sighup().unwrap();
+        pause(1);
+        assert_eq!(serving_from(&env).as_deref(), Some("primary"), "{what}");
+        assert!(
+            env.request(Operacion::Prestamo, ISBNS[1], &format!("tras_{}", what.replace(' ', "_"))).exito,
+            "{what}: a loan after the broken reload"
+        );
+    }
+    std::fs::write(&path, &good).unwrap();
+    let err = set_roles(&path, &[("ghost", NodeRole::Primary)]).unwrap_err();
+    println!("set_roles refused: {err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), good, "refused rewrite left the file as it was");
+    env.stack().storage.sighup().unwrap();
+    pause(1);
+    assert!(env.request(Operacion::Devolucion, ISBNS[0], "antes").exito);
+}
+
+/// A standby that has not replayed what the primary flushed is not
+/// promoted; with --allow-data-loss it is.
+#[test]
+fn promote_refused_while_the_standby_is_behind() {
+    let _g = serial();
+    let env = Env::new("behind", 2);
+    let config_before = std::fs::read_to_string(env.storage_config_path()).unwrap();
+    sql(env.standby(), "SELECT pg_wal_replay_pause()");
+    biblioteca::cluster::wait_until(Duration::from_secs(10), "replay paused", || {
+        Ok(sql(env.standby(), "SELECT pg_get_wal_replay_pause_state()") == "paused")
+    })
+    .unwrap();
+    // Synchronous commit waits for the standby's flush, not its replay.
+    assert!(env.request(Operacion::Prestamo, ISBNS[2], "durante_pausa").exito);
+    let (ok, out) = env.failover(&["promote"]);
+    assert!(!ok, "promote must refuse:\n{out}");
+    assert!(out.contains("refusing to promote standby"), "{out}");
+    assert!(out.contains("PAUSED") && out.contains("--allow-data-loss"), "{out}");
+    assert_eq!(sql(env.standby(), "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(std::fs::read_to_string(env.storage_config_path()).unwrap(), config_before);
+    assert_eq!(serving_from(&env).as_deref(), Some("primary"));
+    assert!(env.request(Operacion::Prestamo, ISBNS[3], "tras_rechazo").exito);
+
+    let (ok, out) = env.failover(&["promote", "--allow-data-loss"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("promoting anyway (--allow-data-loss)"), "{out}");
+    assert!(out.contains("stopping old primary primary"), "{out}");
+    assert!(!env.primary().is_running(), "the old primary was stopped to fence it");
+    assert_eq!(serving_from(&env).as_deref(), Some("standby"));
+    assert!(env.request(Operacion::Prestamo, ISBNS[0], "tras_promocion").exito);
+    println!(
+        "loan made while replay was paused, on the new primary: {}",
+        sql(env.standby(), "SELECT count(*) FROM prestamos WHERE usuario = 'durante_pausa'")
+    );
+}
+
+/// Clients keep borrowing, renewing and returning while the primary's
+/// postmaster is killed with SIGKILL; after promote every acknowledged
+/// request is on the new primary, exactly once.
+#[test]
+fn failover_under_load_loses_nothing() {
+    let _g = serial();
+    let env = Env::new("load", 3);
+    let load = Load::start(&env, "k", 4);
+    pause(3);
+    env.primary().kill9().unwrap();
+    println!("primary killed (SIGKILL to the postmaster)");
+    pause(1);
+    let started = Instant::now();
+    let (ok, out) = env.failover(&["promote"]);
+    assert!(ok, "{out}");
+    env.loan_until_ok(ISBNS[1], "rto_probe", Duration::from_secs(30));
+    println!(
+        "RTO (start of promote -> first successful loan): {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    pause(3);
+    // The probe loan moves a copy from available to on loan: totals hold.
+    let (outcomes, before) = load.stop();
+    check_nothing_lost(env.standby(), &outcomes, &before);
+}
+
+/// The old primary comes back as a primary on the old timeline after the
+/// failover: the storage manager sends it nothing, whether it is fenced in
+/// the config or only on a stale timeline.
+#[test]
+fn returning_old_primary_receives_no_write() {
+    let _g = serial();
+    let env = Env::new("fenced", 4);
+    assert!(env.request(Operacion::Prestamo, ISBNS[0], "antes").exito);
+    env.primary().kill9().unwrap();
+    let (ok, out) = env.failover(&["promote"]);
+    assert!(ok, "{out}");
+    env.primary().start().unwrap();
+    // Make it a fully writable split-brain primary.
+    sql(env.primary(), "ALTER SYSTEM RESET synchronous_standby_names");
+    sql(env.primary(), "SELECT pg_reload_conf()");
+    assert_eq!(sql(env.primary(), "SELECT pg_is_in_recovery()"), "f");
+    let old_loans = sql(env.primary(), "SELECT count(*) FROM prestamos");
+    let path = env.storage_config_path();
+    for round in ["fenced in config", "stale timeline only"] {
+        if round == "stale timeline only" {
+            let text = std::fs::read_to_string(&path).unwrap().replace("role = \"fenced\"", "role = \"standby\"");
+            std::fs::write(&path, text).unwrap();
+        }
+        env.stack().storage.sighup().unwrap();
+        pause(3);
+        for i in 0..5 {
+            let usuario = format!("{}_{i}", round.replace(' ', "_"));
+            assert!(env.request(Operacion::Prestamo, ISBNS[i % 4], &usuario).exito, "{round}");
+            assert_eq!(
+                sql(env.standby(), &format!("SELECT count(*) FROM prestamos WHERE usuario = '{usuario}'")),
+                "1"
+            );
+        }
+        assert_eq!(serving_from(&env).as_deref(), Some("standby"), "{round}");
+        assert_eq!(sql(env.primary(), "SELECT count(*) FROM prestamos"), old_loans, "{round}: the old primary got a write");
+    }
+}
+
+/// Failover, rejoin of the old primary as a standby (pg_rewind), then a
+/// second failover back to it.
+#[test]
+fn rejoin_then_fail_back() {
+    let _g = serial();
+    let env = Env::new("rejoin", 5);
+    assert!(env.request(Operacion::Prestamo, ISBNS[0], "uno").exito);
+    env.primary().kill9().unwrap();
+    let (ok, out) = env.failover(&["promote"]);
+    assert!(ok, "{out}");
+    assert!(env.request(Operacion::Prestamo, ISBNS[1], "dos").exito);
+
+    let (ok, out) = env.failover(&["rejoin", "--node", "primary"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("pg_rewind: Done!"), "rewound, not rebuilt:\n{out}");
+    wait_sync(env.standby(), "primary", Duration::from_secs(30));
+    assert!(std::fs::read_to_string(env.storage_config_path()).unwrap().contains("role = \"standby\""));
+    assert!(env.request(Operacion::Prestamo, ISBNS[2], "tres").exito);
+    let (ok, out) = env.failover(&["status"]);
+    assert!(ok && out.contains("streaming") && out.contains("sync"), "{out}");
+
+    env.standby().kill9().unwrap();
+    let (ok, out) = env.failover(&["promote"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("all data preserved"), "{out}");
+    assert_eq!(serving_from(&env).as_deref(), Some("primary"));
+    assert!(env.request(Operacion::Prestamo, ISBNS[3], "cuatro").exito);
+    for u in ["uno", "dos", "tres", "cuatro"] {
+        assert_eq!(sql(env.primary(), &format!("SELECT count(*) FROM prestamos WHERE usuario = '{u}'")), "1", "{u}");
+    }
+    assert_eq!(sql(env.primary(), "SELECT timeline_id FROM pg_control_checkpoint()"), "3");
+}
+
+/// Planned switchover while clients write: nothing lost, the old primary
+/// ends up a synchronous standby of the new one; then switch back.
+#[test]
+fn switchover_under_load_loses_nothing() {
+    let _g = serial();
+    let env = Env::new("switch", 6);
+    let load = Load::start(&env, "s", 4);
+    pause(2);
+    let (ok, out) = env.failover(&["switchover"]);
+    assert!(ok, "{out}");
+    pause(2);
+    let (ok, out) = env.failover(&["switchover"]);
+    assert!(ok, "second switchover back:\n{out}");
+    pause(2);
+    let (outcomes, before) = load.stop();
+    check_nothing_lost(env.primary(), &outcomes, &before);
+    wait_sync(env.primary(), "standby", Duration::from_secs(30));
+    assert_eq!(serving_from(&env).as_deref(), Some("primary"));
+    assert_eq!(sql(env.standby(), "SELECT pg_is_in_recovery()"), "t");
+    env.primary().stop(StopMode::Fast).unwrap();
 }
