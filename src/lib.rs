@@ -26,10 +26,13 @@
 //!   guide's scenario narrated step by step.
 //! - [`failover`]: `biblioteca-failover`: status, promote, rejoin and
 //!   switchover of the PostgreSQL nodes, re-pointing the storage manager.
+//! - [`bench`]: `biblioteca-bench`: the whole pipeline against `pgbench`
+//!   running the same transactions.
 //! - [`launch`]: starting service binaries as child processes with their own
 //!   sd-notify socket (used by the demo and the tests).
 
 pub mod actor;
+pub mod bench;
 pub mod carga;
 pub mod client;
 pub mod cluster;

@@ -41,10 +41,15 @@ fn primary_and_standby_replicate_and_survive_kill_and_promotion() {
         .unwrap();
     // Synchronous commit: the row is on the standby's disk; replay is quick.
     wait_until(Duration::from_secs(3), "replay on the standby", || {
-        Ok(s.sql("SELECT count(*) FROM t").map(|c| c == "2").unwrap_or(false))
+        Ok(s.sql("SELECT count(*) FROM t")
+            .map(|c| c == "2")
+            .unwrap_or(false))
     })
     .unwrap();
-    assert!(s.sql("INSERT INTO t VALUES (3)").is_err(), "standby is read-only");
+    assert!(
+        s.sql("INSERT INTO t VALUES (3)").is_err(),
+        "standby is read-only"
+    );
 
     // A crash of the primary, then a restart: data survives, streaming resumes.
     p.kill9().unwrap();

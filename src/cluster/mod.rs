@@ -192,18 +192,16 @@ impl Cluster {
              host all all 127.0.0.1/32 trust\n\
              host replication all 127.0.0.1/32 trust\n",
         )?;
-        let sync = if self.spec.synchronous {
-            format!("synchronous_standby_names = '{STANDBY_NAME}'\n")
-        } else {
-            String::new()
-        };
-        self.write_node_conf(p, &sync)?;
+        // Synchronous commit is switched on only once the standby streams:
+        // before that, every commit (even CREATE ROLE) would wait forever.
+        self.write_node_conf(p, "")?;
         p.start()?;
+        // pg_monitor: the guide reads pg_stat_replication as `app` (part 3).
         p.sql_as(
             SUPERUSER,
             "postgres",
             &format!(
-                "CREATE ROLE {APP_USER} LOGIN; \
+                "CREATE ROLE {APP_USER} LOGIN IN ROLE pg_monitor; \
                  CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION; \
                  SELECT pg_create_physical_replication_slot('{STANDBY_NAME}');"
             ),
@@ -214,6 +212,13 @@ impl Cluster {
             &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"),
         )?;
         self.build_standby()?;
+        if self.spec.synchronous {
+            self.write_node_conf(
+                p,
+                &format!("synchronous_standby_names = '{STANDBY_NAME}'\n"),
+            )?;
+            p.reload()?;
+        }
         self.wait_streaming(Duration::from_secs(60))
     }
 

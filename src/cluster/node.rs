@@ -94,6 +94,11 @@ impl Node {
             .map(|_| ())
     }
 
+    /// `pg_ctl reload`: re-reads the configuration files.
+    pub fn reload(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(["reload"]).map(|_| ())
+    }
+
     /// Whether a postmaster answers for this data directory (`pg_ctl status`).
     pub fn is_running(&self) -> bool {
         self.pg_ctl(["status"]).is_ok()

@@ -455,17 +455,28 @@ pub fn finish_promotion(
         timeline.map_or("?".into(), |t| t.to_string())
     ));
     let after = pg::counts(&mut c, &target.name)?;
+    let diff = |a: Option<i64>, b: Option<i64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a - b),
+        _ => None,
+    };
+    let deltas = [
+        diff(after.libros, before.libros),
+        diff(after.prestamos, before.prestamos),
+    ];
+    let shown = |d: Option<i64>| d.map_or_else(|| "?".to_string(), |d| format!("{d:+}"));
     if after == before {
         progress.step(format!("after: {after}: all data preserved"));
+    } else if deltas.iter().all(|d| d.is_some_and(|d| d >= 0)) {
+        progress.step(format!(
+            "after: {after}: all data preserved (libros {}, prestamos {}: WAL replayed while promoting)",
+            shown(deltas[0]),
+            shown(deltas[1])
+        ));
     } else {
-        let diff = |a: Option<i64>, b: Option<i64>| match (a, b) {
-            (Some(a), Some(b)) => format!("{:+}", a - b),
-            _ => "?".into(),
-        };
         progress.warn(format!(
-            "after: {after}: differs from before (libros {}, prestamos {})",
-            diff(after.libros, before.libros),
-            diff(after.prestamos, before.prestamos)
+            "after: {after}: ROWS MISSING compared with before (libros {}, prestamos {})",
+            shown(deltas[0]),
+            shown(deltas[1])
         ));
     }
     repoint_storage(cfg, &target.name, old, progress)?;

@@ -1,0 +1,352 @@
+//! `biblioteca-bench`: how close the whole pipeline (client → load manager →
+//! actor → storage manager → PostgreSQL) comes to the database alone.
+//!
+//! One run builds everything in a fresh temporary directory on free ports: a
+//! primary with a synchronous standby ([`crate::cluster`]), the services
+//! ([`crate::stack`]) and a generated catalogue ([`crate::storage::seed`]).
+//! Then, for each client count, `pgbench` runs the storage manager's own loan
+//! and return transactions ([`pgbench`]) and the load generator
+//! ([`crate::client::load`]) runs closed-loop virtual users that each borrow a
+//! random book and return it, over and over. Both count one request (a loan or
+//! a return) as one transaction, so their rates compare like with like. The
+//! report adds the machine ([`maquina`]) and each service's peak RSS, and
+//! checks the targets. Everything is stopped and removed at the end,
+//! also on error or Ctrl-C.
+
+pub mod maquina;
+pub mod pgbench;
+mod tabla;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::load::{self, spec, Opciones as CargaOpciones};
+use crate::cluster::{Cluster, ClusterError, ClusterSpec, APP_DB, APP_USER, SUPERUSER};
+use crate::config::ClientConfig;
+use crate::launch::{free_port, LaunchError};
+use crate::shutdown::Shutdown;
+use crate::stack::{Stack, StackPorts, StackSpec};
+
+pub use maquina::Maquina;
+pub use tabla::{objetivos, tabla, Objetivo};
+
+/// Copies per generated book: far more than all virtual users can hold.
+const EJEMPLARES: i32 = 100_000;
+/// Unmeasured warm-up of each system before the first step.
+const CALENTAMIENTO: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("database cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("services: {0}")]
+    Launch(#[from] LaunchError),
+    #[error("seeding the catalogue: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("pgbench: {0}")]
+    Pgbench(#[from] pgbench::PgbenchError),
+    #[error("load generator: {0}")]
+    Load(#[from] load::LoadError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Opciones(String),
+    #[error("interrupted")]
+    Interrumpido,
+}
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Opciones {
+    pub clientes: Vec<usize>,
+    pub duracion: Duration,
+    pub libros: u64,
+    /// Where the `biblioteca-*` binaries are; `None`: next to this executable.
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the temporary directory (logs, configs) for inspection.
+    pub conservar: bool,
+}
+
+/// Our pipeline at one client count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Nuestro {
+    pub peticiones: u64,
+    pub fallos: u64,
+    /// Requests (loans and returns) per second.
+    pub rps: f64,
+    /// Loan + return pairs per second (`rps / 2`).
+    pub pares_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One client count, both systems.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fila {
+    pub clientes: usize,
+    pub pgbench: pgbench::Resultado,
+    pub nuestro: Nuestro,
+    /// Our requests/s over pgbench's transactions/s.
+    pub ratio: f64,
+}
+
+/// Peak resident memory of one service process.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Memoria {
+    pub servicio: String,
+    pub vm_hwm_kb: u64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reporte {
+    pub maquina: Maquina,
+    pub duracion_s: u64,
+    pub libros: u64,
+    pub replicacion: &'static str,
+    pub filas: Vec<Fila>,
+    pub memoria: Vec<Memoria>,
+    pub objetivos: Vec<Objetivo>,
+}
+
+/// Removes the run directory on every way out (unless kept).
+struct Directorio {
+    path: PathBuf,
+    conservar: bool,
+}
+
+impl Drop for Directorio {
+    fn drop(&mut self) {
+        if self.conservar {
+            eprintln!("kept {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs the benchmark; progress goes to stderr.
+pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> {
+    if opts.clientes.is_empty() || opts.clientes.iter().any(|&c| c == 0 || c > 1000) {
+        return Err(BenchError::Opciones(
+            "--clientes must list client counts between 1 and 1000".into(),
+        ));
+    }
+    if opts.libros == 0 || opts.duracion < Duration::from_secs(1) {
+        return Err(BenchError::Opciones(
+            "--libros must be positive and --duracion at least 1s".into(),
+        ));
+    }
+    let maquina = Maquina::detectar();
+    eprintln!("machine: {maquina}");
+    let dir = Directorio {
+        path: std::env::temp_dir().join(format!("biblioteca-bench-{}", std::process::id())),
+        conservar: opts.conservar,
+    };
+    std::fs::create_dir_all(&dir.path).map_err(|source| BenchError::Io {
+        path: dir.path.clone(),
+        source,
+    })?;
+    let t0 = Instant::now();
+    let cluster = Cluster::create(ClusterSpec {
+        dir: dir.path.join("pg"),
+        primary_port: free_port()?,
+        standby_port: free_port()?,
+        synchronous: true,
+        keep: opts.conservar,
+    })?;
+    let ports = StackPorts {
+        frontend: free_port()?,
+        publisher: free_port()?,
+        backchannel: free_port()?,
+        storage: free_port()?,
+    };
+    let mut spec = StackSpec::new(
+        dir.path.join("servicios"),
+        ports,
+        &cluster.primary().conninfo(APP_USER, APP_DB),
+        &cluster.standby().conninfo(APP_USER, APP_DB),
+    );
+    spec.bin_dir = opts.bin_dir.clone();
+    let stack = Stack::start(spec)?;
+    crate::storage::seed(&stack.spec().storage_config(), opts.libros, EJEMPLARES)?;
+    cluster
+        .primary()
+        .sql_as(SUPERUSER, APP_DB, "VACUUM ANALYZE")?;
+    eprintln!(
+        "cluster (synchronous standby), services and {} books ready in {:.1} s",
+        opts.libros,
+        t0.elapsed().as_secs_f64()
+    );
+    let pg_dir = dir.path.join("pgbench");
+    cluster.primary().pg.make_dir(&pg_dir)?;
+    let medidor = Medidor {
+        cluster: &cluster,
+        stack: &stack,
+        pg_dir,
+        libros: opts.libros,
+        catalogo: spec::catalogo(Some(opts.libros)),
+        shutdown,
+        ctx: zmq::Context::new(),
+    };
+    let mut run = 0;
+    let calentar = opts.clientes.iter().copied().max().unwrap_or(1).min(4);
+    medidor.pgbench(calentar, CALENTAMIENTO, run)?;
+    medidor.nuestro(calentar, CALENTAMIENTO, run)?;
+    let mut filas = Vec::new();
+    for &n in &opts.clientes {
+        run += 1;
+        medidor.checkpoint()?;
+        let pgb = medidor.pgbench(n, opts.duracion, run)?;
+        medidor.checkpoint()?;
+        let nuestro = medidor.nuestro(n, opts.duracion, run)?;
+        let fila = Fila {
+            clientes: n,
+            ratio: if pgb.tps > 0.0 { nuestro.rps / pgb.tps } else { 0.0 },
+            pgbench: pgb,
+            nuestro,
+        };
+        eprintln!(
+            "{n:>3} clients: pgbench {:.0} tps (p99 {:.2} ms), ours {:.0} req/s (p99 {:.2} ms, {} failures), ratio {:.2}",
+            fila.pgbench.tps,
+            fila.pgbench.p99_ms,
+            fila.nuestro.rps,
+            fila.nuestro.p99_ms,
+            fila.nuestro.fallos,
+            fila.ratio
+        );
+        filas.push(fila);
+    }
+    let memoria = memoria(&stack);
+    drop(stack);
+    drop(cluster);
+    let objetivos = objetivos(&filas, &memoria);
+    Ok(Reporte {
+        maquina,
+        duracion_s: opts.duracion.as_secs(),
+        libros: opts.libros,
+        replicacion: "synchronous (local streaming standby)",
+        filas,
+        memoria,
+        objetivos,
+    })
+}
+
+/// Peak RSS of each service, read while they still run.
+fn memoria(stack: &Stack) -> Vec<Memoria> {
+    let mut procs = vec![
+        (stack.storage.name().to_string(), stack.storage.pid()),
+        (stack.carga.name().to_string(), stack.carga.pid()),
+    ];
+    procs.extend(
+        stack
+            .actors
+            .iter()
+            .map(|(_, s)| (s.name().to_string(), s.pid())),
+    );
+    procs
+        .into_iter()
+        .filter_map(|(servicio, pid)| {
+            let vm_hwm_kb = maquina::vm_hwm_kb(pid?)?;
+            Some(Memoria { servicio, vm_hwm_kb })
+        })
+        .collect()
+}
+
+/// Runs the two systems against one cluster and stack.
+struct Medidor<'a> {
+    cluster: &'a Cluster,
+    stack: &'a Stack,
+    pg_dir: PathBuf,
+    libros: u64,
+    catalogo: Vec<String>,
+    shutdown: &'a Shutdown,
+    ctx: zmq::Context,
+}
+
+impl Medidor<'_> {
+    /// A checkpoint before each step, so none lands in the middle of one.
+    fn checkpoint(&self) -> Result<(), BenchError> {
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        self.cluster
+            .primary()
+            .sql_as(SUPERUSER, "postgres", "CHECKPOINT")?;
+        Ok(())
+    }
+
+    fn pgbench(&self, clientes: usize, d: Duration, run: u32) -> Result<pgbench::Resultado, BenchError> {
+        let p = self.cluster.primary();
+        let r = pgbench::Corrida {
+            pg: &p.pg,
+            dir: &self.pg_dir,
+            port: p.port,
+            clientes,
+            duracion: d,
+            libros: self.libros,
+            run,
+        }
+        .ejecutar()?;
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        Ok(r)
+    }
+
+    fn nuestro(&self, clientes: usize, d: Duration, run: u32) -> Result<Nuestro, BenchError> {
+        let opts = CargaOpciones {
+            cliente: ClientConfig {
+                endpoints: vec![self.stack.ports().frontend_endpoint()],
+                ..ClientConfig::default()
+            },
+            clientes,
+            duracion: Some(d),
+            peticiones: None,
+            espera: None,
+            tasa: None,
+            // Returns only: a user without a loan borrows instead, so each
+            // virtual user alternates a loan and the return of that book.
+            mezcla: spec::Mezcla::parse("devolucion=1").map_err(BenchError::Opciones)?,
+            catalogo: self.catalogo.clone(),
+            usuarios: 1,
+            prefijo: format!("bench{run}-{}", load::prefijo_nuevo()),
+            semilla: u64::from(run) + 1,
+        };
+        let parar = Arc::new(AtomicBool::new(false));
+        let hecho = Arc::new(AtomicBool::new(false));
+        let vigia = {
+            let (parar, hecho, sd) = (parar.clone(), hecho.clone(), self.shutdown.clone());
+            std::thread::spawn(move || {
+                while !hecho.load(Ordering::SeqCst) {
+                    if sd.is_triggered() {
+                        parar.store(true, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let informe = load::ejecutar(&opts, &self.ctx, &parar, |_| {});
+        hecho.store(true, Ordering::SeqCst);
+        let _ = vigia.join();
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        let t = informe?.total;
+        Ok(Nuestro {
+            peticiones: t.peticiones,
+            fallos: t.fallos,
+            rps: t.rps,
+            pares_s: t.rps / 2.0,
+            p50_ms: t.p50_ms,
+            p99_ms: t.p99_ms,
+        })
+    }
+}

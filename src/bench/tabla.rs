@@ -1,0 +1,152 @@
+//! The benchmark's printed table and the issue's targets checked against it.
+
+use serde::Serialize;
+
+use super::{Fila, Memoria, Reporte};
+
+/// One target of the issue and whether this run met it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Objetivo {
+    pub descripcion: String,
+    pub medido: String,
+    /// `None`: this run did not measure what the target needs.
+    pub cumplido: Option<bool>,
+}
+
+/// Ours at 16 clients ≥ 70% of pgbench; ours at 64 ≥ 90% of ours at 16; p99
+/// at 10 clients ≤ 10 ms; every service < 30 MB peak RSS.
+pub fn objetivos(filas: &[Fila], memoria: &[Memoria]) -> Vec<Objetivo> {
+    let en = |n: usize| filas.iter().find(|f| f.clientes == n);
+    let mut out = Vec::new();
+    out.push(match en(16) {
+        Some(f) => Objetivo {
+            descripcion: "16 clients: ours >= 70% of pgbench".into(),
+            medido: format!("{:.0}%", f.ratio * 100.0),
+            cumplido: Some(f.ratio >= 0.70),
+        },
+        None => sin_medir("16 clients: ours >= 70% of pgbench"),
+    });
+    out.push(match (en(16), en(64)) {
+        (Some(a), Some(b)) if a.nuestro.rps > 0.0 => {
+            let r = b.nuestro.rps / a.nuestro.rps;
+            Objetivo {
+                descripcion: "64 clients: ours >= 90% of ours at 16".into(),
+                medido: format!("{:.0}%", r * 100.0),
+                cumplido: Some(r >= 0.90),
+            }
+        }
+        _ => sin_medir("64 clients: ours >= 90% of ours at 16"),
+    });
+    out.push(match en(10) {
+        Some(f) => Objetivo {
+            descripcion: "10 clients: ours p99 <= 10 ms".into(),
+            medido: format!("{:.2} ms", f.nuestro.p99_ms),
+            cumplido: Some(f.nuestro.p99_ms <= 10.0),
+        },
+        None => sin_medir("10 clients: ours p99 <= 10 ms"),
+    });
+    let peor = memoria.iter().max_by_key(|m| m.vm_hwm_kb);
+    out.push(match peor {
+        Some(m) => Objetivo {
+            descripcion: "every service < 30 MB peak RSS".into(),
+            medido: format!("largest {} {:.1} MB", m.servicio, mb(m.vm_hwm_kb)),
+            cumplido: Some(m.vm_hwm_kb < 30 * 1024),
+        },
+        None => sin_medir("every service < 30 MB peak RSS"),
+    });
+    out
+}
+
+fn sin_medir(d: &str) -> Objetivo {
+    Objetivo {
+        descripcion: d.into(),
+        medido: "not measured".into(),
+        cumplido: None,
+    }
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// The human-readable report (Markdown tables, pasteable into the docs).
+pub fn tabla(r: &Reporte) -> String {
+    let mut s = format!(
+        "machine: {}\nreplication: {}; {} books; {} s per step\n\n",
+        r.maquina, r.replicacion, r.libros, r.duracion_s
+    );
+    s.push_str(
+        "| clients | pgbench tps | pgbench p50 | pgbench p99 | ours req/s | ours pairs/s | ours p50 | ours p99 | ours fails | ours/pgbench |\n\
+         |--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for f in &r.filas {
+        let p = &f.pgbench;
+        let o = &f.nuestro;
+        s.push_str(&format!(
+            "| {} | {:.0}{} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.2} |\n",
+            f.clientes,
+            p.tps,
+            if p.abortado { " (aborted)" } else { "" },
+            p.p50_ms,
+            p.p99_ms,
+            o.rps,
+            o.pares_s,
+            o.p50_ms,
+            o.p99_ms,
+            o.fallos,
+            f.ratio
+        ));
+    }
+    s.push_str("\nlatencies in ms, per request (one loan or one return)\n\n| service | peak RSS (VmHWM) |\n|---|--:|\n");
+    for m in &r.memoria {
+        s.push_str(&format!("| {} | {:.1} MB |\n", m.servicio, mb(m.vm_hwm_kb)));
+    }
+    s.push_str("\n| target | measured | met |\n|---|---|---|\n");
+    for o in &r.objetivos {
+        let met = match o.cumplido {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        s.push_str(&format!("| {} | {} | {met} |\n", o.descripcion, o.medido));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{pgbench::Resultado, Nuestro};
+
+    fn fila(clientes: usize, pgb: f64, ours: f64, p99: f64) -> Fila {
+        Fila {
+            clientes,
+            pgbench: Resultado {
+                tps: pgb,
+                ..Resultado::default()
+            },
+            nuestro: Nuestro {
+                peticiones: 1,
+                fallos: 0,
+                rps: ours,
+                pares_s: ours / 2.0,
+                p50_ms: 1.0,
+                p99_ms: p99,
+            },
+            ratio: ours / pgb,
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let filas = [fila(10, 1000.0, 900.0, 9.0), fila(16, 1000.0, 690.0, 12.0), fila(64, 1000.0, 650.0, 30.0)];
+        let mem = [Memoria {
+            servicio: "carga".into(),
+            vm_hwm_kb: 12_000,
+        }];
+        let o = objetivos(&filas, &mem);
+        let met: Vec<_> = o.iter().map(|o| o.cumplido).collect();
+        assert_eq!(met, [Some(false), Some(true), Some(true), Some(true)]);
+        assert_eq!(objetivos(&[], &[])[0].cumplido, None);
+    }
+}

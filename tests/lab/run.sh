@@ -1,0 +1,320 @@
+#!/usr/bin/env bash
+# Lab: deploys biblioteca with the real ansible/site.yml into four
+# systemd-nspawn containers, runs the reference scenario, crashes the primary
+# and fails over with ansible/failover.yml.
+#
+#   db1  10.77.0.11  PostgreSQL primary   (db_primary)
+#   db2  10.77.0.12  PostgreSQL standby   (db_standby)
+#   app  10.77.0.21  storage manager + load manager (almacenamiento, carga)
+#   act  10.77.0.22  the three actors + the client (actores, clients)
+#
+# Each container boots systemd on a copy of this host's /etc with /usr bound
+# read-only (so PostgreSQL 15 and systemd come from the host; /usr/local is a
+# writable per-container directory for the binaries), lives in its own
+# network namespace (lab-NAME) with one veth on a bridge inside a namespace of
+# its own (lab-br): no address outside 10.77.0.0/24 is involved, and the host's
+# own network is left alone. Ansible reaches the containers with the
+# community.docker.nsenter connection (nsenter into the container's PID 1).
+#
+# Needs root, systemd-nspawn (systemd-container), ansible (Debian's package
+# ships community.docker), postgresql-15 on the host and the binaries built:
+#   cargo build --bins && bash tests/lab/run.sh
+# LAB_KEEP=1 leaves the containers running for a look (then run with
+# LAB_CLEAN=1 to remove them). Takes about 3-4 minutes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB=${LAB_DIR:-/var/lib/biblioteca-lab}
+BUILD_DIR=${BUILD_DIR:-$ROOT/target/debug}
+NET=10.77.0
+declare -A ADDR=([db1]=11 [db2]=12 [app]=21 [act]=22)
+HOSTS=(db1 db2 app act)
+PASSED=0
+FAILED=0
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- teardown
+
+teardown() {
+    local h pid
+    for h in "${HOSTS[@]}"; do
+        if [[ -f $LAB/$h.pid ]]; then
+            pid=$(cat "$LAB/$h.pid")
+            # SIGTERM asks systemd-nspawn for a clean container shutdown.
+            kill "$pid" 2>/dev/null || true
+        fi
+    done
+    for h in "${HOSTS[@]}"; do
+        if [[ -f $LAB/$h.pid ]]; then
+            pid=$(cat "$LAB/$h.pid")
+            for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        ip netns del "lab-$h" 2>/dev/null || true
+    done
+    ip netns del lab-br 2>/dev/null || true
+    rm -rf "$LAB"
+}
+
+if [[ -n ${LAB_CLEAN:-} ]]; then
+    teardown
+    exit 0
+fi
+[[ -z ${LAB_KEEP:-} ]] && trap teardown EXIT
+
+# ---------------------------------------------------------------- checks
+
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        printf 'PASS %s\n' "$name"
+        PASSED=$((PASSED + 1))
+    else
+        printf 'FAIL %s\n' "$name"
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+# The host PID of a container's init (systemd).
+init_pid() {
+    local nspawn child
+    nspawn=$(cat "$LAB/$1.pid")
+    for child in $(cat /proc/"$nspawn"/task/*/children 2>/dev/null); do
+        if [[ $(cat /proc/"$child"/comm 2>/dev/null) == systemd ]]; then
+            echo "$child"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# on HOST COMMAND: runs a shell command inside a container.
+on() {
+    local pid
+    pid=$(init_pid "$1") || return 1
+    nsenter --target "$pid" --mount --uts --ipc --net --pid -- /bin/sh -c "$2"
+}
+
+sql() { on "$1" "runuser -u postgres -- psql -X -d library -tAc \"$2\""; }
+
+eventually() {
+    local tries=$1
+    shift
+    for _ in $(seq 1 "$tries"); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    "$@"
+}
+
+# ---------------------------------------------------------------- setup
+
+prerequisites() {
+    local missing=()
+    command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
+    command -v ansible-playbook >/dev/null || missing+=(ansible)
+    [[ -x /usr/lib/postgresql/15/bin/postgres ]] || missing+=(postgresql-15)
+    if ((${#missing[@]})); then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    for b in carga actor almacenamiento solicitante failover; do
+        [[ -x $BUILD_DIR/biblioteca-$b ]] || { echo "missing $BUILD_DIR/biblioteca-$b: cargo build --bins"; exit 2; }
+    done
+}
+
+network() {
+    ip netns add lab-br
+    ip -n lab-br link add br0 type bridge
+    ip -n lab-br link set br0 up
+    local h
+    for h in "${HOSTS[@]}"; do
+        ip netns add "lab-$h"
+        ip -n "lab-$h" link set lo up
+        ip link add "lab-$h-br" type veth peer name "lab-$h-eth"
+        ip link set "lab-$h-br" netns lab-br
+        ip link set "lab-$h-eth" netns "lab-$h"
+        ip -n lab-br link set "lab-$h-br" master br0 up
+        ip -n "lab-$h" link set "lab-$h-eth" name eth0
+        ip -n "lab-$h" addr add "$NET.${ADDR[$h]}/24" dev eth0
+        ip -n "lab-$h" link set eth0 up
+    done
+}
+
+rootfs() {
+    local r=$LAB/$1 d
+    mkdir -p "$r"/{etc,usr,var/lib,var/log,var/tmp,run,tmp,root,home,proc,sys,dev}
+    chmod 1777 "$r/tmp" "$r/var/tmp"
+    cp -a /etc/. "$r/etc/"
+    # nspawn looks for os-release before /usr is bound.
+    rm -f "$r/etc/os-release" "$r/etc/machine-id"
+    cp /usr/lib/os-release "$r/etc/os-release"
+    : >"$r/etc/fstab"
+    echo "$1" >"$r/etc/hostname"
+    printf '127.0.0.1 localhost %s\n' "$1" >"$r/etc/hosts"
+    # Fresh PostgreSQL and biblioteca state: none of the host's.
+    rm -rf "$r/etc/postgresql" "$r/etc/biblioteca"
+    mkdir -p "$r/etc/postgresql"
+    find "$r/etc/systemd/system" -name 'pg_receivewal*' -delete
+    for d in bin lib lib64 sbin; do ln -s "usr/$d" "$r/$d"; done
+    # ansible installs the binaries into /usr/local/bin: writable, per host.
+    mkdir -p "$LAB/$1.usr-local/bin"
+}
+
+boot() {
+    systemd-nspawn -D "$LAB/$1" --boot --register=no --keep-unit --machine="lab-$1" \
+        --network-namespace-path="/run/netns/lab-$1" --bind-ro=/usr \
+        --bind="$LAB/$1.usr-local:/usr/local" \
+        >"$LAB/$1.console" 2>&1 </dev/null &
+    echo $! >"$LAB/$1.pid"
+}
+
+booted() {
+    local state
+    state=$(on "$1" "systemctl is-system-running --wait" 2>/dev/null) || true
+    [[ $state == running || $state == degraded ]]
+}
+
+inventory() {
+    local h
+    {
+        echo "[db_primary]"
+        echo "db1 ansible_host=$NET.11 ansible_nsenter_pid=$(init_pid db1) biblioteca_pg_node_name=primary"
+        echo "[db_standby]"
+        echo "db2 ansible_host=$NET.12 ansible_nsenter_pid=$(init_pid db2) biblioteca_pg_node_name=standby"
+        echo "[almacenamiento]"
+        echo "app ansible_host=$NET.21 ansible_nsenter_pid=$(init_pid app)"
+        echo "[carga]"
+        echo "app"
+        echo "[actores]"
+        echo "act ansible_host=$NET.22 ansible_nsenter_pid=$(init_pid act)"
+        echo "[clients]"
+        echo "act"
+        echo "[postgresql:children]"
+        echo "db_primary"
+        echo "db_standby"
+        echo "[all:vars]"
+        echo "ansible_connection=community.docker.nsenter"
+        echo "ansible_become=false"
+        echo "ansible_python_interpreter=/usr/bin/python3"
+        echo "biblioteca_pg_install=false"
+        echo "biblioteca_build_dir=$BUILD_DIR"
+    } >"$LAB/inventory.ini"
+    cat >"$LAB/secrets.yml" <<'EOF'
+biblioteca_db_password: lab-app-secret
+biblioteca_replication_password: lab-replication-secret
+biblioteca_pg_admin_password: lab-admin-secret
+EOF
+    chmod 0600 "$LAB/secrets.yml"
+}
+
+playbook() {
+    ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ansible-playbook \
+        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" "$ROOT/ansible/$1" >"$LAB/$2.log" 2>&1
+    local rc=$?
+    sed -n '/PLAY RECAP/,$p' "$LAB/$2.log" >&2
+    return $rc
+}
+
+second_run_changes_nothing() {
+    playbook site.yml site-2 || return 1
+    ! sed -n '/PLAY RECAP/,$p' "$LAB/site-2.log" | grep -q 'changed=[1-9]'
+}
+
+# ---------------------------------------------------------------- scenario
+
+client() { on act "biblioteca-solicitante --config /etc/biblioteca/solicitante.toml $*"; }
+
+units_active() {
+    on app "systemctl is-active biblioteca-almacenamiento.service biblioteca-carga.service" &&
+        on act "systemctl is-active biblioteca-actor@prestamo.service biblioteca-actor@devolucion.service biblioteca-actor@renovacion.service"
+}
+
+replicating_synchronously() {
+    [[ $(sql db1 "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'") == sync ]]
+}
+
+catalogue() { [[ $(sql db1 "SELECT count(*) FROM libros") == 4 ]]; }
+
+ISBN=978-0134685991
+U=usuario_test_1
+
+loan_flow() {
+    local before
+    before=$(sql db1 "SELECT ejemplares FROM libros WHERE isbn = '$ISBN'")
+    client consulta "$ISBN" &&
+        client prestamo "$ISBN" "$U" &&
+        [[ $(sql db1 "SELECT estado FROM prestamos WHERE usuario = '$U'") == ACTIVO ]] &&
+        [[ $(sql db1 "SELECT ejemplares FROM libros WHERE isbn = '$ISBN'") == $((before - 1)) ]] &&
+        [[ $(sql db2 "SELECT estado FROM prestamos WHERE usuario = '$U'") == ACTIVO ]] &&
+        client renovacion "$ISBN" "$U" && client renovacion "$ISBN" "$U" &&
+        [[ $(sql db1 "SELECT renovaciones FROM prestamos WHERE usuario = '$U'") == 2 ]] || return 1
+    local out rc=0
+    out=$(client --json renovacion "$ISBN" "$U") || rc=$?
+    [[ $rc -eq 1 && $out == *LimiteRenovaciones* ]] || { echo "third renewal: exit $rc: $out"; return 1; }
+    client devolucion "$ISBN" "$U" &&
+        [[ $(sql db1 "SELECT estado FROM prestamos WHERE usuario = '$U'") == DEVUELTO ]] &&
+        [[ $(sql db1 "SELECT ejemplares FROM libros WHERE isbn = '$ISBN'") == "$before" ]]
+}
+
+ten_loans() {
+    local isbns=(978-0134685991 978-0135957059 978-0596007126 978-1491950357) i
+    for i in $(seq 0 9); do
+        client prestamo "${isbns[$((i % 4))]}" "usuario_carga_$i" >/dev/null || return 1
+    done
+    [[ $(sql db1 "SELECT count(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%'") == 10 ]] &&
+        [[ $(sql db2 "SELECT count(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%'") == 10 ]]
+}
+
+crash_primary() {
+    # Like pulling the plug: SIGKILL to the container's init takes its whole
+    # PID namespace down at once, PostgreSQL included.
+    kill -9 "$(init_pid db1)"
+    local pid
+    pid=$(cat "$LAB/db1.pid")
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    rm -f "$LAB/db1.pid"
+}
+
+promoted() { [[ $(sql db2 "SELECT pg_is_in_recovery()") == f ]]; }
+
+loan_after_failover() {
+    eventually 60 client prestamo 978-0596007126 usuario_post_failover &&
+        [[ $(sql db2 "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_failover'") == ACTIVO ]] &&
+        on app "systemctl is-active biblioteca-almacenamiento.service"
+}
+
+# ---------------------------------------------------------------- run
+
+prerequisites
+teardown
+mkdir -p "$LAB"
+log "network namespaces and bridge"
+network
+for h in "${HOSTS[@]}"; do rootfs "$h"; boot "$h"; done
+log "booting ${HOSTS[*]}"
+for h in "${HOSTS[@]}"; do check "$h boots" eventually 60 booted "$h"; done
+inventory
+
+log "ansible-playbook site.yml"
+check "site.yml deploys" playbook site.yml site-1
+check "second site.yml run reports changed=0" second_run_changes_nothing
+check "every service active" eventually 60 units_active
+check "primary replicates synchronously to standby" eventually 60 replicating_synchronously
+check "the guide's catalogue is seeded" eventually 30 catalogue
+check "consulta, prestamo, replication, 2 renewals, refused 3rd, devolucion" loan_flow
+check "ten loans, replicated" ten_loans
+LIBROS=$(sql db1 "SELECT count(*) FROM libros")
+PRESTAMOS=$(sql db1 "SELECT count(*) FROM prestamos")
+
+log "crashing db1 and failing over"
+crash_primary
+check "failover.yml promotes the standby" playbook failover.yml failover
+check "standby left recovery" eventually 30 promoted
+check "nothing lost ($LIBROS libros, $PRESTAMOS prestamos)" \
+    test "$(sql db2 "SELECT count(*) FROM libros")/$(sql db2 "SELECT count(*) FROM prestamos")" = "$LIBROS/$PRESTAMOS"
+check "a new loan after the failover" loan_after_failover
+
+echo "lab: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
