@@ -37,6 +37,9 @@
   SystemCallFilter = [
     "@system-service"
     "~@privileged @resources"
+    # libzmq's I/O threads call pthread_setschedparam() (default policy, no
+    # real-time: RestrictRealtime still holds) and abort when it fails.
+    "sched_setscheduler"
   ];
   SystemCallErrorNumber = "EPERM";
 }

@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::protocol::Operacion;
+use crate::security::{ActorCurve, CargaCurve, ClientCurve, StorageCurve};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -189,6 +190,9 @@ pub struct StorageConfig {
     /// (the newest timeline seen, for fencing).
     pub state_dir: Option<PathBuf>,
     pub database: DatabaseConfig,
+    /// CURVE encryption and authentication (see `security`); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<StorageCurve>,
 }
 
 impl Default for StorageConfig {
@@ -199,6 +203,7 @@ impl Default for StorageConfig {
             max_queue: 4096,
             state_dir: None,
             database: DatabaseConfig::default(),
+            curve: None,
         }
     }
 }
@@ -242,6 +247,9 @@ impl Validate for StorageConfig {
                 ));
             }
         }
+        if let Some(c) = &self.curve {
+            crate::security::check(c.load())?;
+        }
         Ok(())
     }
 }
@@ -266,6 +274,9 @@ pub struct CargaConfig {
     pub actor_timeout_ms: u64,
     /// Requests in flight at once; beyond it clients hear `ServicioOcupado`.
     pub max_in_flight: usize,
+    /// CURVE encryption and authentication (see `security`); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<CargaCurve>,
 }
 
 impl Default for CargaConfig {
@@ -279,6 +290,7 @@ impl Default for CargaConfig {
             republish_ms: 1000,
             actor_timeout_ms: 3000,
             max_in_flight: 10_000,
+            curve: None,
         }
     }
 }
@@ -294,6 +306,9 @@ impl Validate for CargaConfig {
         }
         if self.max_in_flight == 0 {
             return invalid("max_in_flight must be at least 1");
+        }
+        if let Some(c) = &self.curve {
+            crate::security::check(c.load())?;
         }
         Ok(())
     }
@@ -316,6 +331,9 @@ pub struct ActorConfig {
     /// Requests this actor has at the storage manager at once.
     pub max_in_flight: usize,
     pub heartbeat_ms: u64,
+    /// CURVE encryption and authentication (see `security`); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<ActorCurve>,
 }
 
 impl Default for ActorConfig {
@@ -328,6 +346,7 @@ impl Default for ActorConfig {
             storage_timeout_ms: 2500,
             max_in_flight: 64,
             heartbeat_ms: 1000,
+            curve: None,
         }
     }
 }
@@ -343,6 +362,9 @@ impl Validate for ActorConfig {
         if self.storage_timeout_ms == 0 || self.heartbeat_ms == 0 || self.max_in_flight == 0 {
             return invalid("storage_timeout_ms, heartbeat_ms and max_in_flight must be positive");
         }
+        if let Some(c) = &self.curve {
+            crate::security::check(c.load())?;
+        }
         Ok(())
     }
 }
@@ -357,6 +379,9 @@ pub struct ClientConfig {
     pub timeout_ms: u64,
     /// Tries per request (same id each time).
     pub retries: u32,
+    /// CURVE encryption and authentication (see `security`); absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<ClientCurve>,
 }
 
 impl Default for ClientConfig {
@@ -365,6 +390,7 @@ impl Default for ClientConfig {
             endpoints: vec!["tcp://127.0.0.1:5555".into()],
             timeout_ms: 6000,
             retries: 3,
+            curve: None,
         }
     }
 }
@@ -379,6 +405,9 @@ impl Validate for ClientConfig {
         }
         if self.timeout_ms == 0 || self.retries == 0 {
             return invalid("timeout_ms and retries must be positive");
+        }
+        if let Some(c) = &self.curve {
+            crate::security::check(c.load())?;
         }
         Ok(())
     }

@@ -241,6 +241,8 @@ impl Service {
             .arg(self.spec.config_path())
             .args(&self.spec.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
+            // The log is a file: no terminal colour codes in it.
+            .env("NO_COLOR", "1")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)

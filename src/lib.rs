@@ -28,6 +28,7 @@
 //!   switchover of the PostgreSQL nodes, re-pointing the storage manager.
 //! - [`bench`]: `biblioteca-bench`: the whole pipeline against `pgbench`
 //!   running the same transactions.
+//! - [`security`]: CURVE keys, the ZAP handler and who may talk to whom.
 //! - [`launch`]: starting service binaries as child processes with their own
 //!   sd-notify socket (used by the demo and the tests).
 
@@ -44,6 +45,7 @@ pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod protocol;
+pub mod security;
 pub mod shutdown;
 pub mod stack;
 pub mod storage;

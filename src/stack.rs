@@ -14,6 +14,8 @@ use crate::config::{
 };
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use crate::protocol::Operacion;
+use crate::security::provision::HostKeys;
+use crate::security::ClientCurve;
 
 /// TCP ports of the services (all bound on 127.0.0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,24 @@ pub struct StackSpec {
     /// One actor per entry (an operation may appear twice).
     pub actors: Vec<Operacion>,
     pub deadline_ms: u64,
+    /// CURVE keys and the database password; default: neither.
+    pub security: StackSecurity,
+}
+
+/// What secures a stack (the demo's `--seguro`, the security tests).
+#[derive(Debug, Clone, Default)]
+pub struct StackSecurity {
+    /// Every service's key pair: CURVE on every endpoint when set.
+    pub keys: Option<HostKeys>,
+    /// The application role's password (`database.password_file`).
+    pub password_file: Option<PathBuf>,
+}
+
+impl StackSpec {
+    /// The `[curve]` section a client of this stack needs.
+    pub fn client_curve(&self) -> Option<ClientCurve> {
+        self.security.keys.as_ref().map(HostKeys::client_curve)
+    }
 }
 
 impl StackSpec {
@@ -90,6 +110,7 @@ impl StackSpec {
             ],
             actors: Operacion::WRITES.to_vec(),
             deadline_ms: CargaConfig::default().deadline_ms,
+            security: StackSecurity::default(),
         }
     }
 
@@ -99,8 +120,10 @@ impl StackSpec {
             state_dir: Some(self.run_dir.join("almacenamiento-state")),
             database: DatabaseConfig {
                 nodes: self.nodes.clone(),
+                password_file: self.security.password_file.clone(),
                 ..DatabaseConfig::default()
             },
+            curve: self.security.keys.as_ref().map(HostKeys::storage_curve),
             ..StorageConfig::default()
         }
     }
@@ -112,6 +135,7 @@ impl StackSpec {
             backchannel: self.ports.backchannel_endpoint(),
             storage: self.ports.storage_endpoint(),
             deadline_ms: self.deadline_ms,
+            curve: self.security.keys.as_ref().map(HostKeys::carga_curve),
             ..CargaConfig::default()
         }
     }
@@ -122,6 +146,7 @@ impl StackSpec {
             subscribe: self.ports.publisher_endpoint(),
             report: self.ports.backchannel_endpoint(),
             storage: self.ports.storage_endpoint(),
+            curve: self.security.keys.as_ref().map(|k| k.actor_curve(operacion)),
             ..ActorConfig::default()
         }
     }

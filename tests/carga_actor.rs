@@ -67,6 +67,7 @@ impl Harness {
             republish_ms: 200,
             actor_timeout_ms: 600,
             max_in_flight: 100,
+            curve: None,
         };
         tweak(&mut cfg);
         let all = self.sd.clone();
@@ -92,6 +93,7 @@ impl Harness {
             storage_timeout_ms: 1000,
             max_in_flight: 16,
             heartbeat_ms: 100,
+            curve: None,
         };
         let sd = self.sd.clone();
         self.threads.push(std::thread::spawn(move || {
@@ -465,6 +467,7 @@ fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
         storage_timeout_ms: 300,
         max_in_flight: 16,
         heartbeat_ms: 100,
+        curve: None,
     };
     let sd = h.sd.clone();
     h.threads.push(std::thread::spawn(move || {

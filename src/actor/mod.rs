@@ -26,13 +26,16 @@ pub enum ActorError {
     Net(#[from] NetError),
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// Serves `config.operacion` until `shutdown`, then waits briefly for the
 /// storage manager's answers to what is outstanding and returns.
 pub fn run(config: ActorConfig, shutdown: Shutdown) -> Result<(), ActorError> {
     let ctx = zmq::Context::new();
-    let mut actor = worker::Actor::open(&ctx, config, actor_name())?;
+    let curve = crate::security::actor(config.curve.as_ref())?;
+    let mut actor = worker::Actor::open(&ctx, config, actor_name(), curve)?;
     actor.run(&shutdown)
 }
 

@@ -13,6 +13,7 @@ use crate::config::ActorConfig;
 use crate::net;
 use crate::notify;
 use crate::protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
+use crate::security::{Curve, Peer};
 use crate::shutdown::Shutdown;
 
 const BATCH: usize = 256;
@@ -28,6 +29,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 pub(super) struct Actor {
     ctx: zmq::Context,
     cfg: ActorConfig,
+    curve: Curve,
     name: String,
     sub: zmq::Socket,
     report: zmq::Socket,
@@ -37,11 +39,16 @@ pub(super) struct Actor {
     next_heartbeat: Instant,
 }
 
-fn storage_socket(ctx: &zmq::Context, endpoint: &str) -> Result<zmq::Socket, ActorError> {
+fn storage_socket(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    curve: &Curve,
+) -> Result<zmq::Socket, ActorError> {
     let s = net::socket(ctx, zmq::DEALER)?;
     // Notice a storage manager that vanished without closing TCP.
     s.set_heartbeat_ivl(1000)?;
     s.set_heartbeat_timeout(3000)?;
+    curve.connect_to(&s, Peer::Storage)?;
     net::connect(&s, endpoint)?;
     Ok(s)
 }
@@ -55,14 +62,17 @@ impl Actor {
         ctx: &zmq::Context,
         cfg: ActorConfig,
         name: String,
+        curve: Curve,
     ) -> Result<Actor, ActorError> {
         let sub = net::socket(ctx, zmq::SUB)?;
         sub.set_subscribe(cfg.operacion.as_str().as_bytes())?;
+        curve.connect_to(&sub, Peer::Carga)?;
         net::connect(&sub, &cfg.subscribe)?;
         let report = net::socket(ctx, zmq::PUSH)?;
         report.set_sndhwm(REPORT_HWM)?;
+        curve.connect_to(&report, Peer::Carga)?;
         net::connect(&report, &cfg.report)?;
-        let storage = storage_socket(ctx, &cfg.storage)?;
+        let storage = storage_socket(ctx, &cfg.storage, &curve)?;
         tracing::info!(
             operacion = %cfg.operacion,
             actor = name.as_str(),
@@ -76,6 +86,7 @@ impl Actor {
             ctx: ctx.clone(),
             pending: Pendientes::new(Duration::from_millis(cfg.storage_timeout_ms)),
             cfg,
+            curve,
             name,
             sub,
             report,
@@ -336,7 +347,7 @@ impl Actor {
             endpoint = self.cfg.storage.as_str(),
             "storage manager silent: replacing the connection"
         );
-        self.storage = storage_socket(&self.ctx, &self.cfg.storage)?;
+        self.storage = storage_socket(&self.ctx, &self.cfg.storage, &self.curve)?;
         self.timeout_rounds = 0;
         for payload in self.pending.resend_all(now) {
             self.to_storage(&payload);

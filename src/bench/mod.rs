@@ -72,6 +72,9 @@ pub struct Opciones {
     pub bin_dir: Option<PathBuf>,
     /// Keep the temporary directory (logs, configs) for inspection.
     pub conservar: bool,
+    /// Also drive the storage manager directly (no load manager, no actor),
+    /// to split the pipeline's cost between the database tier and the hops.
+    pub almacenamiento: bool,
 }
 
 /// Our pipeline at one client count.
@@ -93,6 +96,8 @@ pub struct Fila {
     pub clientes: usize,
     pub pgbench: pgbench::Resultado,
     pub nuestro: Nuestro,
+    /// The same load sent straight to the storage manager (`--almacenamiento`).
+    pub almacenamiento: Option<Nuestro>,
     /// Our requests/s over pgbench's transactions/s.
     pub ratio: f64,
 }
@@ -189,25 +194,38 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     cluster.primary().pg.make_dir(&pg_dir)?;
     let medidor = Medidor {
         cluster: &cluster,
-        stack: &stack,
         pg_dir,
         libros: opts.libros,
         catalogo: spec::catalogo(Some(opts.libros)),
         shutdown,
         ctx: zmq::Context::new(),
     };
-    let mut run = 0;
+    let mut run: u32 = 0;
     let calentar = opts.clientes.iter().copied().max().unwrap_or(1).min(4);
     medidor.pgbench(calentar, CALENTAMIENTO, run)?;
-    medidor.nuestro(calentar, CALENTAMIENTO, run)?;
+    let frontend = stack.ports().frontend_endpoint();
+    // A REQ socket's ["", body] is what the storage ROUTER expects too.
+    let storage = stack.ports().storage_endpoint();
+    medidor.nuestro(calentar, CALENTAMIENTO, run, &frontend)?;
     let mut filas = Vec::new();
     for &n in &opts.clientes {
         run += 1;
         medidor.checkpoint()?;
+        eprintln!("{n:>3} clients: pgbench ...");
         let pgb = medidor.pgbench(n, opts.duracion, run)?;
+        eprintln!("{n:>3} clients: pipeline ...");
         medidor.checkpoint()?;
-        let nuestro = medidor.nuestro(n, opts.duracion, run)?;
+        let nuestro = medidor.nuestro(n, opts.duracion, run, &frontend)?;
+        let almacenamiento = if opts.almacenamiento {
+            run += 1;
+            medidor.checkpoint()?;
+            eprintln!("{n:>3} clients: storage manager alone ...");
+            Some(medidor.nuestro(n, opts.duracion, run, &storage)?)
+        } else {
+            None
+        };
         let fila = Fila {
+            almacenamiento,
             clientes: n,
             ratio: if pgb.tps > 0.0 { nuestro.rps / pgb.tps } else { 0.0 },
             pgbench: pgb,
@@ -263,7 +281,6 @@ fn memoria(stack: &Stack) -> Vec<Memoria> {
 /// Runs the two systems against one cluster and stack.
 struct Medidor<'a> {
     cluster: &'a Cluster,
-    stack: &'a Stack,
     pg_dir: PathBuf,
     libros: u64,
     catalogo: Vec<String>,
@@ -301,10 +318,17 @@ impl Medidor<'_> {
         Ok(r)
     }
 
-    fn nuestro(&self, clientes: usize, d: Duration, run: u32) -> Result<Nuestro, BenchError> {
+    /// Closed-loop loan/return users against `endpoint`.
+    fn nuestro(
+        &self,
+        clientes: usize,
+        d: Duration,
+        run: u32,
+        endpoint: &str,
+    ) -> Result<Nuestro, BenchError> {
         let opts = CargaOpciones {
             cliente: ClientConfig {
-                endpoints: vec![self.stack.ports().frontend_endpoint()],
+                endpoints: vec![endpoint.to_string()],
                 ..ClientConfig::default()
             },
             clientes,

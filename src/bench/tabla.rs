@@ -97,6 +97,26 @@ pub fn tabla(r: &Reporte) -> String {
             f.ratio
         ));
     }
+    if r.filas.iter().any(|f| f.almacenamiento.is_some()) {
+        s.push_str(
+            "\nstorage manager alone (same load sent straight to its ROUTER):\n\n\
+             | clients | storage req/s | storage p50 | storage p99 | storage fails | storage/pgbench |\n\
+             |--:|--:|--:|--:|--:|--:|\n",
+        );
+        for f in &r.filas {
+            if let Some(a) = &f.almacenamiento {
+                s.push_str(&format!(
+                    "| {} | {:.0} | {:.2} | {:.2} | {} | {:.2} |\n",
+                    f.clientes,
+                    a.rps,
+                    a.p50_ms,
+                    a.p99_ms,
+                    a.fallos,
+                    if f.pgbench.tps > 0.0 { a.rps / f.pgbench.tps } else { 0.0 }
+                ));
+            }
+        }
+    }
     s.push_str("\nlatencies in ms, per request (one loan or one return)\n\n| service | peak RSS (VmHWM) |\n|---|--:|\n");
     for m in &r.memoria {
         s.push_str(&format!("| {} | {:.1} MB |\n", m.servicio, mb(m.vm_hwm_kb)));
@@ -133,6 +153,7 @@ mod tests {
                 p50_ms: 1.0,
                 p99_ms: p99,
             },
+            almacenamiento: None,
             ratio: ours / pgb,
         }
     }

@@ -33,6 +33,10 @@ struct Args {
     /// Keep the temporary directory (server and service logs).
     #[arg(long)]
     keep: bool,
+    /// Also send the same load straight to the storage manager, to split the
+    /// pipeline's cost between the database tier and the ZeroMQ hops.
+    #[arg(long)]
+    almacenamiento: bool,
     /// Where the biblioteca-* binaries are (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         libros: args.libros,
         bin_dir: args.bin_dir,
         conservar: args.keep,
+        almacenamiento: args.almacenamiento,
     };
     let json = args.json;
     biblioteca::shutdown::run_with_signals(move |shutdown| {

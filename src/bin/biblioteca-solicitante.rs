@@ -21,6 +21,7 @@ use biblioteca::client::{render, Client, ClientError};
 use biblioteca::config::{self, ClientConfig, Validate};
 use biblioteca::logging;
 use biblioteca::protocol::{Operacion, Peticion, Respuesta};
+use biblioteca::security::ClientCurve;
 
 const DEFAULT_STORAGE: &str = "tcp://127.0.0.1:5570";
 /// `status` waits at most this long per service unless `--timeout-ms` says otherwise.
@@ -52,6 +53,13 @@ struct Cli {
     /// Print replies (and summaries) as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// CURVE: this client's secret key file (from `biblioteca-claves generar`);
+    /// needs --carga-key. Overrides `[curve]` of the configuration.
+    #[arg(long, value_name = "PATH", global = true, requires = "carga_key")]
+    secret_key_file: Option<PathBuf>,
+    /// CURVE: the load manager's public key (a .key file or the Z85 key).
+    #[arg(long, value_name = "KEY", global = true, requires = "secret_key_file")]
+    carga_key: Option<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -177,6 +185,12 @@ fn client_config(cli: &Cli) -> anyhow::Result<ClientConfig> {
     }
     if let Some(r) = cli.retries {
         cfg.retries = r;
+    }
+    if let (Some(secret_key_file), Some(carga_key)) = (&cli.secret_key_file, &cli.carga_key) {
+        cfg.curve = Some(ClientCurve {
+            secret_key_file: secret_key_file.clone(),
+            carga_key: carga_key.clone(),
+        });
     }
     cfg.validate()?;
     Ok(cfg)
@@ -365,7 +379,12 @@ fn status_table(cli: &Cli, cfg: &ClientConfig, storage: &str) -> anyhow::Result<
         endpoint: storage.to_string(),
     });
     let started = Instant::now();
-    let filas = status::consultar(&zmq::Context::new(), &servicios, timeout);
+    let filas = status::consultar_con(
+        &zmq::Context::new(),
+        &servicios,
+        timeout,
+        cfg.curve.as_ref(),
+    );
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "status collected"

@@ -20,6 +20,7 @@ use crate::notify;
 use crate::protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
 };
+use crate::security::{self, Curve, Peer};
 use crate::shutdown::Shutdown;
 
 /// Messages taken from one socket before looking at the others (fairness).
@@ -43,20 +44,28 @@ pub(super) struct Sockets {
 }
 
 impl Sockets {
-    pub(super) fn open(ctx: &zmq::Context, cfg: &CargaConfig) -> Result<Sockets, CargaError> {
+    pub(super) fn open(
+        ctx: &zmq::Context,
+        cfg: &CargaConfig,
+        curve: &Curve,
+    ) -> Result<Sockets, CargaError> {
         // ROUTER and PUB never block on send (they drop), so net::HWM bounds
         // memory per peer without ever stalling the loop.
         let frontend = net::socket(ctx, zmq::ROUTER)?;
+        curve.serve(&frontend, security::DOMAIN_CLIENTS)?;
         net::bind(&frontend, &cfg.frontend)?;
         let publisher = net::socket(ctx, zmq::PUB)?;
+        curve.serve(&publisher, security::DOMAIN_ACTORS)?;
         net::bind(&publisher, &cfg.publisher)?;
         let backchannel = net::socket(ctx, zmq::PULL)?;
+        curve.serve(&backchannel, security::DOMAIN_ACTORS)?;
         net::bind(&backchannel, &cfg.backchannel)?;
         let storage = net::socket(ctx, zmq::DEALER)?;
         storage.set_sndhwm(STORAGE_HWM)?;
         // Detect a storage manager that vanished without closing TCP.
         storage.set_heartbeat_ivl(1000)?;
         storage.set_heartbeat_timeout(3000)?;
+        curve.connect_to(&storage, Peer::Storage)?;
         net::connect(&storage, &cfg.storage)?;
         Ok(Sockets {
             frontend,

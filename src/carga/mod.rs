@@ -33,6 +33,8 @@ pub enum CargaError {
     Net(#[from] NetError),
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// Binds the sockets, announces readiness and serves until `shutdown`;
@@ -40,7 +42,9 @@ pub enum CargaError {
 /// returns.
 pub fn run(config: CargaConfig, shutdown: Shutdown) -> Result<(), CargaError> {
     let ctx = zmq::Context::new();
-    let sockets = broker::Sockets::open(&ctx, &config)?;
+    // Declared before the sockets, so it outlives them (dropped after).
+    let (curve, _zap) = crate::security::carga(&ctx, config.curve.as_ref())?;
+    let sockets = broker::Sockets::open(&ctx, &config, &curve)?;
     tracing::info!(
         frontend = config.frontend.as_str(),
         publisher = config.publisher.as_str(),

@@ -313,6 +313,7 @@ DEVO 978-0134685991 a/b
             endpoints: vec![ep.into()],
             timeout_ms: 2000,
             retries: 1,
+            curve: None,
         })
         .unwrap();
         let lines = parse(

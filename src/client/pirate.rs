@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::config::{ClientConfig, Validate};
 use crate::net::{self, NetError};
 use crate::protocol::{Peticion, Respuesta};
+use crate::security::{self, Curve, Peer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -104,6 +105,7 @@ pub struct Client {
     retries: u32,
     current: usize,
     socket: Option<zmq::Socket>,
+    curve: Curve,
 }
 
 impl Client {
@@ -116,7 +118,10 @@ impl Client {
         config
             .validate()
             .map_err(|e| ClientError::Config(e.to_string()))?;
+        let curve = security::client(config.curve.as_ref())
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Client {
+            curve,
             ctx,
             endpoints: config.endpoints,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -226,6 +231,7 @@ impl Client {
         // The abandoned request is resent on the new socket; never block exit on it.
         s.set_linger(0)?;
         s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
+        self.curve.connect_to(&s, Peer::Carga)?;
         net::connect(&s, self.endpoint())?;
         Ok(s)
     }
@@ -294,6 +300,7 @@ mod tests {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
             timeout_ms: 300,
             retries,
+            curve: None,
         }
     }
 

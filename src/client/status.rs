@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::client::pirate::{Client, ClientError};
 use crate::config::ClientConfig;
 use crate::protocol::Respuesta;
+use crate::security::ClientCurve;
 
 /// A service to ask: a display name and its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,16 +40,27 @@ pub struct Fila {
 
 /// Asks every service in parallel; rows come back in the order given.
 pub fn consultar(ctx: &zmq::Context, servicios: &[Servicio], timeout: Duration) -> Vec<Fila> {
+    consultar_con(ctx, servicios, timeout, None)
+}
+
+/// [`consultar`] with the client's CURVE keys (`[curve]` of its configuration).
+pub fn consultar_con(
+    ctx: &zmq::Context,
+    servicios: &[Servicio],
+    timeout: Duration,
+    curve: Option<&ClientCurve>,
+) -> Vec<Fila> {
     let handles: Vec<_> = servicios
         .iter()
         .cloned()
         .map(|s| {
             let ctx = ctx.clone();
+            let curve = curve.cloned();
             let handle = std::thread::Builder::new()
                 .name(format!("status-{}", s.nombre))
                 .spawn({
                     let s = s.clone();
-                    move || ask(ctx, &s, timeout)
+                    move || ask(ctx, &s, timeout, curve)
                 });
             (s, handle)
         })
@@ -67,11 +79,17 @@ pub fn consultar(ctx: &zmq::Context, servicios: &[Servicio], timeout: Duration) 
         .collect()
 }
 
-fn ask(ctx: zmq::Context, s: &Servicio, timeout: Duration) -> Result<Respuesta, ClientError> {
+fn ask(
+    ctx: zmq::Context,
+    s: &Servicio,
+    timeout: Duration,
+    curve: Option<ClientCurve>,
+) -> Result<Respuesta, ClientError> {
     let config = ClientConfig {
         endpoints: vec![s.endpoint.clone()],
         timeout_ms: (timeout.as_millis() as u64).max(1),
         retries: 1,
+        curve,
     };
     Client::with_context(ctx, config)?.raw(br#"{"operacion":"status"}"#)
 }

@@ -21,6 +21,7 @@
 //! standby's copy is rewritten after the base backup, so a promoted standby
 //! does not wait for a synchronous standby that does not exist.
 
+pub mod auth;
 pub mod node;
 pub mod pg;
 

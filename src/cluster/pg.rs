@@ -62,6 +62,12 @@ impl PgBin {
             None => Command::new(program),
         };
         cmd.current_dir(cwd).stdin(Stdio::null());
+        // A cluster secured by `Cluster::require_passwords` keeps its
+        // credentials there; its programs authenticate from it.
+        let pgpass = cwd.join(super::auth::PGPASS);
+        if pgpass.is_file() {
+            cmd.env("PGPASSFILE", pgpass);
+        }
         cmd
     }
 

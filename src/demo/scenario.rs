@@ -70,6 +70,7 @@ impl Requester {
             endpoints: vec![endpoint.to_string()],
             timeout_ms: 8000,
             retries: 2,
+            curve: None,
         };
         match Client::new(config) {
             Ok(c) => Requester {

@@ -305,11 +305,7 @@ pub fn counts(c: &mut postgres::Client, name: &str) -> Result<Counts> {
 /// synchronous replication off.
 pub fn set_sync_standbys(c: &mut postgres::Client, name: &str, names: &str) -> Result<()> {
     let quoted = names.replace('\'', "''");
-    alter_system(
-        c,
-        name,
-        &format!("synchronous_standby_names = '{quoted}'"),
-    )
+    alter_system(c, name, &format!("synchronous_standby_names = '{quoted}'"))
 }
 
 /// `ALTER SYSTEM SET <setting>` then a reload; separate statements, since

@@ -16,7 +16,7 @@ use super::pg::{self, Lsn, Probe, Role};
 use super::status::probe_all;
 use super::storage;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use crate::config::{NodeRole, StorageConfig};
+use crate::config::StorageConfig;
 
 #[derive(Debug, Clone, Default)]
 pub struct PromoteOptions {
@@ -479,7 +479,7 @@ pub fn finish_promotion(
             shown(deltas[1])
         ));
     }
-    repoint_storage(cfg, &target.name, old, progress)?;
+    storage::repoint(cfg, &target.name, old, progress)?;
     let total_secs = progress.elapsed_secs();
     progress.step(format!(
         "promotion complete: {} is the primary on timeline {} (total {total_secs:.1}s)",
@@ -494,72 +494,4 @@ pub fn finish_promotion(
         after,
         total_secs,
     })
-}
-
-/// Rewrites the storage manager's roles (new primary, old fenced), reloads
-/// it and waits until it serves from `new`.
-fn repoint_storage(
-    cfg: &FailoverConfig,
-    new: &str,
-    old: Option<&str>,
-    progress: &Progress,
-) -> Result<()> {
-    let target = &cfg.storage;
-    match &target.config {
-        Some(path) => {
-            let mut changes = vec![(new, NodeRole::Primary)];
-            if let Some(o) = old {
-                changes.push((o, NodeRole::Fenced));
-            }
-            let backup = storage::set_roles(path, &changes).map_err(|e| {
-                FailoverError::stuck(
-                    format!("cannot update the storage manager's config: {e}"),
-                    format!("the database side is done: {new} is the primary"),
-                    format!("set role = \"primary\" for {new} (and \"fenced\" for the old primary) in {} by hand and reload the storage manager", path.display()),
-                )
-            })?;
-            progress.step(format!(
-                "storage config {} now names {new} primary{} (backup {})",
-                path.display(),
-                old.map(|o| format!(", {o} fenced")).unwrap_or_default(),
-                backup.display()
-            ));
-        }
-        None => {
-            progress.warn("no storage.config set: the storage manager's config was not changed")
-        }
-    }
-    let how = storage::reload(target).map_err(|e| {
-        FailoverError::stuck(
-            format!("cannot reload the storage manager: {e}"),
-            format!("{new} is the primary and the config names it; the storage manager has not re-read it"),
-            "reload it by hand (systemctl reload biblioteca-almacenamiento, or kill -HUP its pid)",
-        )
-    })?;
-    progress.step(format!("storage manager reload: {how}"));
-    progress.step(format!(
-        "waiting up to {}s for the storage manager ({}) to serve from {new}",
-        target.wait_secs, target.endpoint
-    ));
-    storage::wait_serving(target, new, progress)
-}
-
-/// Re-exported for `rejoin`, which changes a role without a promotion.
-pub(crate) fn set_role_and_reload(
-    cfg: &FailoverConfig,
-    node: &str,
-    role: NodeRole,
-    progress: &Progress,
-) -> Result<()> {
-    if let Some(path) = &cfg.storage.config {
-        storage::set_roles(path, &[(node, role)])?;
-        progress.step(format!(
-            "storage config {}: {node} is now {}",
-            path.display(),
-            storage::role_name(role)
-        ));
-    }
-    let how = storage::reload(&cfg.storage)?;
-    progress.step(format!("storage manager reload: {how}"));
-    Ok(())
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use super::local::Local;
 use super::pg::{self, Role};
-use super::promote::set_role_and_reload;
 use super::status::probe_all;
+use super::storage::set_role_and_reload;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
 use crate::config::NodeRole;
 
@@ -58,7 +58,10 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
             ))
         }
     };
-    progress.step(format!("{name} will become a standby of {}, the current primary", primary.name));
+    progress.step(format!(
+        "{name} will become a standby of {}, the current primary",
+        primary.name
+    ));
     let slot = pg::slot_name(name);
     let already = streaming(cfg, primary, name)?;
     if already {

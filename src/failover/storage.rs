@@ -1,6 +1,7 @@
 //! Re-pointing the storage manager: asking which node it serves from,
 //! rewriting the roles in its TOML without losing anything else in the file,
-//! telling it to reload, and waiting until it reports the new node.
+//! telling it to reload, and waiting until it reports the new node
+//! ([`repoint`] does all four after a promotion).
 //!
 //! The rewrite is crash-safe: the new text is validated as a
 //! [`StorageConfig`] first, the old file is kept as `*.bak`, and the new one
@@ -13,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{FailoverError, Progress, ReloadMethod, Result, StorageTarget};
+use super::{FailoverConfig, FailoverError, Progress, ReloadMethod, Result, StorageTarget};
 use crate::config::{parse_reader, NodeRole, StorageConfig};
 use crate::net;
 
@@ -224,6 +225,75 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Rewrites the storage manager's roles (new primary, old fenced), reloads
+/// it and waits until it serves from `new`.
+pub fn repoint(
+    cfg: &FailoverConfig,
+    new: &str,
+    old: Option<&str>,
+    progress: &Progress,
+) -> Result<()> {
+    let target = &cfg.storage;
+    match &target.config {
+        Some(path) => {
+            let mut changes = vec![(new, NodeRole::Primary)];
+            if let Some(o) = old {
+                changes.push((o, NodeRole::Fenced));
+            }
+            let backup = set_roles(path, &changes).map_err(|e| {
+                FailoverError::stuck(
+                    format!("cannot update the storage manager's config: {e}"),
+                    format!("the database side is done: {new} is the primary"),
+                    format!("set role = \"primary\" for {new} (and \"fenced\" for the old primary) in {} by hand and reload the storage manager", path.display()),
+                )
+            })?;
+            progress.step(format!(
+                "storage config {} now names {new} primary{} (backup {})",
+                path.display(),
+                old.map(|o| format!(", {o} fenced")).unwrap_or_default(),
+                backup.display()
+            ));
+        }
+        None => {
+            progress.warn("no storage.config set: the storage manager's config was not changed")
+        }
+    }
+    let how = reload(target).map_err(|e| {
+        FailoverError::stuck(
+            format!("cannot reload the storage manager: {e}"),
+            format!("{new} is the primary and the config names it; the storage manager has not re-read it"),
+            "reload it by hand (systemctl reload biblioteca-almacenamiento, or kill -HUP its pid)",
+        )
+    })?;
+    progress.step(format!("storage manager reload: {how}"));
+    progress.step(format!(
+        "waiting up to {}s for the storage manager ({}) to serve from {new}",
+        target.wait_secs, target.endpoint
+    ));
+    wait_serving(target, new, progress)
+}
+
+/// One node's role in the storage manager's TOML, then a reload (no wait:
+/// the node it writes to does not change).
+pub fn set_role_and_reload(
+    cfg: &FailoverConfig,
+    node: &str,
+    role: NodeRole,
+    progress: &Progress,
+) -> Result<()> {
+    if let Some(path) = &cfg.storage.config {
+        set_roles(path, &[(node, role)])?;
+        progress.step(format!(
+            "storage config {}: {node} is now {}",
+            path.display(),
+            role_name(role)
+        ));
+    }
+    let how = reload(&cfg.storage)?;
+    progress.step(format!("storage manager reload: {how}"));
+    Ok(())
 }
 
 #[cfg(test)]

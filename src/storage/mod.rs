@@ -54,6 +54,8 @@ pub enum StorageError {
     },
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 /// What every thread of one storage manager shares.

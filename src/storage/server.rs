@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{handler, Shared, StorageError};
-use crate::net::{self, Envelope};
+use crate::net::{self, Envelope, NetError};
 use crate::notify;
 use crate::protocol::{self, CodigoError, Entrada, Respuesta};
 use crate::shutdown::Shutdown;
@@ -46,7 +46,12 @@ static INSTANCE: AtomicU64 = AtomicU64::new(0);
 /// Binds the ROUTER, starts the workers and serves until `shutdown`.
 pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(), StorageError> {
     let ctx = zmq::Context::new();
+    // Declared before the sockets, so it outlives them (dropped after).
+    let (curve, _zap) = crate::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
     let router = net::socket(&ctx, zmq::ROUTER)?;
+    curve
+        .serve(&router, crate::security::DOMAIN_STORAGE)
+        .map_err(NetError::from)?;
     net::bind(&router, bind)?;
     let replies = net::socket(&ctx, zmq::PULL)?;
     let inproc = format!(

@@ -137,7 +137,10 @@ impl World {
         let mut add = |name: &str, tail: String| {
             out.push_str(&format!("--- {name} ---\n{tail}\n"));
         };
-        add(self.stack.storage.name(), self.stack.storage.log_tail(lines));
+        add(
+            self.stack.storage.name(),
+            self.stack.storage.log_tail(lines),
+        );
         add(self.stack.carga.name(), self.stack.carga.log_tail(lines));
         for (_, a) in &self.stack.actors {
             add(a.name(), a.log_tail(lines));
@@ -167,7 +170,12 @@ pub fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
 }
 
 /// One REQ round trip on a fresh socket; `None` on timeout (or an unparsable reply).
-pub fn request(ctx: &zmq::Context, endpoint: &str, body: &[u8], timeout: Duration) -> Option<Value> {
+pub fn request(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<Value> {
     let raw = request_raw(ctx, endpoint, body, timeout)?;
     match serde_json::from_slice(&raw) {
         Ok(v) => Some(v),
@@ -215,13 +223,25 @@ pub fn field<'a>(v: &'a Value, name: &str) -> &'a Value {
 
 /// Asserts `exito: true`, printing the reply otherwise.
 pub fn assert_ok(v: &Value, what: &str) {
-    assert_eq!(field(v, "exito"), &json!(true), "{what}: expected success, got {v}");
+    assert_eq!(
+        field(v, "exito"),
+        &json!(true),
+        "{what}: expected success, got {v}"
+    );
 }
 
 /// Asserts `exito: false` with error `code`.
 pub fn assert_err(v: &Value, code: &str, what: &str) {
-    assert_eq!(field(v, "exito"), &json!(false), "{what}: expected {code}, got {v}");
-    assert_eq!(field(v, "error"), &json!(code), "{what}: expected {code}, got {v}");
+    assert_eq!(
+        field(v, "exito"),
+        &json!(false),
+        "{what}: expected {code}, got {v}"
+    );
+    assert_eq!(
+        field(v, "error"),
+        &json!(code),
+        "{what}: expected {code}, got {v}"
+    );
 }
 
 /// A named check run by [`run_suite`].
@@ -272,7 +292,7 @@ pub fn run_suite(suite: &str, setup: impl FnOnce() -> World, cases: &[Case]) -> 
                     panic_text(&e)
                 );
                 println!("{}", world.log_tails(15));
-                failed.push(name);
+                failed.push(*name);
             }
         }
     }
@@ -281,7 +301,11 @@ pub fn run_suite(suite: &str, setup: impl FnOnce() -> World, cases: &[Case]) -> 
     if failed.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        println!("failed: {}; logs kept in {}", failed.join(", "), dir.display());
+        println!(
+            "failed: {}; logs kept in {}",
+            failed.join(", "),
+            dir.display()
+        );
     }
     println!(
         "{suite} finished in {:.1}s",

@@ -50,7 +50,8 @@ impl Env {
     pub fn new(tag: &str, slot: u16) -> Env {
         let dir = std::env::temp_dir().join(format!("bib-failover-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut spec = ClusterSpec::new(dir.join("pg"));
+        // Everything lives in the cluster's directory, which its drop removes.
+        let mut spec = ClusterSpec::new(&dir);
         spec.primary_port = pick(26400 + slot * 10);
         spec.standby_port = pick(spec.primary_port + 1);
         spec.synchronous = false;
@@ -152,6 +153,7 @@ impl Env {
             endpoints: vec![self.ports.frontend_endpoint()],
             timeout_ms,
             retries: 3,
+            curve: None,
         })
         .unwrap()
     }
@@ -170,9 +172,12 @@ impl Env {
         let deadline = Instant::now() + timeout;
         let id = format!("loan-{usuario}");
         loop {
-            let r = self
-                .client(3000)
-                .request(&peticion(Operacion::Prestamo, isbn, usuario, Some(id.clone())));
+            let r = self.client(3000).request(&peticion(
+                Operacion::Prestamo,
+                isbn,
+                usuario,
+                Some(id.clone()),
+            ));
             match r {
                 Ok(r) if r.exito => return r,
                 other if Instant::now() >= deadline => panic!("loan never succeeded: {other:?}"),
@@ -216,6 +221,21 @@ pub fn wait_sync(primary: &Node, standby: &str, timeout: Duration) {
             .unwrap_or(false))
     })
     .unwrap();
+}
+
+impl Drop for Env {
+    /// Services stop before the servers (field order); on a failure the
+    /// logs are printed first, since the directory goes with the cluster.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(stack) = &self.stack {
+                println!("--- storage manager log ---\n{}", stack.storage.log_tail(40));
+            }
+            for n in self.cluster.nodes() {
+                println!("--- {} server log ---\n{}", n.name, n.log_tail(20));
+            }
+        }
+    }
 }
 
 pub fn peticion(op: Operacion, isbn: &str, usuario: &str, id: Option<String>) -> Peticion {

@@ -47,7 +47,11 @@ impl Load {
                     while !stop.load(Ordering::SeqCst) {
                         let usuario = format!("{tag}{t}u{k}");
                         let isbn = ISBNS[(t + k) % ISBNS.len()];
-                        for op in [Operacion::Prestamo, Operacion::Renovacion, Operacion::Devolucion] {
+                        for op in [
+                            Operacion::Prestamo,
+                            Operacion::Renovacion,
+                            Operacion::Devolucion,
+                        ] {
                             let id = format!("{usuario}-{op}");
                             let r = client.request(&peticion(op, isbn, &usuario, Some(id.clone())));
                             let exito = matches!(&r, Ok(r) if r.exito);
@@ -107,19 +111,32 @@ pub fn check_nothing_lost(primary: &Node, outcomes: &[Outcome], copies_before: &
         "SELECT usuario || ' ' || isbn FROM prestamos GROUP BY usuario, isbn HAVING count(*) > 1",
     );
     assert!(twice.is_empty(), "a loan was applied twice: {twice}");
-    let renewals: HashMap<String, i64> = sql(primary, "SELECT usuario, renovaciones FROM prestamos")
-        .lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(u, r)| (u.to_string(), r.parse().unwrap()))
-        .collect();
+    let renewals: HashMap<String, i64> =
+        sql(primary, "SELECT usuario, renovaciones FROM prestamos")
+            .lines()
+            .filter_map(|l| l.split_once('|'))
+            .map(|(u, r)| (u.to_string(), r.parse().unwrap()))
+            .collect();
     for o in ok.iter().filter(|o| o.op == Operacion::Renovacion) {
-        assert_eq!(renewals.get(&o.usuario), Some(&1), "renewal {} applied {:?} times", o.id, renewals.get(&o.usuario));
+        assert_eq!(
+            renewals.get(&o.usuario),
+            Some(&1),
+            "renewal {} applied {:?} times",
+            o.id,
+            renewals.get(&o.usuario)
+        );
     }
-    assert!(renewals.values().all(|r| *r <= 1), "a renewal was applied twice");
-    let returned: HashSet<String> = sql(primary, "SELECT usuario FROM prestamos WHERE estado = 'DEVUELTO'")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    assert!(
+        renewals.values().all(|r| *r <= 1),
+        "a renewal was applied twice"
+    );
+    let returned: HashSet<String> = sql(
+        primary,
+        "SELECT usuario FROM prestamos WHERE estado = 'DEVUELTO'",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
     for o in ok.iter().filter(|o| o.op == Operacion::Devolucion) {
         assert!(returned.contains(&o.usuario), "return {} lost", o.id);
     }

@@ -3,6 +3,9 @@
 //! of a returning old primary, refusal to lose data, rejoin and a second
 //! failover, switchover under load, and a broken config on SIGHUP.
 
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod env;
 mod load;
 
@@ -51,37 +54,63 @@ fn guide_parts_5_and_6() {
     let _g = serial();
     let env = Env::new("guide", 0);
     for i in 0..5 {
-        assert!(env.request(Operacion::Prestamo, ISBNS[i % 4], &format!("usuario_{i}")).exito);
+        assert!(
+            env.request(Operacion::Prestamo, ISBNS[i % 4], &format!("usuario_{i}"))
+                .exito
+        );
     }
     // 5.1
     let libros = sql(env.primary(), "SELECT count(*) FROM libros");
     let prestamos = sql(env.primary(), "SELECT count(*) FROM prestamos");
     // 5.2
-    env.primary().stop(biblioteca::cluster::StopMode::Fast).unwrap();
+    env.primary()
+        .stop(biblioteca::cluster::StopMode::Fast)
+        .unwrap();
     // 5.3: fails, times out, or is answered from the standby.
-    let r = env.client(3000).request(&env::peticion(Operacion::Consulta, ISBNS[0], "", None));
+    let r = env
+        .client(3000)
+        .request(&env::peticion(Operacion::Consulta, ISBNS[0], "", None));
     println!("consulta with the primary down: {r:?}");
     // 5.4
     let (ok, out) = env.failover(&["promote"]);
     assert!(ok, "promote failed:\n{out}");
     assert!(out.contains("all data preserved"), "{out}");
-    assert!(out.contains("storage manager now serves from standby"), "{out}");
+    assert!(
+        out.contains("storage manager now serves from standby"),
+        "{out}"
+    );
     // 5.5
     assert_eq!(sql(env.standby(), "SELECT pg_is_in_recovery()"), "f");
     // 5.6
     assert_eq!(sql(env.standby(), "SELECT count(*) FROM libros"), libros);
-    assert_eq!(sql(env.standby(), "SELECT count(*) FROM prestamos"), prestamos);
-    assert!(sql(env.standby(), "SELECT count(*) FROM eventos_failover WHERE nodo_nuevo = 'standby'") != "0");
+    assert_eq!(
+        sql(env.standby(), "SELECT count(*) FROM prestamos"),
+        prestamos
+    );
+    assert!(
+        sql(
+            env.standby(),
+            "SELECT count(*) FROM eventos_failover WHERE nodo_nuevo = 'standby'"
+        ) != "0"
+    );
     // 6.2, 6.3
-    let r = env.request(Operacion::Prestamo, "978-0596007126", "usuario_post_failover");
+    let r = env.request(
+        Operacion::Prestamo,
+        "978-0596007126",
+        "usuario_post_failover",
+    );
     assert!(r.exito, "{r:?}");
     assert_eq!(
-        sql(env.standby(), "SELECT count(*) FROM prestamos WHERE usuario = 'usuario_post_failover'"),
+        sql(
+            env.standby(),
+            "SELECT count(*) FROM prestamos WHERE usuario = 'usuario_post_failover'"
+        ),
         "1"
     );
     let (ok, out) = env.failover(&["status", "--json"]);
     assert!(ok);
-    let report: serde_json::Value = serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
     assert_eq!(report["storage"]["serving_from"], "standby");
     let storage_cfg = std::fs::read_to_string(env.storage_config_path()).unwrap();
     assert!(storage_cfg.contains("fenced"), "{storage_cfg}");
@@ -101,21 +130,33 @@ fn sighup_with_a_broken_config_keeps_serving() {
     for (what, text) in [
         ("not TOML", "this is [[[ not toml".to_string()),
         ("two primaries", two_primaries),
-        ("empty node list", "bind = \"tcp://127.0.0.1:1\"\n[database]\nnodes = []\n".to_string()),
+        (
+            "empty node list",
+            "bind = \"tcp://127.0.0.1:1\"\n[database]\nnodes = []\n".to_string(),
+        ),
     ] {
         std::fs::write(&path, text).unwrap();
         env.stack().storage.sighup().unwrap();
         pause(1);
         assert_eq!(serving_from(&env).as_deref(), Some("primary"), "{what}");
         assert!(
-            env.request(Operacion::Prestamo, ISBNS[1], &format!("tras_{}", what.replace(' ', "_"))).exito,
+            env.request(
+                Operacion::Prestamo,
+                ISBNS[1],
+                &format!("tras_{}", what.replace(' ', "_"))
+            )
+            .exito,
             "{what}: a loan after the broken reload"
         );
     }
     std::fs::write(&path, &good).unwrap();
     let err = set_roles(&path, &[("ghost", NodeRole::Primary)]).unwrap_err();
     println!("set_roles refused: {err}");
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), good, "refused rewrite left the file as it was");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        good,
+        "refused rewrite left the file as it was"
+    );
     env.stack().storage.sighup().unwrap();
     pause(1);
     assert!(env.request(Operacion::Devolucion, ISBNS[0], "antes").exito);
@@ -134,26 +175,50 @@ fn promote_refused_while_the_standby_is_behind() {
     })
     .unwrap();
     // Synchronous commit waits for the standby's flush, not its replay.
-    assert!(env.request(Operacion::Prestamo, ISBNS[2], "durante_pausa").exito);
+    assert!(
+        env.request(Operacion::Prestamo, ISBNS[2], "durante_pausa")
+            .exito
+    );
     let (ok, out) = env.failover(&["promote"]);
     assert!(!ok, "promote must refuse:\n{out}");
     assert!(out.contains("refusing to promote standby"), "{out}");
-    assert!(out.contains("PAUSED") && out.contains("--allow-data-loss"), "{out}");
+    assert!(
+        out.contains("PAUSED") && out.contains("--allow-data-loss"),
+        "{out}"
+    );
     assert_eq!(sql(env.standby(), "SELECT pg_is_in_recovery()"), "t");
-    assert_eq!(std::fs::read_to_string(env.storage_config_path()).unwrap(), config_before);
+    assert_eq!(
+        std::fs::read_to_string(env.storage_config_path()).unwrap(),
+        config_before
+    );
     assert_eq!(serving_from(&env).as_deref(), Some("primary"));
-    assert!(env.request(Operacion::Prestamo, ISBNS[3], "tras_rechazo").exito);
+    assert!(
+        env.request(Operacion::Prestamo, ISBNS[3], "tras_rechazo")
+            .exito
+    );
 
     let (ok, out) = env.failover(&["promote", "--allow-data-loss"]);
     assert!(ok, "{out}");
-    assert!(out.contains("promoting anyway (--allow-data-loss)"), "{out}");
+    assert!(
+        out.contains("promoting anyway (--allow-data-loss)"),
+        "{out}"
+    );
     assert!(out.contains("stopping old primary primary"), "{out}");
-    assert!(!env.primary().is_running(), "the old primary was stopped to fence it");
+    assert!(
+        !env.primary().is_running(),
+        "the old primary was stopped to fence it"
+    );
     assert_eq!(serving_from(&env).as_deref(), Some("standby"));
-    assert!(env.request(Operacion::Prestamo, ISBNS[0], "tras_promocion").exito);
+    assert!(
+        env.request(Operacion::Prestamo, ISBNS[0], "tras_promocion")
+            .exito
+    );
     println!(
         "loan made while replay was paused, on the new primary: {}",
-        sql(env.standby(), "SELECT count(*) FROM prestamos WHERE usuario = 'durante_pausa'")
+        sql(
+            env.standby(),
+            "SELECT count(*) FROM prestamos WHERE usuario = 'durante_pausa'"
+        )
     );
 }
 
@@ -196,28 +261,44 @@ fn returning_old_primary_receives_no_write() {
     assert!(ok, "{out}");
     env.primary().start().unwrap();
     // Make it a fully writable split-brain primary.
-    sql(env.primary(), "ALTER SYSTEM RESET synchronous_standby_names");
+    sql(
+        env.primary(),
+        "ALTER SYSTEM RESET synchronous_standby_names",
+    );
     sql(env.primary(), "SELECT pg_reload_conf()");
     assert_eq!(sql(env.primary(), "SELECT pg_is_in_recovery()"), "f");
     let old_loans = sql(env.primary(), "SELECT count(*) FROM prestamos");
     let path = env.storage_config_path();
     for round in ["fenced in config", "stale timeline only"] {
         if round == "stale timeline only" {
-            let text = std::fs::read_to_string(&path).unwrap().replace("role = \"fenced\"", "role = \"standby\"");
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("role = \"fenced\"", "role = \"standby\"");
             std::fs::write(&path, text).unwrap();
         }
         env.stack().storage.sighup().unwrap();
         pause(3);
         for i in 0..5 {
             let usuario = format!("{}_{i}", round.replace(' ', "_"));
-            assert!(env.request(Operacion::Prestamo, ISBNS[i % 4], &usuario).exito, "{round}");
+            assert!(
+                env.request(Operacion::Prestamo, ISBNS[i % 4], &usuario)
+                    .exito,
+                "{round}"
+            );
             assert_eq!(
-                sql(env.standby(), &format!("SELECT count(*) FROM prestamos WHERE usuario = '{usuario}'")),
+                sql(
+                    env.standby(),
+                    &format!("SELECT count(*) FROM prestamos WHERE usuario = '{usuario}'")
+                ),
                 "1"
             );
         }
         assert_eq!(serving_from(&env).as_deref(), Some("standby"), "{round}");
-        assert_eq!(sql(env.primary(), "SELECT count(*) FROM prestamos"), old_loans, "{round}: the old primary got a write");
+        assert_eq!(
+            sql(env.primary(), "SELECT count(*) FROM prestamos"),
+            old_loans,
+            "{round}: the old primary got a write"
+        );
     }
 }
 
@@ -235,12 +316,20 @@ fn rejoin_then_fail_back() {
 
     let (ok, out) = env.failover(&["rejoin", "--node", "primary"]);
     assert!(ok, "{out}");
-    assert!(out.contains("pg_rewind: Done!"), "rewound, not rebuilt:\n{out}");
+    assert!(
+        out.contains("pg_rewind: Done!"),
+        "rewound, not rebuilt:\n{out}"
+    );
     wait_sync(env.standby(), "primary", Duration::from_secs(30));
-    assert!(std::fs::read_to_string(env.storage_config_path()).unwrap().contains("role = \"standby\""));
+    assert!(std::fs::read_to_string(env.storage_config_path())
+        .unwrap()
+        .contains("role = \"standby\""));
     assert!(env.request(Operacion::Prestamo, ISBNS[2], "tres").exito);
     let (ok, out) = env.failover(&["status"]);
-    assert!(ok && out.contains("streaming") && out.contains("sync"), "{out}");
+    assert!(
+        ok && out.contains("streaming") && out.contains("sync"),
+        "{out}"
+    );
 
     env.standby().kill9().unwrap();
     let (ok, out) = env.failover(&["promote"]);
@@ -249,9 +338,22 @@ fn rejoin_then_fail_back() {
     assert_eq!(serving_from(&env).as_deref(), Some("primary"));
     assert!(env.request(Operacion::Prestamo, ISBNS[3], "cuatro").exito);
     for u in ["uno", "dos", "tres", "cuatro"] {
-        assert_eq!(sql(env.primary(), &format!("SELECT count(*) FROM prestamos WHERE usuario = '{u}'")), "1", "{u}");
+        assert_eq!(
+            sql(
+                env.primary(),
+                &format!("SELECT count(*) FROM prestamos WHERE usuario = '{u}'")
+            ),
+            "1",
+            "{u}"
+        );
     }
-    assert_eq!(sql(env.primary(), "SELECT timeline_id FROM pg_control_checkpoint()"), "3");
+    assert_eq!(
+        sql(
+            env.primary(),
+            "SELECT timeline_id FROM pg_control_checkpoint()"
+        ),
+        "3"
+    );
 }
 
 /// Planned switchover while clients write: nothing lost, the old primary

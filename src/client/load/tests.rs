@@ -70,6 +70,7 @@ fn opts(endpoint: &str) -> Opciones {
             endpoints: vec![endpoint.into()],
             timeout_ms: 2000,
             retries: 2,
+            curve: None,
         },
         clientes: 3,
         duracion: None,

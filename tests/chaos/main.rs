@@ -1,0 +1,283 @@
+//! Chaos test of the messaging layer (issue 4).
+//!
+//! One synchronous primary/standby pair and every service as a real process
+//! (ports in 28000-29999, clear of the other suites). Client threads run
+//! loan / renew / return sessions with explicit request ids while a fault
+//! driver, in turn with healthy traffic in between, kill -9s and restarts the
+//! loan actor, the load manager and the storage manager, and freezes the
+//! storage manager and the load manager with SIGSTOP for a few seconds. Then
+//! the checker ([`checker`]) resolves every request the clients gave up on
+//! and replays the history against the database; the per-fault table
+//! ([`report`]) is printed whatever the result.
+//!
+//! `CHAOS_SEED=n` replays a workload; a failing run keeps its directory
+//! (services' logs, PostgreSQL logs) and says where.
+
+// Test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod checker;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use biblioteca::client::pirate::Client;
+use biblioteca::cluster::{Cluster, ClusterSpec, Node};
+use biblioteca::config::ClientConfig;
+use biblioteca::launch::{port_in_use, Service};
+use biblioteca::protocol::Operacion;
+use biblioteca::stack::{Stack, StackPorts, StackSpec};
+use biblioteca::storage::seed;
+
+use report::{emit, Fault};
+use workload::{Plan, Workload};
+
+const BOOKS: u64 = 20;
+const COPIES: i32 = 5;
+/// Half of them patient, half impatient ([`workload::IMPATIENT`]).
+const CLIENTS: usize = 12;
+/// Healthy traffic before the first fault and after each one.
+const HEALTHY: Duration = Duration::from_secs(5);
+/// How long a killed process stays down before its restart.
+const DOWN: Duration = Duration::from_millis(1500);
+/// How long a process stays frozen by SIGSTOP.
+const FROZEN: Duration = Duration::from_secs(3);
+/// The load manager's per-request deadline: shorter than the clients' try
+/// timeout, so clients also meet transient replies, not only silence.
+const DEADLINE_MS: u64 = 1500;
+/// After the clients stop, before resolving: stragglers inside the services
+/// land (the resolution does not depend on it, the counts look saner).
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// `n` distinct free ports in 28000..30000, from an offset of this process.
+fn pick_ports(n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    let start = 28_000 + (std::process::id() % 200) as u16 * 10;
+    for k in 0..2000u16 {
+        let p = 28_000 + (start - 28_000 + k) % 2000;
+        if !port_in_use(p) && !out.contains(&p) {
+            out.push(p);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    panic!("fewer than {n} free ports in 28000-29999");
+}
+
+fn seed_value() -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+fn sql(node: &Node, q: &str) -> String {
+    node.sql(q).unwrap_or_else(|e| panic!("SQL {q}: {e}"))
+}
+
+/// Waits until the load manager sees a live actor for every write operation.
+fn wait_for_actors(frontend: &str, timeout: Duration) {
+    let mut c = Client::new(ClientConfig {
+        endpoints: vec![frontend.to_string()],
+        timeout_ms: 1000,
+        retries: 1,
+        curve: None,
+    })
+    .unwrap();
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if let Ok(r) = c.raw(br#"{"operacion":"status"}"#) {
+            let alive = |op: Operacion| r.datos["actores"][op.as_str()]["vivos"].as_u64() > Some(0);
+            if Operacion::WRITES.iter().all(|op| alive(*op)) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the load manager saw no live actor for every operation within {timeout:?}");
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Kill,
+    Freeze,
+}
+
+/// Injects one fault into `svc` and returns when the process is back.
+fn inject(svc: &mut Service, kind: Kind, affects: Option<Operacion>) -> Fault {
+    let start = Instant::now();
+    let name = match kind {
+        Kind::Kill => {
+            svc.kill9().unwrap();
+            std::thread::sleep(DOWN);
+            svc.restart()
+                .unwrap_or_else(|e| panic!("restarting {}: {e}", svc.name()));
+            format!("kill -9 {}", svc.name())
+        }
+        Kind::Freeze => {
+            svc.sigstop().unwrap();
+            std::thread::sleep(FROZEN);
+            svc.sigcont().unwrap();
+            format!("SIGSTOP {} {}s", svc.name(), FROZEN.as_secs())
+        }
+    };
+    Fault {
+        name,
+        start,
+        end: Instant::now(),
+        affects,
+    }
+}
+
+fn keep_for_inspection(dir: &Path, cluster: &mut Cluster) -> PathBuf {
+    cluster.set_keep(true);
+    dir.to_path_buf()
+}
+
+#[test]
+fn faults_in_turn_keep_the_history_consistent() {
+    let began = Instant::now();
+    let seed = seed_value();
+    let dir = std::env::temp_dir().join(format!("bib-chaos-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = pick_ports(6);
+    let mut cluster = Cluster::create(ClusterSpec {
+        dir: dir.join("pg"),
+        primary_port: p[0],
+        standby_port: p[1],
+        synchronous: true,
+        keep: false,
+    })
+    .unwrap_or_else(|e| panic!("cluster: {e}"));
+    let ports = StackPorts {
+        frontend: p[2],
+        publisher: p[3],
+        backchannel: p[4],
+        storage: p[5],
+    };
+    let mut spec = StackSpec::new(
+        dir.join("run"),
+        ports,
+        &cluster.primary().conninfo("app", "library"),
+        &cluster.standby().conninfo("app", "library"),
+    );
+    spec.deadline_ms = DEADLINE_MS;
+    let mut stack = Stack::start(spec).unwrap_or_else(|e| panic!("services: {e}"));
+    let primary = cluster.primary().clone();
+    let isbns: Vec<String> = (1..=BOOKS).map(seed::isbn).collect();
+    sql(
+        &primary,
+        &format!(
+            "INSERT INTO libros (isbn, titulo, autor, ejemplares) \
+             SELECT i, 'Chaos ' || i, 'Jepsen', {COPIES} FROM unnest(ARRAY['{}']) AS i",
+            isbns.join("','")
+        ),
+    );
+    let initial = checker::copies(&primary);
+    wait_for_actors(&ports.frontend_endpoint(), Duration::from_secs(15));
+    emit(&format!(
+        "chaos: seed {seed}, {CLIENTS} clients, {BOOKS} books x {COPIES} copies, setup {:.1}s, dir {}\n",
+        began.elapsed().as_secs_f64(),
+        dir.display()
+    ));
+
+    let plan = Plan {
+        frontend: ports.frontend_endpoint(),
+        isbns,
+        seed,
+        budgets: vec![workload::PATIENT, workload::IMPATIENT],
+    };
+    let workload = Workload::start(&plan, CLIENTS);
+    std::thread::sleep(HEALTHY);
+    let mut faults = Vec::new();
+    let actor = stack.actor(Operacion::Prestamo).unwrap();
+    faults.push(inject(actor, Kind::Kill, Some(Operacion::Prestamo)));
+    std::thread::sleep(HEALTHY);
+    faults.push(inject(&mut stack.carga, Kind::Kill, None));
+    std::thread::sleep(HEALTHY);
+    faults.push(inject(&mut stack.storage, Kind::Kill, None));
+    std::thread::sleep(HEALTHY);
+    faults.push(inject(&mut stack.storage, Kind::Freeze, None));
+    std::thread::sleep(HEALTHY);
+    faults.push(inject(&mut stack.carga, Kind::Freeze, None));
+    std::thread::sleep(HEALTHY);
+    let history = workload.finish();
+    std::thread::sleep(SETTLE);
+
+    let mut crashed: Vec<String> = Vec::new();
+    for svc in [&mut stack.storage, &mut stack.carga]
+        .into_iter()
+        .chain(stack.actors.iter_mut().map(|(_, s)| s))
+    {
+        if !svc.is_running() {
+            crashed.push(format!("{} is not running after the faults", svc.name()));
+        }
+    }
+    let resolved = checker::resolve(&ports.storage_endpoint(), &history);
+    let mut violations = checker::check(&primary, &history, &resolved, &initial);
+    violations.extend(crashed);
+    let rows = report::table(&faults, &history, &resolved);
+    for r in &rows[1..rows.len() - 1] {
+        if r.recover.map_or(true, |d| d > Duration::from_secs(15)) {
+            violations.push(format!("{}: no recovery within 15 s ({:?})", r.name, r.recover));
+        }
+    }
+    emit(&format!(
+        "\nchaos history: {} requests in {:.1}s (whole test {:.1}s)\n{}{}",
+        history.len(),
+        history
+            .last()
+            .map_or(0.0, |e| e.end.duration_since(history[0].start).as_secs_f64()),
+        began.elapsed().as_secs_f64(),
+        report::render(&rows),
+        report::unknown_causes(&history)
+    ));
+    if std::env::var_os("CHAOS_VERBOSE").is_some() {
+        for (e, r) in history.iter().zip(&resolved) {
+            if e.tries > 1 || !e.definitive() {
+                emit(&format!(
+                    "  {} {} {} {} +{}ms {}ms tries={} {:?} -> {:?}\n",
+                    e.id,
+                    e.op,
+                    e.isbn,
+                    e.usuario,
+                    e.start.duration_since(history[0].start).as_millis(),
+                    e.end.duration_since(e.start).as_millis(),
+                    e.tries,
+                    e.outcome,
+                    r
+                ));
+            }
+        }
+    }
+    if !violations.is_empty() || std::env::var_os("CHAOS_KEEP").is_some() {
+        stack.stop();
+        let kept = keep_for_inspection(&dir, &mut cluster);
+        if violations.is_empty() {
+            emit(&format!("chaos: kept {}\n", kept.display()));
+            return;
+        }
+        let shown: Vec<&String> = violations.iter().take(40).collect();
+        panic!(
+            "{} invariant violation(s) (seed {seed}; logs kept in {}):\n{}",
+            violations.len(),
+            kept.display(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    drop(stack);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

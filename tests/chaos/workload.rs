@@ -1,0 +1,289 @@
+//! The clients of the chaos test and the history they record.
+//!
+//! Each client thread owns one Lazy Pirate [`Client`] (one try per call, so
+//! every retry is visible here) and runs short per-user sessions: borrow a
+//! book, maybe renew it (sometimes once too often), usually return it
+//! (sometimes twice). Every write carries an explicit id that is reused on
+//! every retry. A session's requests never overlap: when one ends without a
+//! definitive answer the session is abandoned, so the checker can replay each
+//! user's applied operations in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use biblioteca::client::pirate::{Client, ClientError};
+use biblioteca::config::ClientConfig;
+use biblioteca::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+
+/// How hard a client tries before it reports a request as unknown.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Tries per request (the first send included), all under the same id.
+    pub tries: u32,
+    /// Per-try reply deadline.
+    pub try_timeout_ms: u64,
+    /// No new try starts once a request is this old.
+    pub total: Duration,
+}
+
+/// Rides out every fault of the test.
+pub const PATIENT: Budget = Budget {
+    tries: 6,
+    try_timeout_ms: 2000,
+    total: Duration::from_secs(12),
+};
+
+/// Gives up during most outages, so requests do end unknown and the
+/// checker's lookups have work to do.
+pub const IMPATIENT: Budget = Budget {
+    tries: 2,
+    try_timeout_ms: 1000,
+    total: Duration::from_secs(3),
+};
+
+/// A small deterministic generator (xorshift64*), seeded per thread.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// How a request ended, as the client saw it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A final reply: success or a definitive business error (stored under the id).
+    Definitive(Respuesta),
+    /// The budget ran out; `last` says how the last try ended (a transient
+    /// error code, or "no reply").
+    Unknown { last: String },
+}
+
+/// One request of the history.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub op: Operacion,
+    pub isbn: String,
+    pub usuario: String,
+    pub start: Instant,
+    pub end: Instant,
+    pub tries: u32,
+    /// Transient replies (`ServicioNoDisponible`, ...) received on the way.
+    pub transient: u32,
+    /// Tries that got no reply in time.
+    pub timeouts: u32,
+    pub outcome: Outcome,
+}
+
+impl Entry {
+    pub fn ok(&self) -> bool {
+        matches!(&self.outcome, Outcome::Definitive(r) if r.exito)
+    }
+
+    pub fn definitive(&self) -> bool {
+        matches!(self.outcome, Outcome::Definitive(_))
+    }
+}
+
+/// What the clients share with the test: where to send, what to borrow.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub frontend: String,
+    pub isbns: Vec<String>,
+    pub seed: u64,
+    /// Client `c` uses `budgets[c % budgets.len()]`.
+    pub budgets: Vec<Budget>,
+}
+
+/// The running client threads.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<Entry>>>,
+}
+
+impl Workload {
+    pub fn start(plan: &Plan, clients: usize) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = zmq::Context::new();
+        let threads = (0..clients)
+            .map(|c| {
+                let (plan, stop, ctx) = (plan.clone(), stop.clone(), ctx.clone());
+                std::thread::Builder::new()
+                    .name(format!("chaos-client-{c}"))
+                    .spawn(move || run_client(c, &plan, &ctx, &stop))
+                    .unwrap()
+            })
+            .collect();
+        Workload { stop, threads }
+    }
+
+    /// Lets every session's current request finish, then returns the history
+    /// sorted by start time.
+    pub fn finish(self) -> Vec<Entry> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut all: Vec<Entry> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_by_key(|e| e.start);
+        all
+    }
+}
+
+struct Session<'a> {
+    c: usize,
+    budget: Budget,
+    client: &'a mut Client,
+    usuario: String,
+    isbn: String,
+    seq: &'a mut u64,
+    log: &'a mut Vec<Entry>,
+}
+
+impl Session<'_> {
+    /// Sends one request until a definitive answer or the budget; `None`
+    /// when it ended unknown (the session must stop).
+    fn send(&mut self, op: Operacion) -> Option<Respuesta> {
+        *self.seq += 1;
+        let id = format!("ch{}-{}", self.c, self.seq);
+        let p = Peticion {
+            operacion: op,
+            isbn: self.isbn.clone(),
+            usuario: self.usuario.clone(),
+            id: Some(id.clone()),
+        };
+        let start = Instant::now();
+        let (mut tries, mut transient, mut timeouts) = (0, 0, 0);
+        let mut last = String::new();
+        let mut answer = None;
+        while tries < self.budget.tries && start.elapsed() < self.budget.total {
+            tries += 1;
+            match self.client.request(&p) {
+                Ok(r) if r.error.map_or(true, CodigoError::is_definitive) => {
+                    answer = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    transient += 1;
+                    last = r.error.map(|c| c.to_string()).unwrap_or_default();
+                    // Back off a little: the fault is usually still there.
+                    std::thread::sleep(Duration::from_millis(150 * u64::from(tries)));
+                }
+                Err(ClientError::Unknown { .. }) => {
+                    timeouts += 1;
+                    last = "no reply".into();
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        let outcome = match &answer {
+            Some(r) => Outcome::Definitive(r.clone()),
+            None => Outcome::Unknown { last },
+        };
+        self.log.push(Entry {
+            id,
+            op,
+            isbn: self.isbn.clone(),
+            usuario: self.usuario.clone(),
+            start,
+            end: Instant::now(),
+            tries,
+            transient,
+            timeouts,
+            outcome,
+        });
+        answer
+    }
+}
+
+fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> Vec<Entry> {
+    let budget = plan.budgets[c % plan.budgets.len()];
+    let cfg = ClientConfig {
+        endpoints: vec![plan.frontend.clone()],
+        timeout_ms: budget.try_timeout_ms,
+        // One try per call: the session loop retries (same id) and counts.
+        retries: 1,
+        curve: None,
+    };
+    let mut client = Client::with_context(ctx.clone(), cfg).unwrap();
+    let mut rng = Rng::new(plan.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut log = Vec::new();
+    let mut seq = 0u64;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let isbn = plan.isbns[rng.below(plan.isbns.len() as u64) as usize].clone();
+        let mut s = Session {
+            c,
+            budget,
+            client: &mut client,
+            usuario: format!("ch{c}u{n}"),
+            isbn,
+            seq: &mut seq,
+            log: &mut log,
+        };
+        session(&mut s, &mut rng);
+        std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
+    }
+    log
+}
+
+/// One user's sequence; stops at the first request without a definitive answer.
+fn session(s: &mut Session<'_>, rng: &mut Rng) {
+    let pause = |rng: &mut Rng| std::thread::sleep(Duration::from_millis(rng.below(15)));
+    if rng.chance(10) && s.send(Operacion::Consulta).is_none() {
+        return;
+    }
+    match s.send(Operacion::Prestamo) {
+        Some(r) if r.exito => {}
+        _ => return,
+    }
+    // 0..=3 renewals: the third one hits LimiteRenovaciones.
+    let renewals = [0, 0, 1, 1, 2, 3][rng.below(6) as usize];
+    for _ in 0..renewals {
+        pause(rng);
+        if s.send(Operacion::Renovacion).is_none() {
+            return;
+        }
+    }
+    // A few loans stay out, so copies do run short towards the end.
+    if rng.chance(2) {
+        return;
+    }
+    pause(rng);
+    if s.send(Operacion::Devolucion).is_none() {
+        return;
+    }
+    if rng.chance(8) {
+        // Returning twice: PrestamoNoEncontrado, never a second return.
+        s.send(Operacion::Devolucion);
+    }
+}
