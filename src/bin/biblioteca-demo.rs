@@ -35,6 +35,12 @@ struct Args {
     /// Where the biblioteca-* binaries are (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Secure everything: CURVE on every ZeroMQ endpoint (keys generated into
+    /// DATA_DIR/claves), scram-sha-256 passwords for the database roles
+    /// (DATA_DIR/secretos, DATA_DIR/pgpass). The Python guide clients speak
+    /// plaintext and are refused.
+    #[arg(long)]
+    seguro: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         ports: StackPorts::default(),
         asynchronous: args.asynchronous,
         bin_dir: args.bin_dir,
+        seguro: args.seguro,
     };
     biblioteca::shutdown::run_with_signals(move |shutdown| {
         demo::run(config, shutdown).context("biblioteca-demo failed")

@@ -93,6 +93,20 @@ fn ms_between(from: Instant, to: Instant) -> u64 {
     to.saturating_duration_since(from).as_millis() as u64
 }
 
+/// The text of a reply sent before a published request's outcome is known.
+/// Actors and the storage manager keep working on it (a frozen or restarting
+/// storage manager may apply it seconds later), so it must not read as a
+/// failure: the client learns the outcome by retrying under the same id (the
+/// id makes that safe) or by looking it up.
+fn unknown_outcome(causa: &str, id: Option<&str>) -> String {
+    let id = id.unwrap_or("<id>");
+    format!(
+        "{causa}; the outcome is UNKNOWN: the request may still be applied. Retry with the \
+         same id (it is applied at most once) or look it up with \
+         {{\"operacion\":\"resultado\",\"id\":\"{id}\"}}"
+    )
+}
+
 fn outcome(r: &Respuesta) -> &'static str {
     match r.error {
         Some(code) => code.as_str(),
@@ -538,17 +552,24 @@ impl Broker {
             );
         }
         for e in tick.expired {
-            let r = match e.transient {
-                Some(t) => t,
-                None => Respuesta::error(
-                    e.peticion.operacion.as_str(),
+            let (codigo, causa) = match e.transient {
+                Some(t) => (
+                    t.error.unwrap_or(CodigoError::ServicioNoDisponible),
+                    t.mensaje,
+                ),
+                None => (
                     CodigoError::ServicioNoDisponible,
                     format!(
-                        "no outcome from the {} actors within {} ms; retry with the same id",
+                        "no outcome from the {} actors within {} ms",
                         e.peticion.operacion, self.cfg.deadline_ms
                     ),
                 ),
-            }
+            };
+            let r = Respuesta::error(
+                e.peticion.operacion.as_str(),
+                codigo,
+                unknown_outcome(&causa, e.peticion.id.as_deref()),
+            )
             .with_id(e.peticion.id.clone());
             self.log_outcome(&e.peticion, &r, e.waiter.received, now);
             self.reply(&e.waiter.route, &r.to_bytes());
@@ -576,7 +597,10 @@ impl Broker {
             let r = Respuesta::error(
                 entry.peticion.operacion.as_str(),
                 CodigoError::ServicioNoDisponible,
-                "the load manager stopped before an outcome arrived; retry with the same id",
+                unknown_outcome(
+                    "the load manager stopped before an outcome arrived",
+                    entry.peticion.id.as_deref(),
+                ),
             )
             .with_id(entry.peticion.id.clone());
             for w in &entry.waiters {

@@ -179,6 +179,7 @@ impl Cluster {
              max_wal_senders = 10\n\
              max_replication_slots = 10\n\
              wal_keep_size = '256MB'\n\
+             wal_log_hints = on\n\
              hot_standby = on\n\
              hot_standby_feedback = on\n\
              synchronous_commit = on\n\

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Demo, DemoError};
+use crate::security::ClientCurve;
 use crate::failover::config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,10 +37,19 @@ pub struct Endpoints {
     pub database: Vec<DbNode>,
     pub services: Vec<ServiceInfo>,
     pub failover_config: PathBuf,
+    /// `--seguro`: the pgpass file holding every role's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pgpass: Option<PathBuf>,
+    /// `--seguro`: the client key pair and the load manager's public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_curve: Option<ClientCurve>,
 }
 
-fn psql(port: u16) -> String {
-    format!("psql -h 127.0.0.1 -p {port} -U app -d library")
+fn psql(port: u16, pgpass: Option<&Path>) -> String {
+    let env = pgpass
+        .map(|p| format!("PGPASSFILE={} ", p.display()))
+        .unwrap_or_default();
+    format!("{env}psql -h 127.0.0.1 -p {port} -U app -d library")
 }
 
 impl Endpoints {
@@ -55,7 +65,7 @@ impl Endpoints {
                 port: n.port,
                 data_dir: n.data_dir.clone(),
                 log: n.log_file.clone(),
-                psql: psql(n.port),
+                psql: psql(n.port, demo.passwords.as_ref().map(|p| p.pgpass.as_path())),
             })
             .collect();
         let mut services = vec![
@@ -93,6 +103,8 @@ impl Endpoints {
             database,
             services,
             failover_config: demo.dir.join("failover.toml"),
+            pgpass: demo.passwords.as_ref().map(|p| p.pgpass.clone()),
+            client_curve: demo.stack.spec().client_curve(),
         }
     }
 
@@ -121,10 +133,28 @@ impl Endpoints {
             println!("  {:<8} {}:{}   {} -c \"SELECT isbn, ejemplares FROM libros;\"", n.name, n.host, n.port, n.psql);
         }
         println!("\nTry it:");
-        println!("  biblioteca-solicitante consulta 978-0134685991");
-        println!("  biblioteca-solicitante prestamo 978-0134685991 usuario_test_1");
-        println!("  biblioteca-solicitante status");
-        println!("  python3 test_cliente.py prestamo 978-0134685991 usuario_test_1   (the guide's client, unchanged)");
+        let keys = self
+            .client_curve
+            .as_ref()
+            .map(|c| {
+                format!(
+                    " --secret-key-file {} --carga-key {}",
+                    c.secret_key_file.display(),
+                    c.carga_key
+                )
+            })
+            .unwrap_or_default();
+        println!("  biblioteca-solicitante{keys} consulta 978-0134685991");
+        println!("  biblioteca-solicitante{keys} prestamo 978-0134685991 usuario_test_1");
+        println!("  biblioteca-solicitante{keys} status");
+        if self.client_curve.is_some() {
+            println!("  (CURVE is on: clients without an allowed key, like the guide's Python clients, are refused)");
+            if let Some(p) = &self.pgpass {
+                println!("  Passwords: {} (mode 0600); psql reads it through PGPASSFILE as shown above.", p.display());
+            }
+        } else {
+            println!("  python3 test_cliente.py prestamo 978-0134685991 usuario_test_1   (the guide's client, unchanged)");
+        }
         println!("\nFailover by hand:");
         let cfg = self.failover_config.display();
         println!("  biblioteca-failover --config {cfg} status");

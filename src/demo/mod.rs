@@ -8,15 +8,19 @@
 //! it started and removes what it created unless asked to keep it.
 
 pub mod endpoints;
+pub mod failover;
 pub mod scenario;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::cluster::auth::Passwords;
 use crate::cluster::{Cluster, ClusterError, ClusterSpec};
 use crate::launch::{port_in_use, LaunchError};
 use crate::shutdown::Shutdown;
-use crate::stack::{Stack, StackPorts, StackSpec};
+use crate::security::provision::HostKeys;
+use crate::security::SecurityError;
+use crate::stack::{Stack, StackPorts, StackSecurity, StackSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -28,6 +32,8 @@ pub enum DemoError {
     Cluster(#[from] ClusterError),
     #[error("services: {0}")]
     Launch(#[from] LaunchError),
+    #[error("security: {0}")]
+    Security(#[from] SecurityError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -54,6 +60,9 @@ pub struct DemoConfig {
     pub asynchronous: bool,
     /// Where the `biblioteca-*` binaries are; `None`: next to this executable.
     pub bin_dir: Option<PathBuf>,
+    /// Everything of issue 7 on: CURVE keys in `claves/`, scram passwords
+    /// in `secretos/` and `pgpass`.
+    pub seguro: bool,
 }
 
 impl Default for DemoConfig {
@@ -67,6 +76,7 @@ impl Default for DemoConfig {
             ports: StackPorts::default(),
             asynchronous: false,
             bin_dir: None,
+            seguro: false,
         }
     }
 }
@@ -77,6 +87,8 @@ pub struct Demo {
     pub dir: PathBuf,
     pub cluster: Cluster,
     pub stack: Stack,
+    /// The database passwords of a `--seguro` demo.
+    pub passwords: Option<Passwords>,
 }
 
 impl Demo {
@@ -113,6 +125,22 @@ impl Demo {
             &cluster.standby().conninfo("app", "library"),
         );
         spec.bin_dir = config.bin_dir.clone();
+        let passwords = if config.seguro {
+            let passwords = cluster.require_passwords()?;
+            let keys = HostKeys::generate(&dir.join("claves"))?;
+            println!(
+                "  secured: scram-sha-256 passwords in {}, CURVE keys in {}",
+                passwords.pgpass.display(),
+                keys.dir.display()
+            );
+            spec.security = StackSecurity {
+                keys: Some(keys),
+                password_file: Some(passwords.app.clone()),
+            };
+            Some(passwords)
+        } else {
+            None
+        };
         println!("Starting the storage manager, the load manager and the actors ...");
         let stack = Stack::start(spec)?;
         Ok(Demo {
@@ -120,6 +148,7 @@ impl Demo {
             dir,
             cluster,
             stack,
+            passwords,
         })
     }
 

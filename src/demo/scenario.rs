@@ -1,4 +1,5 @@
-//! The reference scenario (`e2e-guide.md`, parts 2-4) run against a live
+//! The reference scenario (`e2e-guide.md`, parts 2-4 here, 5-7 in
+//! [`super::failover`]) run against a live
 //! demo, one narrated line per step with what was observed.
 //!
 //! Requests go through the real client path (load manager, actors, storage
@@ -15,6 +16,7 @@ use crate::client::Client;
 use crate::cluster::Node;
 use crate::config::ClientConfig;
 use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use crate::security::ClientCurve;
 
 /// The guide's catalogue.
 pub const GUIDE_ISBNS: [&str; 4] = [
@@ -66,11 +68,16 @@ pub struct Requester {
 
 impl Requester {
     pub fn new(endpoint: &str) -> Requester {
+        Requester::with_curve(endpoint, None)
+    }
+
+    /// A requester with the client's CURVE keys (a `--seguro` demo).
+    pub fn with_curve(endpoint: &str, curve: Option<ClientCurve>) -> Requester {
         let config = ClientConfig {
             endpoints: vec![endpoint.to_string()],
             timeout_ms: 8000,
             retries: 2,
-            curve: None,
+            curve,
         };
         match Client::new(config) {
             Ok(c) => Requester {
@@ -142,15 +149,18 @@ fn stock_query(isbn: &str) -> String {
     format!("SELECT ejemplares FROM libros WHERE isbn='{isbn}'")
 }
 
-/// Runs parts 2-4 and returns the score.
+/// Runs parts 2-7 and returns the score.
 pub fn run(demo: &Demo) -> Report {
     let mut n = Narrator::default();
     let primary = demo.cluster.primary();
     let standby = demo.cluster.standby();
-    let mut req = Requester::new(&demo.stack.ports().frontend_endpoint());
+    let curve = demo.stack.spec().client_curve();
+    let endpoint = demo.stack.ports().frontend_endpoint();
+    let mut req = Requester::with_curve(&endpoint, curve.clone());
     part2(&mut n, &mut req, primary, standby);
     part3(&mut n, primary, standby, demo.config.asynchronous);
-    part4(&mut n, &demo.stack.ports().frontend_endpoint(), primary, standby);
+    part4(&mut n, (&endpoint, curve), primary, standby);
+    super::failover::run(&mut n, demo);
     let r = n.report();
     println!("\nScenario: {} of {} checks held.", r.total - r.failed, r.total);
     r
@@ -221,12 +231,17 @@ fn part3(n: &mut Narrator, primary: &Node, standby: &Node, asynchronous: bool) {
     n.check("3.3", "replication lag under 3 s", small, format!("{lag} s"));
 }
 
-fn part4(n: &mut Narrator, endpoint: &str, primary: &Node, standby: &Node) {
+fn part4(
+    n: &mut Narrator,
+    (endpoint, curve): (&str, Option<ClientCurve>),
+    primary: &Node,
+    standby: &Node,
+) {
     n.section("Part 4: ten loans from ten short-lived clients (test_masivo.py)");
     let mut ok = 0;
     for i in 0..10 {
         // Like the guide's script: a fresh socket per loan.
-        let mut req = Requester::new(endpoint);
+        let mut req = Requester::with_curve(endpoint, curve.clone());
         let isbn = GUIDE_ISBNS[i % GUIDE_ISBNS.len()];
         let r = req.send(Operacion::Prestamo, isbn, &format!("usuario_carga_{i}"));
         if r.exito {

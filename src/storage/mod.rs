@@ -12,6 +12,7 @@
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
 //! (the stored reply of request X, or `SolicitudDesconocida`).
 
+mod credentials;
 mod fencing;
 mod handler;
 mod migrate;
@@ -56,6 +57,8 @@ pub enum StorageError {
     Thread(#[from] std::io::Error),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    #[error("the database refused the application role's credentials ({0}); check database.password_file and the node's pg_hba.conf")]
+    Credentials(String),
 }
 
 /// What every thread of one storage manager shares.
@@ -197,6 +200,10 @@ fn wait_for_database(
                 },
             },
         };
+        // Waiting helps a node that is still starting, never one that says no.
+        if let Some(reason) = credentials::refused(&backend) {
+            return Err(StorageError::Credentials(reason));
+        }
         if attempt % 5 == 0 {
             tracing::warn!(reason = %failure, "waiting for the database");
         }

@@ -8,7 +8,14 @@
 //! definitive business error) is stored under the id before the commit, so an
 //! outcome exists exactly when its effect does. Locks are always taken in the
 //! order solicitudes → libros → prestamos so concurrent requests cannot deadlock.
+//!
+//! The hot loan/return path uses the `*_typed` calls: parameter types given
+//! up front let each statement go out as ONE round trip (Parse, Bind, Execute,
+//! Sync together) instead of a prepare round trip followed by an execute one;
+//! under synchronous replication round trips are most of a request's cost
+//! (see docs/benchmark.md).
 
+use postgres::types::Type;
 use postgres::{GenericClient, Transaction};
 use serde_json::json;
 
@@ -35,7 +42,7 @@ pub enum TxError {
 /// `(in_recovery, timeline)` checked inside every write transaction, so a
 /// node that became unfit since the last probe never receives a write.
 fn check_writable(tx: &mut Transaction<'_>, newest_timeline: u32) -> Result<u32, TxError> {
-    let row = tx.query_one(super::nodes::PROBE_SQL, &[])?;
+    let row = tx.query_typed_one(super::nodes::PROBE_SQL, &[])?;
     let in_recovery: bool = row.get(0);
     let timeline: i32 = row.get(1);
     let timeline = u32::try_from(timeline).unwrap_or(0);
@@ -60,10 +67,10 @@ pub fn apply_write(
     let op = p.operacion.as_str();
     let mut tx = client.transaction()?;
     check_writable(&mut tx, newest_timeline)?;
-    let claimed = tx.query_opt(
+    let claimed = tx.query_typed_opt(
         "INSERT INTO solicitudes (id, operacion, isbn, usuario) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING RETURNING id",
-        &[&id, &op, &p.isbn, &p.usuario],
+        &[(&id, Type::TEXT), (&op, Type::TEXT), (&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
     )?;
     if claimed.is_none() {
         let row = tx.query_opt(
@@ -96,9 +103,9 @@ pub fn apply_write(
     .with_id(Some(id.to_string()));
     let bytes = reply.to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    tx.execute(
+    tx.execute_typed(
         "UPDATE solicitudes SET respuesta = $2::text::jsonb WHERE id = $1",
-        &[&id, &text],
+        &[(&id, Type::TEXT), (&text, Type::TEXT)],
     )?;
     tx.commit()?;
     Ok(bytes)
@@ -143,18 +150,18 @@ fn prestamo(
     p: &Peticion,
     id: &str,
 ) -> Result<Respuesta, postgres::Error> {
-    let Some(libro) = tx.query_opt(
+    let Some(libro) = tx.query_typed_opt(
         "SELECT titulo, ejemplares FROM libros WHERE isbn = $1 FOR UPDATE",
-        &[&p.isbn],
+        &[(&p.isbn, Type::TEXT)],
     )?
     else {
         return Ok(libro_no_encontrado(p));
     };
     let titulo: String = libro.get(0);
     let ejemplares: i32 = libro.get(1);
-    let activo = tx.query_opt(
+    let activo = tx.query_typed_opt(
         "SELECT id FROM prestamos WHERE isbn = $1 AND usuario = $2 AND estado = 'ACTIVO'",
-        &[&p.isbn, &p.usuario],
+        &[(&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
     )?;
     if activo.is_some() {
         return Ok(err(
@@ -171,16 +178,21 @@ fn prestamo(
         ));
     }
     let quedan: i32 = tx
-        .query_one(
+        .query_typed_one(
             "UPDATE libros SET ejemplares = ejemplares - 1 WHERE isbn = $1 RETURNING ejemplares",
-            &[&p.isbn],
+            &[(&p.isbn, Type::TEXT)],
         )?
         .get(0);
-    let row = tx.query_one(
+    let row = tx.query_typed_one(
         "INSERT INTO prestamos (isbn, usuario, fecha_prestamo, fecha_devolucion, estado, renovaciones, solicitud) \
          VALUES ($1, $2, now(), CURRENT_DATE + $3::int, 'ACTIVO', 0, $4) \
          RETURNING id, to_char(fecha_devolucion, 'YYYY-MM-DD')",
-        &[&p.isbn, &p.usuario, &DIAS_PRESTAMO, &id],
+        &[
+            (&p.isbn, Type::TEXT),
+            (&p.usuario, Type::TEXT),
+            (&DIAS_PRESTAMO, Type::INT4),
+            (&id, Type::TEXT),
+        ],
     )?;
     let prestamo_id: i32 = row.get(0);
     let fecha: String = row.get(1);
@@ -202,30 +214,30 @@ fn prestamo(
 }
 
 fn devolucion(tx: &mut Transaction<'_>, p: &Peticion) -> Result<Respuesta, postgres::Error> {
-    let Some(libro) = tx.query_opt(
+    let Some(libro) = tx.query_typed_opt(
         "SELECT titulo FROM libros WHERE isbn = $1 FOR UPDATE",
-        &[&p.isbn],
+        &[(&p.isbn, Type::TEXT)],
     )?
     else {
         return Ok(libro_no_encontrado(p));
     };
     let titulo: String = libro.get(0);
-    let Some(prestamo) = tx.query_opt(
+    let Some(prestamo) = tx.query_typed_opt(
         "SELECT id FROM prestamos WHERE isbn = $1 AND usuario = $2 AND estado = 'ACTIVO' FOR UPDATE",
-        &[&p.isbn, &p.usuario],
+        &[(&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
     )?
     else {
         return Ok(sin_prestamo(p, &titulo));
     };
     let prestamo_id: i32 = prestamo.get(0);
-    tx.execute(
+    tx.execute_typed(
         "UPDATE prestamos SET estado = 'DEVUELTO', fecha_entrega = now() WHERE id = $1",
-        &[&prestamo_id],
+        &[(&prestamo_id, Type::INT4)],
     )?;
     let quedan: i32 = tx
-        .query_one(
+        .query_typed_one(
             "UPDATE libros SET ejemplares = ejemplares + 1 WHERE isbn = $1 RETURNING ejemplares",
-            &[&p.isbn],
+            &[(&p.isbn, Type::TEXT)],
         )?
         .get(0);
     Ok(Respuesta::ok(

@@ -10,7 +10,7 @@
 //! is read and every invariant is checked; each violation is one line of text.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use biblioteca::client::pirate::Client;
 use biblioteca::cluster::Node;
@@ -25,6 +25,8 @@ pub const TOMBSTONE_ISBN: &str = "979-0000000000";
 const TOMBSTONE_USER: &str = "chaos-tombstone";
 /// Lookups (and tombstones) per id before giving up on resolving it.
 const RESOLVE_TRIES: u32 = 40;
+/// All resolutions together: a wedged storage manager fails the test, not hangs it.
+const RESOLVE_MAX: Duration = Duration::from_secs(60);
 
 /// What finally happened to a request.
 #[derive(Debug, Clone)]
@@ -42,6 +44,18 @@ pub enum Resolution {
 }
 
 impl Resolution {
+    /// One line: how it ended.
+    pub fn brief(&self) -> String {
+        let short = |r: &Respuesta| if r.exito { "ok".to_string() } else { code(r) };
+        match self {
+            Resolution::Told(r) => format!("told {}", short(r)),
+            Resolution::Applied(r) => format!("unknown, applied: {}", short(r)),
+            Resolution::NotApplied => "unknown, never applied".into(),
+            Resolution::Read => "read".into(),
+            Resolution::Unresolved(why) => format!("UNRESOLVED: {why}"),
+        }
+    }
+
     /// The outcome stored under the id, when the request was applied.
     pub fn stored(&self) -> Option<&Respuesta> {
         match self {
@@ -64,17 +78,18 @@ fn storage_client(endpoint: &str) -> Client {
 /// Resolves every entry; lookups go straight to the storage manager.
 pub fn resolve(storage: &str, history: &[Entry]) -> Vec<Resolution> {
     let mut client = storage_client(storage);
+    let deadline = Instant::now() + RESOLVE_MAX;
     history
         .iter()
         .map(|e| match &e.outcome {
             _ if e.op == Operacion::Consulta => Resolution::Read,
             Outcome::Definitive(r) => Resolution::Told(r.clone()),
-            Outcome::Unknown { .. } => resolve_one(&mut client, e),
+            Outcome::Unknown { .. } => resolve_one(&mut client, e, deadline),
         })
         .collect()
 }
 
-fn resolve_one(client: &mut Client, e: &Entry) -> Resolution {
+fn resolve_one(client: &mut Client, e: &Entry, deadline: Instant) -> Resolution {
     let lookup = json!({"operacion": "resultado", "id": e.id}).to_string();
     let tombstone = Peticion {
         operacion: Operacion::Devolucion,
@@ -82,8 +97,11 @@ fn resolve_one(client: &mut Client, e: &Entry) -> Resolution {
         usuario: TOMBSTONE_USER.into(),
         id: Some(e.id.clone()),
     };
-    let mut last = String::new();
+    let mut last = String::from("the resolution deadline had passed");
     for _ in 0..RESOLVE_TRIES {
+        if Instant::now() >= deadline {
+            break;
+        }
         match client.raw(lookup.as_bytes()) {
             Ok(r) if r.error == Some(CodigoError::SolicitudDesconocida) => {
                 match client.request(&tombstone) {
@@ -210,10 +228,16 @@ pub fn check(
             )),
             Resolution::NotApplied => {
                 if row.map(|s| s.isbn.as_str()) != Some(TOMBSTONE_ISBN) {
-                    v.push(format!("{}: resolved as never applied, but solicitudes holds {row:?}", e.id));
+                    v.push(format!(
+                        "{}: resolved as never applied, but solicitudes holds {row:?}",
+                        e.id
+                    ));
                 }
                 if loans_of != 0 {
-                    v.push(format!("{}: never applied, yet {loans_of} loan(s) carry its id", e.id));
+                    v.push(format!(
+                        "{}: never applied, yet {loans_of} loan(s) carry its id",
+                        e.id
+                    ));
                 }
             }
             Resolution::Told(r) | Resolution::Applied(r) => {
@@ -234,7 +258,10 @@ pub fn check(
                     continue;
                 };
                 if s.operacion != e.op.as_str() || s.isbn != e.isbn || s.usuario != e.usuario {
-                    v.push(format!("{}: stored as {s:?}, sent as {} {} {}", e.id, e.op, e.isbn, e.usuario));
+                    v.push(format!(
+                        "{}: stored as {s:?}, sent as {} {} {}",
+                        e.id, e.op, e.isbn, e.usuario
+                    ));
                 }
                 if s.exito != r.exito || s.error != code(r) {
                     v.push(format!(
@@ -248,7 +275,10 @@ pub fn check(
                 }
                 let want = usize::from(e.op == Operacion::Prestamo && r.exito);
                 if loans_of != want {
-                    v.push(format!("{}: {} {} loan row(s) carry its id, expected {want}", e.id, e.op, loans_of));
+                    v.push(format!(
+                        "{}: {} {} loan row(s) carry its id, expected {want}",
+                        e.id, e.op, loans_of
+                    ));
                 }
                 if let Some(l) = loans_by_request.get(e.id.as_str()).and_then(|l| l.first()) {
                     if l.usuario != e.usuario || l.isbn != e.isbn {
@@ -259,6 +289,7 @@ pub fn check(
             Resolution::Read => {}
         }
     }
+    check_transient_texts(history, &mut v);
     for id in solicitudes.keys() {
         if !ids.contains(id.as_str()) {
             v.push(format!("solicitudes holds id {id} that no client sent"));
@@ -266,7 +297,10 @@ pub fn check(
     }
     for (id, ls) in &loans_by_request {
         if !ids.contains(id) {
-            v.push(format!("{} loan(s) carry request id {id:?} that no client sent", ls.len()));
+            v.push(format!(
+                "{} loan(s) carry request id {id:?} that no client sent",
+                ls.len()
+            ));
         }
     }
     check_users(history, resolved, &loans, &mut v);
@@ -280,6 +314,26 @@ pub fn check(
         }
     }
     v
+}
+
+/// Replies that refused a request (it was never published) may say "retry";
+/// every other transient reply to a write was sent while the request was
+/// still being worked on, so it must say the outcome is unknown and how to
+/// find it out, never read as a failure.
+fn check_transient_texts(history: &[Entry], v: &mut Vec<String>) {
+    const REFUSALS: [&str; 3] = ["no live", "is stopping", "busy"];
+    for e in history.iter().filter(|e| e.op.is_write()) {
+        for text in &e.transient_texts {
+            let refusal = REFUSALS.iter().any(|r| text.contains(r));
+            let says_unknown = text.contains("UNKNOWN") && text.contains("resultado");
+            if !(refusal || says_unknown) {
+                v.push(format!(
+                    "{}: transient reply does not say the outcome is unknown: {text}",
+                    e.id
+                ));
+            }
+        }
+    }
 }
 
 /// A user's loan in the model.
@@ -314,7 +368,9 @@ fn check_users(history: &[Entry], resolved: &[Resolution], loans: &[Loan], v: &m
                     ("SinEjemplaresDisponibles", state)
                 }
                 (Operacion::Prestamo, _) => ("ok", State::Active(0)),
-                (Operacion::Renovacion, State::Active(n)) if n >= 2 => ("LimiteRenovaciones", state),
+                (Operacion::Renovacion, State::Active(n)) if n >= 2 => {
+                    ("LimiteRenovaciones", state)
+                }
                 (Operacion::Renovacion, State::Active(n)) => ("ok", State::Active(n + 1)),
                 (Operacion::Devolucion, State::Active(n)) => ("ok", State::Returned(n)),
                 (_, _) => ("PrestamoNoEncontrado", state),
@@ -328,7 +384,10 @@ fn check_users(history: &[Entry], resolved: &[Resolution], loans: &[Loan], v: &m
             if let (Operacion::Renovacion, true, State::Active(n)) = (e.op, r.exito, next) {
                 let said = r.datos.get("renovaciones").and_then(|x| x.as_i64());
                 if said != Some(n) {
-                    v.push(format!("{usuario}: renewal {} reported {said:?} renewals, model {n}", e.id));
+                    v.push(format!(
+                        "{usuario}: renewal {} reported {said:?} renewals, model {n}",
+                        e.id
+                    ));
                 }
             }
             state = next;
@@ -347,6 +406,9 @@ fn check_users(history: &[Entry], resolved: &[Resolution], loans: &[Loan], v: &m
         }
     }
     for (usuario, rows) in db {
-        v.push(format!("{usuario}: {} loan(s) in the database but no applied loan in the history", rows.len()));
+        v.push(format!(
+            "{usuario}: {} loan(s) in the database but no applied loan in the history",
+            rows.len()
+        ));
     }
 }

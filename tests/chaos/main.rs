@@ -11,7 +11,12 @@
 //! ([`report`]) is printed whatever the result.
 //!
 //! `CHAOS_SEED=n` replays a workload; a failing run keeps its directory
-//! (services' logs, PostgreSQL logs) and says where.
+//! (services' logs, PostgreSQL logs) and says where; `CHAOS_KEEP=1` keeps
+//! it anyway, `CHAOS_VERBOSE=1` lists every retried or unknown request.
+//! `CHAOS_SABOTAGE=1` corrupts the database the way the bugs this test hunts
+//! would (a renewal applied twice, an acknowledged write lost, a copy out of
+//! thin air, a loan for a refused request) before checking: the run must
+//! then fail and name each one.
 
 // Test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -137,7 +142,42 @@ fn inject(svc: &mut Service, kind: Kind, affects: Option<Operacion>) -> Fault {
     }
 }
 
+/// What a lost write, a double application or a leak would leave behind.
+fn sabotage(node: &Node, history: &[workload::Entry]) {
+    let acked_return = history
+        .iter()
+        .find(|e| e.op == Operacion::Devolucion && e.ok())
+        .expect("an acknowledged return");
+    let refused_loan = history
+        .iter()
+        .find(|e| e.op == Operacion::Prestamo && e.definitive() && !e.ok())
+        .expect("a refused loan");
+    sql(
+        node,
+        &format!(
+            "UPDATE prestamos SET renovaciones = renovaciones + 1 WHERE id = \
+               (SELECT min(id) FROM prestamos WHERE usuario LIKE 'ch%' AND renovaciones < 2); \
+             DELETE FROM solicitudes WHERE id = '{}'; \
+             UPDATE libros SET ejemplares = ejemplares + 1 WHERE isbn = '{}'; \
+             INSERT INTO prestamos (isbn, usuario, fecha_devolucion, estado, solicitud) \
+               VALUES ('{}', '{}', CURRENT_DATE, 'DEVUELTO', '{}')",
+            acked_return.id,
+            refused_loan.isbn,
+            refused_loan.isbn,
+            refused_loan.usuario,
+            refused_loan.id
+        ),
+    );
+    emit(&format!(
+        "chaos: SABOTAGE: renewal doubled, {} deleted from solicitudes, a copy of {} added, \
+         a loan for refused {} inserted\n",
+        acked_return.id, refused_loan.isbn, refused_loan.id
+    ));
+}
+
+/// Stops the database servers but leaves their files and every log behind.
 fn keep_for_inspection(dir: &Path, cluster: &mut Cluster) -> PathBuf {
+    let _ = cluster.stop();
     cluster.set_keep(true);
     dir.to_path_buf()
 }
@@ -222,20 +262,27 @@ fn faults_in_turn_keep_the_history_consistent() {
         }
     }
     let resolved = checker::resolve(&ports.storage_endpoint(), &history);
+    if std::env::var_os("CHAOS_SABOTAGE").is_some() {
+        sabotage(&primary, &history);
+    }
     let mut violations = checker::check(&primary, &history, &resolved, &initial);
     violations.extend(crashed);
     let rows = report::table(&faults, &history, &resolved);
     for r in &rows[1..rows.len() - 1] {
         if r.recover.map_or(true, |d| d > Duration::from_secs(15)) {
-            violations.push(format!("{}: no recovery within 15 s ({:?})", r.name, r.recover));
+            violations.push(format!(
+                "{}: no recovery within 15 s ({:?})",
+                r.name, r.recover
+            ));
         }
     }
     emit(&format!(
         "\nchaos history: {} requests in {:.1}s (whole test {:.1}s)\n{}{}",
         history.len(),
-        history
-            .last()
-            .map_or(0.0, |e| e.end.duration_since(history[0].start).as_secs_f64()),
+        history.last().map_or(0.0, |e| e
+            .end
+            .duration_since(history[0].start)
+            .as_secs_f64()),
         began.elapsed().as_secs_f64(),
         report::render(&rows),
         report::unknown_causes(&history)
@@ -244,7 +291,7 @@ fn faults_in_turn_keep_the_history_consistent() {
         for (e, r) in history.iter().zip(&resolved) {
             if e.tries > 1 || !e.definitive() {
                 emit(&format!(
-                    "  {} {} {} {} +{}ms {}ms tries={} {:?} -> {:?}\n",
+                    "  {} {} {} {} +{}ms {}ms tries={} {:?} -> {}\n",
                     e.id,
                     e.op,
                     e.isbn,
@@ -252,8 +299,8 @@ fn faults_in_turn_keep_the_history_consistent() {
                     e.start.duration_since(history[0].start).as_millis(),
                     e.end.duration_since(e.start).as_millis(),
                     e.tries,
-                    e.outcome,
-                    r
+                    e.transient_texts,
+                    r.brief()
                 ));
             }
         }

@@ -166,7 +166,14 @@ pub fn unknown_causes(history: &[Entry]) -> String {
         }
     }
     let list: Vec<String> = causes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
-    format!("last try of the failed requests: {}\n", if list.is_empty() { "none".to_string() } else { list.join(", ") })
+    format!(
+        "last try of the failed requests: {}\n",
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    )
 }
 
 /// Writes to the real stderr: libtest captures `println!`/`eprintln!` of

@@ -94,6 +94,8 @@ pub struct Entry {
     pub tries: u32,
     /// Transient replies (`ServicioNoDisponible`, ...) received on the way.
     pub transient: u32,
+    /// Their texts (what a human client would have read).
+    pub transient_texts: Vec<String>,
     /// Tries that got no reply in time.
     pub timeouts: u32,
     pub outcome: Outcome,
@@ -179,6 +181,7 @@ impl Session<'_> {
         };
         let start = Instant::now();
         let (mut tries, mut transient, mut timeouts) = (0, 0, 0);
+        let mut transient_texts = Vec::new();
         let mut last = String::new();
         let mut answer = None;
         while tries < self.budget.tries && start.elapsed() < self.budget.total {
@@ -191,6 +194,7 @@ impl Session<'_> {
                 Ok(r) => {
                     transient += 1;
                     last = r.error.map(|c| c.to_string()).unwrap_or_default();
+                    transient_texts.push(format!("{last}: {}", r.mensaje));
                     // Back off a little: the fault is usually still there.
                     std::thread::sleep(Duration::from_millis(150 * u64::from(tries)));
                 }
@@ -217,6 +221,7 @@ impl Session<'_> {
             end: Instant::now(),
             tries,
             transient,
+            transient_texts,
             timeouts,
             outcome,
         });

@@ -54,9 +54,7 @@ impl Env {
         let mut spec = ClusterSpec::new(&dir);
         spec.primary_port = pick(26400 + slot * 10);
         spec.standby_port = pick(spec.primary_port + 1);
-        spec.synchronous = false;
         let cluster = Cluster::create(spec).unwrap_or_else(|e| panic!("cluster: {e}"));
-        make_rewindable_and_synchronous(&cluster);
         let base = 27400 + slot * 10;
         let ports = StackPorts {
             frontend: pick(base),
@@ -187,27 +185,6 @@ impl Env {
     }
 }
 
-/// `pg_rewind` needs `wal_log_hints` (a restart), and the failover story
-/// assumes synchronous replication to the standby named `standby`.
-fn make_rewindable_and_synchronous(cluster: &Cluster) {
-    use std::io::Write;
-    let (p, s) = (cluster.primary(), cluster.standby());
-    for n in [p, s] {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(n.data_dir.join("postgresql.conf"))
-            .unwrap();
-        writeln!(f, "wal_log_hints = on").unwrap();
-    }
-    s.stop(StopMode::Fast).unwrap();
-    p.stop(StopMode::Fast).unwrap();
-    p.start().unwrap();
-    s.start().unwrap();
-    sql(p, "ALTER SYSTEM SET synchronous_standby_names = 'standby'");
-    sql(p, "SELECT pg_reload_conf()");
-    wait_sync(p, "standby", Duration::from_secs(30));
-}
-
 /// Waits until `primary` shows `standby` streaming synchronously.
 pub fn wait_sync(primary: &Node, standby: &str, timeout: Duration) {
     wait_until(timeout, "synchronous streaming", || {
@@ -229,7 +206,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         if std::thread::panicking() {
             if let Some(stack) = &self.stack {
-                println!("--- storage manager log ---\n{}", stack.storage.log_tail(40));
+                println!(
+                    "--- storage manager log ---\n{}",
+                    stack.storage.log_tail(40)
+                );
             }
             for n in self.cluster.nodes() {
                 println!("--- {} server log ---\n{}", n.name, n.log_tail(20));

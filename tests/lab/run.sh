@@ -25,6 +25,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB=${LAB_DIR:-/var/lib/biblioteca-lab}
+# Playbook logs and the containers' consoles are kept here after teardown.
+LOGS=${LAB_LOGS:-/tmp/biblioteca-lab-logs}
 BUILD_DIR=${BUILD_DIR:-$ROOT/target/debug}
 NET=10.77.0
 declare -A ADDR=([db1]=11 [db2]=12 [app]=21 [act]=22)
@@ -124,6 +126,13 @@ prerequisites() {
     done
 }
 
+# A copy of the binaries, so a build running meanwhile in the work tree
+# changes nothing between the two site.yml runs.
+snapshot_binaries() {
+    mkdir -p "$LAB/build"
+    cp "$BUILD_DIR"/biblioteca-{carga,actor,almacenamiento,solicitante,failover} "$LAB/build/"
+}
+
 network() {
     ip netns add lab-br
     ip -n lab-br link add br0 type bridge
@@ -166,7 +175,7 @@ boot() {
     systemd-nspawn -D "$LAB/$1" --boot --register=no --keep-unit --machine="lab-$1" \
         --network-namespace-path="/run/netns/lab-$1" --bind-ro=/usr \
         --bind="$LAB/$1.usr-local:/usr/local" \
-        >"$LAB/$1.console" 2>&1 </dev/null &
+        >"$LOGS/$1.console" 2>&1 </dev/null &
     echo $! >"$LAB/$1.pid"
 }
 
@@ -199,7 +208,7 @@ inventory() {
         echo "ansible_become=false"
         echo "ansible_python_interpreter=/usr/bin/python3"
         echo "biblioteca_pg_install=false"
-        echo "biblioteca_build_dir=$BUILD_DIR"
+        echo "biblioteca_build_dir=$LAB/build"
     } >"$LAB/inventory.ini"
     cat >"$LAB/secrets.yml" <<'EOF'
 biblioteca_db_password: lab-app-secret
@@ -211,15 +220,15 @@ EOF
 
 playbook() {
     ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ansible-playbook \
-        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" "$ROOT/ansible/$1" >"$LAB/$2.log" 2>&1
+        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" "$ROOT/ansible/$1" >"$LOGS/$2.log" 2>&1
     local rc=$?
-    sed -n '/PLAY RECAP/,$p' "$LAB/$2.log" >&2
+    sed -n '/PLAY RECAP/,$p' "$LOGS/$2.log" >&2
     return $rc
 }
 
 second_run_changes_nothing() {
     playbook site.yml site-2 || return 1
-    ! sed -n '/PLAY RECAP/,$p' "$LAB/site-2.log" | grep -q 'changed=[1-9]'
+    ! sed -n '/PLAY RECAP/,$p' "$LOGS/site-2.log" | grep -q 'changed=[1-9]'
 }
 
 # ---------------------------------------------------------------- scenario
@@ -290,6 +299,8 @@ loan_after_failover() {
 prerequisites
 teardown
 mkdir -p "$LAB"
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+snapshot_binaries
 log "network namespaces and bridge"
 network
 for h in "${HOSTS[@]}"; do rootfs "$h"; boot "$h"; done
