@@ -12,6 +12,8 @@
 //! and no secret is in a log, a config, status output or a file others can
 //! read.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

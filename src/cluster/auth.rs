@@ -79,6 +79,15 @@ impl Cluster {
                 postgres_protocol::password::scram_sha_256(password.as_bytes()),
             ));
         }
+        if let Some(dir) = files.app.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| ClusterError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
         self.set_verifiers(&verifiers)?;
         // PostgreSQL programs run as its user when we are root: they must read it.
         secrets::write_private(&files.pgpass, &pgpass).map_err(sec(&files.pgpass))?;

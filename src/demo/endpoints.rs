@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Demo, DemoError};
-use crate::security::ClientCurve;
 use crate::failover::config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
+use crate::security::ClientCurve;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DbNode {
@@ -150,7 +150,10 @@ impl Endpoints {
         if self.client_curve.is_some() {
             println!("  (CURVE is on: clients without an allowed key, like the guide's Python clients, are refused)");
             if let Some(p) = &self.pgpass {
-                println!("  Passwords: {} (mode 0600); psql reads it through PGPASSFILE as shown above.", p.display());
+                println!(
+                    "  Passwords: {} (mode 0600); psql reads it through PGPASSFILE as shown above.",
+                    p.display()
+                );
             }
         } else {
             println!("  python3 test_cliente.py prestamo 978-0134685991 usuario_test_1   (the guide's client, unchanged)");

@@ -45,8 +45,11 @@ const COPIES: i32 = 5;
 const CLIENTS: usize = 12;
 /// Healthy traffic before the first fault and after each one.
 const HEALTHY: Duration = Duration::from_secs(5);
-/// How long a killed process stays down before its restart.
-const DOWN: Duration = Duration::from_millis(1500);
+/// How long a killed process stays down before its restart: longer than the
+/// impatient clients' budget, so some requests are lost with the process and
+/// must be resolved as never applied; shorter than the load manager's actor
+/// timeout (3 s), so a killed actor is not yet written off.
+const DOWN: Duration = Duration::from_millis(2500);
 /// How long a process stays frozen by SIGSTOP.
 const FROZEN: Duration = Duration::from_secs(3);
 /// The load manager's per-request deadline: shorter than the clients' try
