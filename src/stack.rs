@@ -146,7 +146,11 @@ impl StackSpec {
             subscribe: self.ports.publisher_endpoint(),
             report: self.ports.backchannel_endpoint(),
             storage: self.ports.storage_endpoint(),
-            curve: self.security.keys.as_ref().map(|k| k.actor_curve(operacion)),
+            curve: self
+                .security
+                .keys
+                .as_ref()
+                .map(|k| k.actor_curve(operacion)),
             ..ActorConfig::default()
         }
     }

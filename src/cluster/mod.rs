@@ -10,6 +10,8 @@
 //! synchronous). As root every PostgreSQL program runs as `postgres` through
 //! `runuser`, in directories that user owns ([`pg`]). Each [`Node`] can be
 //! started, stopped, killed with SIGKILL, promoted and queried ([`node`]).
+//! [`Cluster::require_passwords`] switches a created cluster to
+//! `scram-sha-256` with generated passwords ([`auth`]).
 //!
 //! Layout of `dir`: `primary/` and `standby/` (data directories), `run/` (Unix
 //! sockets), `primary.log` and `standby.log` (server logs). Dropping a

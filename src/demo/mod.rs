@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::cluster::auth::Passwords;
 use crate::cluster::{Cluster, ClusterError, ClusterSpec};
 use crate::launch::{port_in_use, LaunchError};
-use crate::shutdown::Shutdown;
 use crate::security::provision::HostKeys;
 use crate::security::SecurityError;
+use crate::shutdown::Shutdown;
 use crate::stack::{Stack, StackPorts, StackSecurity, StackSpec};
 
 #[derive(Debug, thiserror::Error)]
