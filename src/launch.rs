@@ -477,3 +477,88 @@ fn drain_notify(sock: UnixDatagram, inbox: &Inbox, stop: &AtomicBool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in service: a shell script (it ignores `--config PATH`).
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    const NOTIFY: &str = r#"exec /usr/bin/python3 -c '
+import os, socket, sys, time
+print("started", file=sys.stderr, flush=True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1\nSTATUS=up", os.environ["NOTIFY_SOCKET"])
+time.sleep(60)
+'"#;
+
+    fn run_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bib-launch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn waits_for_ready_keeps_messages_stops_and_restarts() {
+        if !Path::new("/usr/bin/python3").exists() {
+            eprintln!("skipped: no /usr/bin/python3");
+            return;
+        }
+        let dir = run_dir("ok");
+        let bin = script(&dir, "svc", NOTIFY);
+        let mut svc = Service::start(ServiceSpec::new("svc", bin, "x = 1\n", &dir)).unwrap();
+        assert!(svc.messages()[0].contains("READY=1"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("svc.toml")).unwrap(),
+            "x = 1\n"
+        );
+        assert!(svc.is_running() && svc.pid().is_some());
+        let status = svc.stop().unwrap().unwrap();
+        assert!(!status.success());
+        assert!(!svc.is_running());
+        svc.restart().unwrap();
+        assert_eq!(svc.messages().len(), 2);
+        assert!(svc.log_tail(5).contains("started\nstarted"));
+        svc.kill9().unwrap();
+        assert!(svc.pid().is_none());
+        drop(svc);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn early_exit_and_silence_are_errors_with_the_log() {
+        let dir = run_dir("bad");
+        let bin = script(&dir, "dies", "echo boom >&2; exit 3");
+        let err = Service::start(ServiceSpec::new("dies", bin, "", &dir)).unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::Exited { tail, .. } if tail.contains("boom")),
+            "{err}"
+        );
+        let bin = script(&dir, "mute", "exec sleep 30");
+        let mut spec = ServiceSpec::new("mute", bin, "", &dir);
+        spec.ready_timeout = Duration::from_millis(500);
+        let err = Service::start(spec).unwrap_err();
+        assert!(matches!(err, LaunchError::NotReady { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn free_ports_are_below_32768_and_bindable() {
+        let a = free_port().unwrap();
+        let b = free_port().unwrap();
+        assert_ne!(a, b);
+        for p in [a, b] {
+            assert!((20_000..32_000).contains(&p));
+            assert!(!port_in_use(p));
+        }
+        assert!(find_binary("no-such-binary", None).is_err());
+    }
+}

@@ -21,6 +21,17 @@ pub enum NetError {
     },
 }
 
+/// Why a service that owns ZeroMQ sockets (load manager, actor) stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+}
+
 /// Default high-water mark: deep enough for bursts, bounded so memory is too.
 pub const HWM: i32 = 10_000;
 
@@ -116,6 +127,23 @@ pub fn reply_body(frames: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     match (it.next(), it.next(), it.next()) {
         (Some(empty), Some(body), None) if empty.is_empty() => Some(body),
         _ => None,
+    }
+}
+
+/// Decodes what a ROUTER (the storage manager) sent back to our DEALER;
+/// anything without the `["", reply]` shape or with a malformed reply is
+/// logged and dropped, since there is nobody to answer.
+pub fn decode_reply(frames: Vec<Vec<u8>>) -> Option<crate::protocol::Respuesta> {
+    let Some(body) = reply_body(frames) else {
+        tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+        return None;
+    };
+    match crate::protocol::Respuesta::from_bytes(&body) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed storage reply dropped");
+            None
+        }
     }
 }
 

@@ -17,18 +17,10 @@ mod worker;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::ActorConfig;
-use crate::net::NetError;
 use crate::shutdown::Shutdown;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ActorError {
-    #[error(transparent)]
-    Net(#[from] NetError),
-    #[error("zeromq: {0}")]
-    Zmq(#[from] zmq::Error),
-    #[error(transparent)]
-    Security(#[from] crate::security::SecurityError),
-}
+/// Socket and CURVE set-up failures (shared with the other socket services).
+pub type ActorError = crate::net::ServiceError;
 
 /// Serves `config.operacion` until `shutdown`, then waits briefly for the
 /// storage manager's answers to what is outstanding and returns.

@@ -254,16 +254,8 @@ impl Actor {
     }
 
     fn on_storage_reply(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        let Some(body) = net::reply_body(frames) else {
-            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+        let Some(r) = net::decode_reply(frames) else {
             return;
-        };
-        let r = match Respuesta::from_bytes(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed storage reply dropped");
-                return;
-            }
         };
         self.timeout_rounds = 0;
         let Some(id) = r.id.clone() else {

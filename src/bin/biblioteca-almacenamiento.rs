@@ -47,8 +47,26 @@ struct Cli {
 enum Command {
     /// Serve requests (the default).
     Serve,
-    /// Apply pending schema migrations on the primary and exit.
-    Migrate,
+    /// Apply pending schema migrations on the primary and exit: a deployment
+    /// step, run as the role owning the schema (the storage manager itself
+    /// only checks the schema is migrated). Grants the application role (the
+    /// user of the configured primary's conninfo) its row privileges.
+    Migrate {
+        /// Connect with this connection string instead of the configured primary,
+        /// e.g. "host=10.0.0.1 user=biblioteca_owner dbname=library".
+        #[arg(long, value_name = "CONNINFO")]
+        conninfo: Option<String>,
+        /// Connect to the configured primary as this role, e.g. biblioteca_owner.
+        #[arg(long, value_name = "ROLE")]
+        user: Option<String>,
+        /// File holding that role's password (never given on the command line).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+        /// The role to grant SELECT, INSERT, UPDATE on the tables (default:
+        /// the user of the configured primary's conninfo).
+        #[arg(long, value_name = "ROLE")]
+        app_role: Option<String>,
+    },
     /// Add a generated catalogue for load tests (idempotent: existing books are kept).
     Seed {
         /// Number of books (ISBNs 979-XXXXXXXXXX, numbered from 1).
@@ -110,8 +128,19 @@ fn main() -> anyhow::Result<()> {
             let path = cli.config.clone();
             shutdown::run_with_signals(move |sd| storage::run(cfg, path, sd).map_err(Into::into))
         }
-        Some(Command::Migrate) => {
-            let applied = storage::migrate(&cfg).context("migrate")?;
+        Some(Command::Migrate {
+            conninfo,
+            user,
+            password_file,
+            app_role,
+        }) => {
+            let how = storage::MigrateAs {
+                conninfo,
+                user,
+                password_file,
+                app_role,
+            };
+            let applied = storage::migrate(&cfg, &how).context("migrate")?;
             if applied.is_empty() {
                 println!("schema up to date");
             } else {

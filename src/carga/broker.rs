@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::actors::Liveness;
 use super::consultas::{Consulta, Consultas};
 use super::inflight::{Admision, InFlight};
+use super::sockets::Sockets;
 use super::status::{self, Contadores, Ids};
 use super::CargaError;
 use crate::config::CargaConfig;
@@ -20,7 +21,6 @@ use crate::notify;
 use crate::protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
 };
-use crate::security::{self, Curve, Peer};
 use crate::shutdown::Shutdown;
 
 /// Messages taken from one socket before looking at the others (fairness).
@@ -31,51 +31,6 @@ const TICK: Duration = Duration::from_millis(100);
 const SWEEP: Duration = Duration::from_millis(250);
 /// Longest wait for in-flight requests once asked to stop.
 const DRAIN_MAX: Duration = Duration::from_secs(3);
-/// Requests queued towards the storage manager: a storage manager that is
-/// down or not keeping up costs at most this many stale messages; beyond it
-/// `consulta` fails at once.
-const STORAGE_HWM: i32 = 1000;
-
-pub(super) struct Sockets {
-    frontend: zmq::Socket,
-    publisher: zmq::Socket,
-    backchannel: zmq::Socket,
-    storage: zmq::Socket,
-}
-
-impl Sockets {
-    pub(super) fn open(
-        ctx: &zmq::Context,
-        cfg: &CargaConfig,
-        curve: &Curve,
-    ) -> Result<Sockets, CargaError> {
-        // ROUTER and PUB never block on send (they drop), so net::HWM bounds
-        // memory per peer without ever stalling the loop.
-        let frontend = net::socket(ctx, zmq::ROUTER)?;
-        curve.serve(&frontend, security::DOMAIN_CLIENTS)?;
-        net::bind(&frontend, &cfg.frontend)?;
-        let publisher = net::socket(ctx, zmq::PUB)?;
-        curve.serve(&publisher, security::DOMAIN_ACTORS)?;
-        net::bind(&publisher, &cfg.publisher)?;
-        let backchannel = net::socket(ctx, zmq::PULL)?;
-        curve.serve(&backchannel, security::DOMAIN_ACTORS)?;
-        net::bind(&backchannel, &cfg.backchannel)?;
-        let storage = net::socket(ctx, zmq::DEALER)?;
-        storage.set_sndhwm(STORAGE_HWM)?;
-        // Detect a storage manager that vanished without closing TCP.
-        storage.set_heartbeat_ivl(1000)?;
-        storage.set_heartbeat_timeout(3000)?;
-        curve.connect_to(&storage, Peer::Storage)?;
-        net::connect(&storage, &cfg.storage)?;
-        Ok(Sockets {
-            frontend,
-            publisher,
-            backchannel,
-            storage,
-        })
-    }
-}
-
 pub(super) struct Broker {
     cfg: CargaConfig,
     s: Sockets,
@@ -450,16 +405,8 @@ impl Broker {
     }
 
     fn on_storage_reply(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        let Some(body) = net::reply_body(frames) else {
-            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+        let Some(r) = net::decode_reply(frames) else {
             return;
-        };
-        let r = match Respuesta::from_bytes(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed storage reply dropped");
-                return;
-            }
         };
         let Some(id) = r.id.clone() else {
             tracing::warn!(

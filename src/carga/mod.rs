@@ -18,24 +18,17 @@ mod actors;
 mod broker;
 mod consultas;
 mod inflight;
+mod sockets;
 mod status;
 
 use std::time::Instant;
 
 use crate::config::CargaConfig;
-use crate::net::NetError;
 use crate::notify;
 use crate::shutdown::Shutdown;
 
-#[derive(Debug, thiserror::Error)]
-pub enum CargaError {
-    #[error(transparent)]
-    Net(#[from] NetError),
-    #[error("zeromq: {0}")]
-    Zmq(#[from] zmq::Error),
-    #[error(transparent)]
-    Security(#[from] crate::security::SecurityError),
-}
+/// Socket and CURVE set-up failures (shared with the other socket services).
+pub type CargaError = crate::net::ServiceError;
 
 /// Binds the sockets, announces readiness and serves until `shutdown`;
 /// then refuses new requests, drains those in flight for a short while and
@@ -44,7 +37,7 @@ pub fn run(config: CargaConfig, shutdown: Shutdown) -> Result<(), CargaError> {
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) = crate::security::carga(&ctx, config.curve.as_ref())?;
-    let sockets = broker::Sockets::open(&ctx, &config, &curve)?;
+    let sockets = sockets::Sockets::open(&ctx, &config, &curve)?;
     tracing::info!(
         frontend = config.frontend.as_str(),
         publisher = config.publisher.as_str(),

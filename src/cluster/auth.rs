@@ -2,8 +2,10 @@
 //!
 //! A cluster is created with trust on loopback; this switches it to
 //! `scram-sha-256` for every role, with `pg_hba.conf` lines only for what
-//! each role needs: `app` to database `library`, `replicator` for
-//! replication, the superuser for administration. Passwords are generated,
+//! each role needs: `app` and the schema owner to database `library`,
+//! `replicator` for replication, the superuser for administration (including
+//! the replication connections of `pg_basebackup` and of a standby rejoined
+//! by `biblioteca-failover`). Passwords are generated,
 //! set as SCRAM verifiers computed here (the password itself never appears
 //! in SQL text, a command line or a server log), and written to files only
 //! their owner can read: one per role under `secretos/` and a `pgpass` file
@@ -14,8 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    append, Cluster, ClusterError, Node, APP_DB, APP_USER, REPLICATION_USER, STANDBY_NAME,
-    SUPERUSER,
+    append, Cluster, ClusterError, Node, APP_DB, APP_USER, OWNER_USER, REPLICATION_USER,
+    STANDBY_NAME, SUPERUSER,
 };
 use crate::security::secrets;
 
@@ -24,8 +26,10 @@ pub const PGPASS: &str = "pgpass";
 const HBA: &str = "# biblioteca cluster: scram-sha-256 for every role, only where it is needed\n\
 local   all          postgres                     scram-sha-256\n\
 host    library      app          127.0.0.1/32    scram-sha-256\n\
+host    library      biblioteca_owner 127.0.0.1/32 scram-sha-256\n\
 host    all          postgres     127.0.0.1/32    scram-sha-256\n\
-host    replication  replicator   127.0.0.1/32    scram-sha-256\n";
+host    replication  replicator   127.0.0.1/32    scram-sha-256\n\
+host    replication  postgres     127.0.0.1/32    scram-sha-256\n";
 
 /// Where a secured cluster keeps its passwords.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,8 @@ pub struct Passwords {
     pub pgpass: PathBuf,
     /// The `app` role's password alone: the storage manager's `database.password_file`.
     pub app: PathBuf,
+    /// The schema owner's password, for `biblioteca-almacenamiento migrate`.
+    pub owner: PathBuf,
     pub replicator: PathBuf,
     pub superuser: PathBuf,
 }
@@ -45,6 +51,7 @@ impl Passwords {
         Passwords {
             pgpass: dir.join(PGPASS),
             app: secretos.join(format!("{APP_USER}.password")),
+            owner: secretos.join(format!("{OWNER_USER}.password")),
             replicator: secretos.join(format!("{REPLICATION_USER}.password")),
             superuser: secretos.join(format!("{SUPERUSER}.password")),
         }
@@ -59,12 +66,14 @@ fn sec(path: &Path) -> impl FnOnce(crate::security::SecurityError) -> ClusterErr
 }
 
 impl Cluster {
-    /// Gives `app`, `replicator` and the superuser generated passwords and
-    /// switches both nodes to `scram-sha-256` (see the module docs).
+    /// Gives `app`, the schema owner, `replicator` and the superuser
+    /// generated passwords and switches both nodes to `scram-sha-256` (see
+    /// the module docs).
     pub fn require_passwords(&self) -> Result<Passwords, ClusterError> {
         let files = Passwords::in_dir(self.dir());
         let roles = [
             (APP_USER, "*", &files.app),
+            (OWNER_USER, "*", &files.owner),
             (REPLICATION_USER, "replication", &files.replicator),
             (SUPERUSER, "*", &files.superuser),
         ];

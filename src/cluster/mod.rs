@@ -3,8 +3,11 @@
 //!
 //! [`Cluster::create`] builds everything inside one directory: `initdb` of the
 //! primary, its settings (loopback only, replication, synchronous commit to the
-//! standby named `standby`), trust authentication on 127.0.0.1, the roles `app`
-//! (owner of database `library`) and `replicator`, a physical replication slot,
+//! standby named `standby`), trust authentication on 127.0.0.1, the roles
+//! `biblioteca_owner` (owner of database `library` and, once migrated, of its
+//! tables: schema changes run as it), `app` (the services' login: no
+//! ownership, only the row privileges the migrations grant it) and
+//! `replicator`, a physical replication slot,
 //! then the standby by `pg_basebackup -R -S standby`, started and waited for
 //! until `pg_stat_replication` shows it streaming (and `sync` when
 //! synchronous). As root every PostgreSQL program runs as `postgres` through
@@ -38,6 +41,9 @@ pub use pg::PgBin;
 pub const STANDBY_NAME: &str = "standby";
 /// Role used by the standby to stream WAL.
 pub const REPLICATION_USER: &str = "replicator";
+/// Role owning database `library` and its schema; `biblioteca-almacenamiento
+/// migrate --user biblioteca_owner` runs as it, the services never do.
+pub const OWNER_USER: &str = "biblioteca_owner";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -206,6 +212,7 @@ impl Cluster {
             "postgres",
             &format!(
                 "CREATE ROLE {APP_USER} LOGIN IN ROLE pg_monitor; \
+                 CREATE ROLE {OWNER_USER} LOGIN; \
                  CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION; \
                  SELECT pg_create_physical_replication_slot('{STANDBY_NAME}');"
             ),
@@ -213,7 +220,7 @@ impl Cluster {
         p.sql_as(
             SUPERUSER,
             "postgres",
-            &format!("CREATE DATABASE {APP_DB} OWNER {APP_USER}"),
+            &format!("CREATE DATABASE {APP_DB} OWNER {OWNER_USER}"),
         )?;
         self.build_standby()?;
         if self.spec.synchronous {

@@ -6,6 +6,12 @@
 //! them exactly once and a failing migration leaves the schema untouched. The
 //! files themselves are idempotent (`IF NOT EXISTS`, `ON CONFLICT DO NOTHING`)
 //! so a database created by hand with the same tables is adopted.
+//!
+//! Migrations are a deployment step (`biblioteca-almacenamiento migrate`),
+//! run as the role that owns the schema. The same transaction grants the
+//! application role only the row privileges the storage manager needs
+//! ([`grant`]); the storage manager itself never changes the schema, it only
+//! [`check`]s at start that every migration it knows has been applied.
 
 use postgres::Client;
 
@@ -46,11 +52,96 @@ pub enum MigrationError {
         name: &'static str,
         source: postgres::Error,
     },
+    #[error("the schema lacks migrations {missing:?}: run `biblioteca-almacenamiento migrate` as the schema owner (e.g. --user biblioteca_owner) before starting the storage manager")]
+    Behind { missing: Vec<i32> },
+    #[error("cannot grant {role} its privileges: {source}")]
+    Grant {
+        role: String,
+        source: postgres::Error,
+    },
 }
 
-/// Applies every pending migration; returns the versions applied now.
-pub fn apply(client: &mut Client) -> Result<Vec<i32>, MigrationError> {
+/// The tables the storage manager reads and writes (never deletes from).
+pub const APP_TABLES: &[&str] = &["libros", "prestamos", "solicitudes", "eventos_failover"];
+/// The sequences behind their `serial` ids.
+const APP_SEQUENCES: &[&str] = &["prestamos_id_seq", "eventos_failover_id_seq"];
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Applies every pending migration and, when `app_role` is given, grants
+/// it `SELECT, INSERT, UPDATE` on [`APP_TABLES`], `USAGE` on their
+/// sequences and `SELECT` on `schema_migrations` (for [`check`]); all in one
+/// transaction. Returns the versions applied now.
+pub fn apply_and_grant(
+    client: &mut Client,
+    app_role: Option<&str>,
+) -> Result<Vec<i32>, MigrationError> {
     let mut tx = client.transaction()?;
+    let applied = apply_in(&mut tx)?;
+    if let Some(role) = app_role {
+        grant(&mut tx, role)?;
+    }
+    tx.commit()?;
+    Ok(applied)
+}
+
+/// The grants of [`apply_and_grant`]; idempotent.
+pub fn grant(tx: &mut postgres::Transaction<'_>, role: &str) -> Result<(), MigrationError> {
+    let role_q = quote_ident(role);
+    let sql = format!(
+        "GRANT SELECT, INSERT, UPDATE ON {} TO {role_q}; \
+         GRANT USAGE ON SEQUENCE {} TO {role_q}; \
+         GRANT SELECT ON schema_migrations TO {role_q}",
+        APP_TABLES.join(", "),
+        APP_SEQUENCES.join(", ")
+    );
+    tx.batch_execute(&sql)
+        .map_err(|source| MigrationError::Grant {
+            role: role.to_string(),
+            source,
+        })?;
+    tracing::info!(role, "row privileges granted");
+    Ok(())
+}
+
+/// The storage manager's start-time check: every known migration applied.
+/// A schema newer than this binary is only logged.
+pub fn check(client: &mut Client) -> Result<(), MigrationError> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])?
+        .get(0);
+    let done: Vec<i32> = if exists {
+        client
+            .query("SELECT version FROM schema_migrations", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let missing: Vec<i32> = MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !done.contains(v))
+        .collect();
+    if !missing.is_empty() {
+        return Err(MigrationError::Behind { missing });
+    }
+    let newer: Vec<i32> = done
+        .iter()
+        .copied()
+        .filter(|v| !MIGRATIONS.iter().any(|m| m.version == *v))
+        .collect();
+    if !newer.is_empty() {
+        tracing::warn!(versions = ?newer, "the schema has migrations this binary does not know");
+    }
+    Ok(())
+}
+
+/// Applies every pending migration inside `tx`; returns the versions applied.
+fn apply_in(tx: &mut postgres::Transaction<'_>) -> Result<Vec<i32>, MigrationError> {
     // Waiting for another instance's migrations is fine; the pool's short
     // timeouts are for requests, not for this.
     tx.batch_execute(
@@ -87,7 +178,6 @@ pub fn apply(client: &mut Client) -> Result<Vec<i32>, MigrationError> {
         tracing::info!(version = m.version, name = m.name, "migration applied");
         applied.push(m.version);
     }
-    tx.commit()?;
     Ok(applied)
 }
 

@@ -4,9 +4,10 @@
 //! It serves the client protocol on a ROUTER ([`server`]), runs every write as
 //! one transaction that also stores the request id and its reply
 //! ([`ops`], exactly-once), picks and fences the database node that takes
-//! writes ([`nodes`], [`monitor`]) and keeps the schema current
-//! ([`migrate`]). [`run`] is the service; [`migrate`](fn@migrate) and
-//! [`seed`](fn@seed) are the one-shot subcommands of the binary.
+//! writes ([`nodes`], [`monitor`]) and refuses to start on a schema that
+//! lacks migrations ([`migrate`]). [`run`] is the service; [`migrate`](fn@migrate)
+//! (a deployment step, run as the schema's owner) and [`seed`](fn@seed) are
+//! the one-shot subcommands of the binary.
 //!
 //! Besides the four operations the socket answers `{"operacion":"status"}`
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
@@ -31,7 +32,7 @@ use crate::config::{ConfigError, StorageConfig};
 use crate::net::NetError;
 use crate::shutdown::Shutdown;
 
-pub use migrate::{MigrationError, MIGRATIONS};
+pub use migrate::{MigrationError, APP_TABLES, MIGRATIONS};
 pub use seed::isbn as seed_isbn;
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +128,7 @@ impl Shared {
 }
 
 /// Runs the storage manager until `shutdown`: waits for a writable node,
-/// applies migrations, binds `config.bind`, signals READY and serves.
+/// checks the schema is migrated, binds `config.bind`, signals READY and serves.
 /// `config_path` is re-read on SIGHUP (`shutdown.reload_generation()`).
 pub fn run(
     config: StorageConfig,
@@ -168,8 +169,9 @@ pub fn run(
     served
 }
 
-/// Probes until a writable node answers and the migrations are applied;
-/// `false` when stopped first. A SIGHUP meanwhile reloads the configuration
+/// Probes until a writable node answers and its schema has every migration
+/// (a schema that lacks some, or privileges to read it, is fatal); `false`
+/// when stopped first. A SIGHUP meanwhile reloads the configuration
 /// (the file may be what points at the wrong node).
 fn wait_for_database(
     shared: &Shared,
@@ -191,12 +193,13 @@ fn wait_for_database(
             None => "no writable database node yet".to_string(),
             Some((_, node)) => match node.pool.get() {
                 Err(e) => format!("node {}: {e}", node.cfg.name),
-                Ok(mut conn) => match migrate::apply(&mut conn) {
-                    Ok(applied) => {
-                        tracing::info!(nodo = %node.cfg.name, applied = ?applied, "database answered; schema up to date");
+                Ok(mut conn) => match migrate::check(&mut conn) {
+                    Ok(()) => {
+                        tracing::info!(nodo = %node.cfg.name, "database answered; schema up to date");
                         return Ok(true);
                     }
-                    Err(e) => format!("migrations on {}: {e}", node.cfg.name),
+                    Err(e) if fatal_schema_error(&e) => return Err(e.into()),
+                    Err(e) => format!("schema check on {}: {e}", node.cfg.name),
                 },
             },
         };
@@ -218,8 +221,48 @@ fn wait_for_database(
     Ok(false)
 }
 
+/// Waiting will not fix a schema that lacks migrations or that we may not read.
+fn fatal_schema_error(e: &MigrationError) -> bool {
+    match e {
+        MigrationError::Behind { .. } => true,
+        MigrationError::Db(db) => db.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        _ => false,
+    }
+}
+
+/// Who `biblioteca-almacenamiento migrate` connects as.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateAs {
+    /// Connect here (e.g. `host=.. user=biblioteca_owner dbname=library`)
+    /// instead of the configured primary.
+    pub conninfo: Option<String>,
+    /// The configured writer, but as this role.
+    pub user: Option<String>,
+    /// File holding that role's password. Without it a `conninfo` connects
+    /// with what it names itself, a `user` with `database.password_file`.
+    pub password_file: Option<PathBuf>,
+    /// The role granted row privileges; default: the user of the configured
+    /// primary's conninfo (nothing is granted when it is the migrating role).
+    pub app_role: Option<String>,
+}
+
+fn read_password(path: &std::path::Path) -> Result<String, StorageError> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        StorageError::Config(ConfigError::Secret {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// Probes the configured nodes once and connects to the one that takes writes.
 fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageError> {
+    Ok(writer_config(config)?.connect(postgres::NoTls)?)
+}
+
+/// The connection settings of the node that takes writes.
+fn writer_config(config: &StorageConfig) -> Result<postgres::Config, StorageError> {
     let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let backend = nodes::Backend::new(config.clone())?;
     let mut probes = monitor::Probes::default();
@@ -241,22 +284,47 @@ fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageErr
             reasons.join("; ")
         }));
     };
-    tracing::info!(nodo = %node.cfg.name, "connected");
-    Ok(node.pg.connect(postgres::NoTls)?)
+    tracing::info!(nodo = %node.cfg.name, "writable node found");
+    Ok(node.pg.clone())
 }
 
-/// `biblioteca-almacenamiento migrate`: applies pending migrations and
-/// returns their versions.
-pub fn migrate(config: &StorageConfig) -> Result<Vec<i32>, StorageError> {
-    let mut client = connect_writer(config)?;
-    Ok(migrate::apply(&mut client)?)
+/// `biblioteca-almacenamiento migrate`: applies pending migrations as the
+/// role `how` names and grants the application role its row privileges;
+/// returns the versions applied now.
+pub fn migrate(config: &StorageConfig, how: &MigrateAs) -> Result<Vec<i32>, StorageError> {
+    let mut pg = match &how.conninfo {
+        Some(c) => nodes::pg_config(
+            &crate::config::NodeConfig {
+                name: "migrate".into(),
+                conninfo: c.clone(),
+                role: crate::config::NodeRole::Primary,
+            },
+            &config.database,
+            None,
+        )?,
+        None => writer_config(config)?,
+    };
+    if let Some(user) = &how.user {
+        pg.user(user);
+    }
+    if let Some(path) = &how.password_file {
+        pg.password(read_password(path)?);
+    }
+    let app_role = how.app_role.clone().or_else(|| {
+        let primary = config.database.primary()?;
+        let parsed: postgres::Config = primary.conninfo.parse().ok()?;
+        parsed.get_user().map(str::to_string)
+    });
+    let app_role = app_role.filter(|r| Some(r.as_str()) != pg.get_user());
+    let mut client = pg.connect(postgres::NoTls)?;
+    Ok(migrate::apply_and_grant(&mut client, app_role.as_deref())?)
 }
 
-/// `biblioteca-almacenamiento seed --libros N --ejemplares K`: applies the
-/// migrations, then adds generated books `1..=N` (ISBN [`seed_isbn`]) that
-/// are missing; returns how many were added.
+/// `biblioteca-almacenamiento seed --libros N --ejemplares K`: checks the
+/// schema is migrated, then adds generated books `1..=N` (ISBN
+/// [`seed_isbn`]) that are missing; returns how many were added.
 pub fn seed(config: &StorageConfig, libros: u64, ejemplares: i32) -> Result<u64, StorageError> {
     let mut client = connect_writer(config)?;
-    migrate::apply(&mut client)?;
+    migrate::check(&mut client)?;
     Ok(seed::seed(&mut client, libros, ejemplares)?)
 }
