@@ -4,18 +4,22 @@
 //!
 //! The demo and the end-to-end tests both need "everything up on these ports
 //! against this database"; this module is that one recipe, so the configs the
-//! demo prints are the configs the tests exercise.
+//! demo prints are the configs the tests exercise. Like a deployment, it
+//! migrates the schema first as its owner ([`StackSpec::migrate_as`]), in a
+//! separate `biblioteca-almacenamiento migrate` run: the services log in as
+//! `app`, which may not change the schema.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cluster::OWNER_USER;
 use crate::config::{
     ActorConfig, CargaConfig, DatabaseConfig, NodeConfig, NodeRole, StorageConfig,
 };
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use crate::protocol::Operacion;
 use crate::security::provision::HostKeys;
-use crate::security::ClientCurve;
+use crate::security::{ClientCurve, OperatorCurve};
 
 /// TCP ports of the services (all bound on 127.0.0.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,10 @@ pub struct StackSpec {
     pub deadline_ms: u64,
     /// CURVE keys and the database password; default: neither.
     pub security: StackSecurity,
+    /// The role `biblioteca-almacenamiento migrate` runs as before the
+    /// storage manager starts (default [`OWNER_USER`]); `None`: no migrate
+    /// step (the schema is already current).
+    pub migrate_as: Option<String>,
 }
 
 /// What secures a stack (the demo's `--seguro`, the security tests).
@@ -80,6 +88,8 @@ pub struct StackSecurity {
     pub keys: Option<HostKeys>,
     /// The application role's password (`database.password_file`).
     pub password_file: Option<PathBuf>,
+    /// The schema owner's password (`migrate --password-file`).
+    pub owner_password_file: Option<PathBuf>,
 }
 
 impl StackSpec {
@@ -87,11 +97,21 @@ impl StackSpec {
     pub fn client_curve(&self) -> Option<ClientCurve> {
         self.security.keys.as_ref().map(HostKeys::client_curve)
     }
+
+    /// The `[storage.curve]` section of `biblioteca-failover` for this stack.
+    pub fn operator_curve(&self) -> Option<OperatorCurve> {
+        self.security.keys.as_ref().map(HostKeys::operator_curve)
+    }
 }
 
 impl StackSpec {
     /// Every service on `ports`, against a primary and a standby.
-    pub fn new(run_dir: impl Into<PathBuf>, ports: StackPorts, primary: &str, standby: &str) -> Self {
+    pub fn new(
+        run_dir: impl Into<PathBuf>,
+        ports: StackPorts,
+        primary: &str,
+        standby: &str,
+    ) -> Self {
         StackSpec {
             run_dir: run_dir.into(),
             bin_dir: None,
@@ -111,6 +131,7 @@ impl StackSpec {
             actors: Operacion::WRITES.to_vec(),
             deadline_ms: CargaConfig::default().deadline_ms,
             security: StackSecurity::default(),
+            migrate_as: Some(OWNER_USER.to_string()),
         }
     }
 
@@ -165,7 +186,55 @@ impl StackSpec {
     /// The launch spec of the storage manager (its config path is what
     /// `biblioteca-failover` rewrites).
     pub fn storage_spec(&self) -> Result<ServiceSpec, LaunchError> {
-        self.service("almacenamiento", "biblioteca-almacenamiento", to_toml(&self.storage_config())?)
+        self.service(
+            "almacenamiento",
+            "biblioteca-almacenamiento",
+            to_toml(&self.storage_config())?,
+        )
+    }
+
+    /// Runs `biblioteca-almacenamiento migrate --user ROLE` to completion
+    /// (config and log `migrate.toml`, `migrate.log` in the run directory).
+    pub fn migrate(&self) -> Result<(), LaunchError> {
+        let Some(role) = &self.migrate_as else {
+            return Ok(());
+        };
+        let binary = find_binary("biblioteca-almacenamiento", self.bin_dir.as_deref())?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LaunchError::Io { path, source }
+        };
+        let config = self.run_dir.join("migrate.toml");
+        std::fs::write(&config, to_toml(&self.storage_config())?).map_err(io(&config))?;
+        let log = self.run_dir.join("migrate.log");
+        let out = std::fs::File::create(&log).map_err(io(&log))?;
+        let err = out.try_clone().map_err(io(&log))?;
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["migrate", "--user", role.as_str()]);
+        if let Some(p) = &self.security.owner_password_file {
+            cmd.arg("--password-file").arg(p);
+        }
+        let status = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .map_err(|source| LaunchError::Spawn {
+                name: "migrate".into(),
+                binary: binary.clone(),
+                source,
+            })?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(LaunchError::Exited {
+            name: "migrate".into(),
+            status: status.to_string(),
+            tail: crate::cluster::node::tail(&log, 20),
+            log,
+        })
     }
 
     pub fn carga_spec(&self) -> Result<ServiceSpec, LaunchError> {
@@ -201,13 +270,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts the storage manager (which applies migrations), the load manager,
-    /// then the actors, each after the previous one reported `READY=1`.
+    /// Migrates the schema ([`StackSpec::migrate`]), then starts the storage
+    /// manager, the load manager and the actors, each after the previous one
+    /// reported `READY=1`.
     pub fn start(spec: StackSpec) -> Result<Stack, LaunchError> {
         std::fs::create_dir_all(&spec.run_dir).map_err(|source| LaunchError::Io {
             path: spec.run_dir.clone(),
             source,
         })?;
+        spec.migrate()?;
         let storage = Service::start(spec.storage_spec()?)?;
         let carga = Service::start(spec.carga_spec()?)?;
         let mut stack = Stack {

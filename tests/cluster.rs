@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, StopMode};
+use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, StopMode, OWNER_USER};
 use biblioteca::launch::free_port;
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
@@ -37,8 +37,18 @@ fn primary_and_standby_replicate_and_survive_kill_and_promotion() {
     assert!(!p.is_in_recovery().unwrap());
     assert!(s.is_in_recovery().unwrap());
 
-    p.sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2)")
-        .unwrap();
+    // `app` owns nothing: the schema owner creates the table and grants rows.
+    assert!(
+        p.sql("CREATE TABLE t (x int)").is_err(),
+        "app changed the schema"
+    );
+    p.sql_as(
+        OWNER_USER,
+        "library",
+        "CREATE TABLE t (x int); GRANT SELECT, INSERT ON t TO app",
+    )
+    .unwrap();
+    p.sql("INSERT INTO t VALUES (1), (2)").unwrap();
     // Synchronous commit: the row is on the standby's disk; replay is quick.
     wait_until(Duration::from_secs(3), "replay on the standby", || {
         Ok(s.sql("SELECT count(*) FROM t")

@@ -2,10 +2,12 @@
 //! PostgreSQL pair with scram-sha-256 and every service with CURVE on.
 //!
 //! One world (cluster + stack, ports in 30000..32000) runs every case in
-//! order: a client with the right key is served; a client without a key, or
+//! order: the application role is no superuser, owns nothing and cannot
+//! change the schema (its owner migrated it); a client with the right key is served; a client without a key, or
 //! with a key not on the allow-list, gets nothing and changes nothing; a
 //! plaintext peer gets nothing from any CURVE endpoint, nor does a client key
-//! at the endpoints reserved for actors and the load manager; a forged
+//! at the endpoints reserved for actors and the load manager, while the
+//! operator's key (`biblioteca-failover`) gets the storage status; a forged
 //! outcome and heartbeat on the back-channel from an unknown key are ignored
 //! (while the same heartbeat from the actor's key counts); a wrong or missing
 //! database password stops the storage manager at start with a clear error;
@@ -169,9 +171,56 @@ fn nobody_gets_in_who_does_not_belong() {
     spec.security = StackSecurity {
         keys: Some(keys.clone()),
         password_file: Some(passwords.app.clone()),
+        owner_password_file: Some(passwords.owner.clone()),
     };
     let stack = Stack::start(spec.clone()).unwrap_or_else(|e| panic!("services: {e}"));
     let frontend = ports.frontend_endpoint();
+
+    // 0. `app` is no superuser, owns nothing and cannot change the schema;
+    // the schema owner migrated it (a separate step, another role).
+    assert_eq!(
+        primary
+            .sql("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = 'app'")
+            .unwrap(),
+        "f|f|f"
+    );
+    let owned = primary
+        .sql(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relowner = 'app'::regrole) \
+             + (SELECT count(*) FROM pg_namespace WHERE nspowner = 'app'::regrole) \
+             + (SELECT count(*) FROM pg_proc WHERE proowner = 'app'::regrole) \
+             + (SELECT count(*) FROM pg_type WHERE typowner = 'app'::regrole) \
+             + (SELECT count(*) FROM pg_database WHERE datdba = 'app'::regrole)",
+        )
+        .unwrap();
+    assert_eq!(owned, "0", "app owns objects");
+    assert_eq!(
+        primary
+            .sql(
+                "SELECT string_agg(DISTINCT pg_get_userbyid(relowner), ',') FROM pg_class \
+                 WHERE relname IN ('libros', 'prestamos', 'solicitudes', 'schema_migrations')"
+            )
+            .unwrap(),
+        biblioteca::cluster::OWNER_USER
+    );
+    let libros_before = primary.sql("SELECT count(*) FROM libros").unwrap();
+    for ddl in [
+        "CREATE TABLE intrusa (x int)",
+        "DROP TABLE libros",
+        "ALTER TABLE libros ADD COLUMN x int",
+        "TRUNCATE libros",
+        "DELETE FROM solicitudes",
+    ] {
+        let r = primary.sql(ddl);
+        assert!(
+            matches!(&r, Err(e) if e.to_string().contains("permission denied") || e.to_string().contains("must be owner")),
+            "app ran {ddl:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        primary.sql("SELECT count(*) FROM libros").unwrap(),
+        libros_before
+    );
     let ctx = zmq::Context::new();
     let stranger = KeyPair::generate().unwrap();
     let (_, stranger_secret) = stranger
@@ -238,6 +287,25 @@ fn nobody_gets_in_who_does_not_belong() {
         before,
         "a direct storage request changed the database"
     );
+    // The operator's key (biblioteca-failover) is on the storage allow-list.
+    let operator = spec.operator_curve().unwrap().load().unwrap();
+    let status = biblioteca::failover::storage::query_status_with(
+        &ports.storage_endpoint(),
+        &operator,
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(
+        status.and_then(|s| s.nodo).as_deref(),
+        Some("primary"),
+        "the operator's key got no storage status"
+    );
+    let plain = biblioteca::failover::storage::query_status(
+        &ports.storage_endpoint(),
+        Duration::from_millis(1500),
+    )
+    .unwrap();
+    assert!(plain.is_none(), "a plaintext status request was answered");
 
     // 4. Plaintext, or a client's key, on the publisher hears nothing.
     let subs: Vec<zmq::Socket> = [Curve::plaintext(), curve_of(&client_pair, &keys)]
@@ -378,7 +446,12 @@ fn nobody_gets_in_who_does_not_belong() {
     secret_files.retain(|p| p.extension().is_some_and(|e| e == "key_secret"));
     let mut secrets: Vec<String> = secret_files.iter().map(|p| secret_key_z85(p)).collect();
     secrets.push(secret_key_z85(&stranger_secret));
-    for f in [&passwords.app, &passwords.replicator, &passwords.superuser] {
+    for f in [
+        &passwords.app,
+        &passwords.owner,
+        &passwords.replicator,
+        &passwords.superuser,
+    ] {
         secrets.push(std::fs::read_to_string(f).unwrap().trim().to_string());
         secret_files.push(f.clone());
     }
@@ -395,6 +468,10 @@ fn nobody_gets_in_who_does_not_belong() {
     }
     let mut scanned = Vec::new();
     files_under(&dir.join("run"), &mut scanned);
+    assert!(
+        scanned.iter().any(|p| p.ends_with("migrate.log")),
+        "no migrate step ran"
+    );
     files_under(&dir.join("run-wrong"), &mut scanned);
     scanned.push(primary.log_file.clone());
     scanned.push(cluster.standby().log_file.clone());

@@ -117,7 +117,10 @@ impl Endpoints {
     }
 
     pub fn print(&self, dir: &Path) {
-        println!("\nbiblioteca is running (everything lives in {}):", dir.display());
+        println!(
+            "\nbiblioteca is running (everything lives in {}):",
+            dir.display()
+        );
         println!("  clients (REQ)            {}", self.client_endpoint);
         for s in &self.services {
             let eps = if s.endpoints.is_empty() {
@@ -130,7 +133,10 @@ impl Endpoints {
         }
         println!("\nDatabase (database `library`, role `app`):");
         for n in &self.database {
-            println!("  {:<8} {}:{}   {} -c \"SELECT isbn, ejemplares FROM libros;\"", n.name, n.host, n.port, n.psql);
+            println!(
+                "  {:<8} {}:{}   {} -c \"SELECT isbn, ejemplares FROM libros;\"",
+                n.name, n.host, n.port, n.psql
+            );
         }
         println!("\nTry it:");
         let keys = self
@@ -164,19 +170,29 @@ impl Endpoints {
         println!("  biblioteca-failover --config {cfg} promote");
         println!("  biblioteca-failover --config {cfg} rejoin --node primary");
         println!("  biblioteca-failover --config {cfg} switchover");
-        println!("\nAll of this is also in {}.", dir.join("endpoints.json").display());
+        println!(
+            "\nAll of this is also in {}.",
+            dir.join("endpoints.json").display()
+        );
     }
 }
 
 /// Writes `failover.toml` (nodes managed from this host, the storage manager
-/// reloaded by SIGHUP through its pid file) and the pid file it names.
+/// reloaded by SIGHUP through its pid file) and the pid file it names. A
+/// `--seguro` demo adds the superuser's password file to every node and the
+/// operator's CURVE key for the storage manager's status.
 pub fn write_failover_config(demo: &Demo) -> Result<PathBuf, DemoError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DemoError::Io { path, source }
     };
     let pid_file = demo.stack.run_dir().join("almacenamiento.pid");
-    let pid = demo.stack.storage.pid().map(|p| p.to_string()).unwrap_or_default();
+    let pid = demo
+        .stack
+        .storage
+        .pid()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     std::fs::write(&pid_file, pid + "\n").map_err(io(&pid_file))?;
     let config = FailoverConfig {
         nodes: demo
@@ -186,6 +202,7 @@ pub fn write_failover_config(demo: &Demo) -> Result<PathBuf, DemoError> {
             .map(|n| FailoverNode {
                 name: n.name.clone(),
                 conninfo: n.conninfo("postgres", "library"),
+                password_file: demo.passwords.as_ref().map(|p| p.superuser.clone()),
                 data_dir: Some(n.data_dir.clone()),
                 start: None,
                 stop: None,
@@ -197,6 +214,7 @@ pub fn write_failover_config(demo: &Demo) -> Result<PathBuf, DemoError> {
             config: Some(demo.stack.storage.spec().config_path()),
             reload: ReloadMethod::Pid,
             pid_file: Some(pid_file),
+            curve: demo.stack.spec().operator_curve(),
             ..StorageTarget::default()
         },
         synchronous: !demo.config.asynchronous,

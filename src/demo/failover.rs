@@ -13,31 +13,35 @@ use serde_json::Value;
 
 use super::scenario::{describe, Narrator, Requester, GUIDE_ISBNS};
 use super::Demo;
-use crate::client::Client;
 use crate::cluster::Node;
-use crate::config::ClientConfig;
+use crate::failover::storage::query_target;
+use crate::failover::StorageTarget;
 use crate::launch::find_binary;
 use crate::protocol::{CodigoError, Operacion};
 
 fn counts(node: &Node) -> Option<(i64, i64)> {
     let libros = node.sql("SELECT COUNT(*) FROM libros").ok()?.parse().ok()?;
-    let prestamos = node.sql("SELECT COUNT(*) FROM prestamos").ok()?.parse().ok()?;
+    let prestamos = node
+        .sql("SELECT COUNT(*) FROM prestamos")
+        .ok()?
+        .parse()
+        .ok()?;
     Some((libros, prestamos))
 }
 
-/// The node the storage manager says it writes to.
-fn serving_node(storage_endpoint: &str) -> String {
-    let config = ClientConfig {
-        endpoints: vec![storage_endpoint.to_string()],
-        timeout_ms: 2000,
-        retries: 1,
-        ..ClientConfig::default()
+/// The node the storage manager says it writes to, asked as the operator
+/// (`biblioteca-failover`'s key) when CURVE is on.
+fn serving_node(demo: &Demo) -> String {
+    let target = StorageTarget {
+        endpoint: demo.stack.ports().storage_endpoint(),
+        curve: demo.stack.spec().operator_curve(),
+        ..StorageTarget::default()
     };
-    Client::new(config)
-        .and_then(|mut c| c.raw(br#"{"operacion":"status"}"#))
-        .ok()
-        .and_then(|r| r.datos.get("nodo").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_else(|| "<unknown>".into())
+    match query_target(&target, Duration::from_secs(2)) {
+        Ok(Some(s)) => s.nodo.unwrap_or_else(|| "<none>".into()),
+        Ok(None) => "<no answer>".into(),
+        Err(e) => format!("<{e}>"),
+    }
 }
 
 /// Runs parts 5-7 on a demo whose parts 2-4 already ran.
@@ -45,22 +49,40 @@ pub fn run(n: &mut Narrator, demo: &Demo) {
     let primary = demo.cluster.primary();
     let standby = demo.cluster.standby();
     let endpoint = demo.stack.ports().frontend_endpoint();
-    let storage = demo.stack.ports().storage_endpoint();
     let mut req = Requester::with_curve(&endpoint, demo.stack.spec().client_curve());
 
     n.section("Part 5: the primary fails; failover to the standby");
     let before = counts(primary);
-    n.check("5.1", "snapshot of libros and prestamos on the primary", before.is_some(), format!("{before:?}"));
+    n.check(
+        "5.1",
+        "snapshot of libros and prestamos on the primary",
+        before.is_some(),
+        format!("{before:?}"),
+    );
 
     let killed = primary.kill9();
-    n.check("5.2", "primary killed (SIGKILL to its postmaster)", killed.is_ok(), match &killed {
-        Ok(()) => "only the standby is running".to_string(),
-        Err(e) => e.to_string(),
-    });
+    n.check(
+        "5.2",
+        "primary killed (SIGKILL to its postmaster)",
+        killed.is_ok(),
+        match &killed {
+            Ok(()) => "only the standby is running".to_string(),
+            Err(e) => e.to_string(),
+        },
+    );
 
     let r = req.send(Operacion::Consulta, GUIDE_ISBNS[0], "");
-    let stale = r.datos.get("posiblemente_desactualizado").and_then(Value::as_bool) == Some(true);
-    n.check("5.3", "consulta is served from the standby, marked possibly stale", r.exito && stale, describe(&r));
+    let stale = r
+        .datos
+        .get("posiblemente_desactualizado")
+        .and_then(Value::as_bool)
+        == Some(true);
+    n.check(
+        "5.3",
+        "consulta is served from the standby, marked possibly stale",
+        r.exito && stale,
+        describe(&r),
+    );
     let started = Instant::now();
     let r = req.send(Operacion::Prestamo, GUIDE_ISBNS[2], "usuario_durante_fallo");
     let took = started.elapsed();
@@ -77,12 +99,24 @@ pub fn run(n: &mut Narrator, demo: &Demo) {
     );
 
     let promoted = promote(demo);
-    n.check("5.4", "biblioteca-failover promote", promoted.is_ok(), match &promoted {
-        Ok(took) => format!("done in {:.1} s", took.as_secs_f64()),
-        Err(e) => e.clone(),
-    });
-    let recovery = standby.sql("SELECT pg_is_in_recovery()").unwrap_or_else(|e| e.to_string());
-    n.check("5.5", "the standby is now a primary (pg_is_in_recovery = f)", recovery == "f", format!("pg_is_in_recovery = {recovery}"));
+    n.check(
+        "5.4",
+        "biblioteca-failover promote",
+        promoted.is_ok(),
+        match &promoted {
+            Ok(took) => format!("done in {:.1} s", took.as_secs_f64()),
+            Err(e) => e.clone(),
+        },
+    );
+    let recovery = standby
+        .sql("SELECT pg_is_in_recovery()")
+        .unwrap_or_else(|e| e.to_string());
+    n.check(
+        "5.5",
+        "the standby is now a primary (pg_is_in_recovery = f)",
+        recovery == "f",
+        format!("pg_is_in_recovery = {recovery}"),
+    );
     let after = counts(standby);
     n.check(
         "5.6",
@@ -92,32 +126,63 @@ pub fn run(n: &mut Narrator, demo: &Demo) {
     );
 
     n.section("Part 6: the storage manager writes to the new primary");
-    let nodo = serving_node(&storage);
-    n.check("6.1", "the storage manager serves from the standby node", nodo == standby.name, format!("status: nodo = {nodo}"));
+    let nodo = serving_node(demo);
+    n.check(
+        "6.1",
+        "the storage manager serves from the standby node",
+        nodo == standby.name,
+        format!("status: nodo = {nodo}"),
+    );
     let user = "usuario_post_failover";
     let r = req.send(Operacion::Prestamo, GUIDE_ISBNS[2], user);
-    n.check("6.2", &format!("prestamo {} for {user}", GUIDE_ISBNS[2]), r.exito, describe(&r));
+    n.check(
+        "6.2",
+        &format!("prestamo {} for {user}", GUIDE_ISBNS[2]),
+        r.exito,
+        describe(&r),
+    );
     let estado = standby
-        .sql(&format!("SELECT estado FROM prestamos WHERE usuario='{user}'"))
+        .sql(&format!(
+            "SELECT estado FROM prestamos WHERE usuario='{user}'"
+        ))
         .unwrap_or_else(|e| e.to_string());
-    n.check("6.3", "the loan is on the new primary", estado == "ACTIVO", format!("estado = {estado}"));
+    n.check(
+        "6.3",
+        "the loan is on the new primary",
+        estado == "ACTIVO",
+        format!("estado = {estado}"),
+    );
 
     n.section("Part 7: final figures (new primary)");
     for (what, query) in [
         ("books", "SELECT COUNT(*) FROM libros"),
-        ("active loans", "SELECT COUNT(*) FROM prestamos WHERE estado='ACTIVO'"),
-        ("returned loans", "SELECT COUNT(*) FROM prestamos WHERE estado='DEVUELTO'"),
+        (
+            "active loans",
+            "SELECT COUNT(*) FROM prestamos WHERE estado='ACTIVO'",
+        ),
+        (
+            "returned loans",
+            "SELECT COUNT(*) FROM prestamos WHERE estado='DEVUELTO'",
+        ),
     ] {
-        println!("        {what}: {}", standby.sql(query).unwrap_or_else(|e| e.to_string()));
+        println!(
+            "        {what}: {}",
+            standby.sql(query).unwrap_or_else(|e| e.to_string())
+        );
     }
 }
 
 /// Runs `biblioteca-failover --config DIR/failover.toml promote`, echoing
 /// the command and its output.
 fn promote(demo: &Demo) -> Result<Duration, String> {
-    let bin = find_binary("biblioteca-failover", demo.config.bin_dir.as_deref()).map_err(|e| e.to_string())?;
+    let bin = find_binary("biblioteca-failover", demo.config.bin_dir.as_deref())
+        .map_err(|e| e.to_string())?;
     let config = demo.dir.join("failover.toml");
-    println!("        $ {} --config {} promote", bin.display(), config.display());
+    println!(
+        "        $ {} --config {} promote",
+        bin.display(),
+        config.display()
+    );
     let started = Instant::now();
     let out = Command::new(&bin)
         .arg("--config")

@@ -103,7 +103,10 @@ impl Demo {
             return Err(DemoError::DirInUse(dir));
         }
         let started = Instant::now();
-        println!("Creating a PostgreSQL primary and a streaming standby in {} ...", dir.display());
+        println!(
+            "Creating a PostgreSQL primary and a streaming standby in {} ...",
+            dir.display()
+        );
         let cluster = Cluster::create(ClusterSpec {
             dir: dir.clone(),
             primary_port: config.primary_port,
@@ -115,7 +118,11 @@ impl Demo {
             "  primary on 127.0.0.1:{}, standby on 127.0.0.1:{} ({} replication), {:.1} s",
             config.primary_port,
             config.standby_port,
-            if config.asynchronous { "asynchronous" } else { "synchronous" },
+            if config.asynchronous {
+                "asynchronous"
+            } else {
+                "synchronous"
+            },
             started.elapsed().as_secs_f64()
         );
         let mut spec = StackSpec::new(
@@ -136,6 +143,7 @@ impl Demo {
             spec.security = StackSecurity {
                 keys: Some(keys),
                 password_file: Some(passwords.app.clone()),
+                owner_password_file: Some(passwords.owner.clone()),
             };
             Some(passwords)
         } else {

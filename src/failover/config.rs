@@ -2,15 +2,18 @@
 //!
 //! It names every database node with an administrative connection string
 //! (a superuser or replication-capable role: promotion, `ALTER SYSTEM`,
-//! slots), optionally the data directory this host manages for it, and the
-//! storage manager to re-point after a role change. Parsing and validation go
-//! through the shared [`crate::config::parse`] like every other service.
+//! slots), optionally a file holding that role's password and the data
+//! directory this host manages for it, and the storage manager to re-point
+//! after a role change (with a CURVE key it allows, when it has `[curve]`).
+//! Parsing and validation go through the shared [`crate::config::parse`] like
+//! every other service.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ConfigError, Validate};
+use crate::security::OperatorCurve;
 
 /// One PostgreSQL node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +24,11 @@ pub struct FailoverNode {
     pub name: String,
     /// Administrative libpq connection string (superuser or replication role).
     pub conninfo: String,
+    /// File holding the password of `conninfo`'s role (kept out of the TOML
+    /// and off command lines: `pg_rewind`/`pg_basebackup` get it through a
+    /// private pgpass file, a rejoined standby through `passfile=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// Set when this host manages the node's files (stop, rewind, start).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -36,6 +44,18 @@ pub struct FailoverNode {
 }
 
 impl FailoverNode {
+    /// The password from `password_file`, without its trailing newline.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+    }
+
     /// Whether this host can stop and start the node.
     pub fn managed(&self) -> bool {
         self.data_dir.is_some() || (self.start.is_some() && self.stop.is_some())
@@ -70,6 +90,10 @@ pub struct StorageTarget {
     pub status_timeout_ms: u64,
     /// After a reload, how long to wait for it to serve from the new node.
     pub wait_secs: u64,
+    /// Needed when the storage manager has `[curve]`: a key on its `allow`
+    /// list and its public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curve: Option<OperatorCurve>,
 }
 
 impl Default for StorageTarget {
@@ -83,6 +107,7 @@ impl Default for StorageTarget {
             pid: None,
             status_timeout_ms: 1500,
             wait_secs: 30,
+            curve: None,
         }
     }
 }
@@ -173,6 +198,9 @@ impl Validate for FailoverConfig {
                     n.name
                 ));
             }
+            if let Err(e) = n.password() {
+                return invalid(format!("node {:?}: {e}", n.name));
+            }
             if n.start.is_some() != n.stop.is_some() && n.data_dir.is_none() {
                 return invalid(format!(
                     "node {:?}: set both start and stop, or data_dir",
@@ -181,6 +209,9 @@ impl Validate for FailoverConfig {
             }
         }
         crate::config::check_endpoint("storage.endpoint", &self.storage.endpoint)?;
+        if let Some(c) = &self.storage.curve {
+            crate::security::check(c.load())?;
+        }
         if self.storage.reload == ReloadMethod::Pid
             && self.storage.pid.is_none()
             && self.storage.pid_file.is_none()

@@ -9,6 +9,13 @@
 //! source's (port, included files, synchronous list), so [`save_conf`] keeps
 //! the target's own and [`restore_conf`] puts them back before
 //! [`configure_standby`] adds what a standby needs.
+//!
+//! A source node with a `password_file` reaches those programs through a
+//! pgpass file (mode 0600, readable by the PostgreSQL user): a temporary one
+//! named by `PGPASSFILE` for `pg_rewind` and `pg_basebackup`, removed after
+//! the run; a lasting `<data_dir>.pgpass` named by `passfile=` in a rejoined
+//! standby's `primary_conninfo`. The password is never on a command line, in
+//! a configuration file the server logs, or in our output.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +52,30 @@ pub fn port_of(conninfo: &str) -> u16 {
 
 fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A pgpass line giving `password` to any server, database and user: the
+/// file serves exactly one source.
+fn pgpass_line(password: &str) -> String {
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:*:{escaped}\n")
+}
+
+/// A conninfo value: single-quoted, with `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A private pgpass file for one program run; removed on drop.
+struct TempPgpass {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Drop for TempPgpass {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Local {
@@ -92,6 +123,71 @@ impl Local {
             data_dir,
             pg: self.pg.clone(),
         })
+    }
+
+    /// Writes `path` as a pgpass file for `source`'s password (if it has
+    /// one), owned by the PostgreSQL user; whether it did.
+    fn write_pgpass(&self, path: &Path, source: &FailoverNode) -> Result<bool> {
+        let Some(password) = source.password()? else {
+            return Ok(false);
+        };
+        crate::security::secrets::write_private(path, &pgpass_line(&password)).map_err(|e| {
+            FailoverError::Command {
+                command: format!("write {}", path.display()),
+                reason: e.to_string(),
+            }
+        })?;
+        self.pg.give(path)?;
+        Ok(true)
+    }
+
+    /// A temporary pgpass for a program connecting to `source`; `None` when
+    /// `source` has no `password_file`.
+    fn temp_pgpass(&self, source: &FailoverNode) -> Result<Option<TempPgpass>> {
+        if source.password_file.is_none() {
+            return Ok(None);
+        }
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("biblioteca-failover-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(io(&dir))?;
+        }
+        let temp = TempPgpass {
+            file: dir.join("pgpass"),
+            dir,
+        };
+        self.pg.give(&temp.dir)?;
+        self.write_pgpass(&temp.file, source)?;
+        Ok(Some(temp))
+    }
+
+    /// Runs PostgreSQL program `bin` on node `node` against `source`, with
+    /// `source`'s password in a temporary `PGPASSFILE`.
+    fn run_against<I, S>(
+        &self,
+        bin: &str,
+        node: &Node,
+        source: &FailoverNode,
+        args: I,
+    ) -> Result<std::process::Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let pgpass = self.temp_pgpass(source)?;
+        let mut cmd = self.pg.command(bin, &node.base_dir);
+        cmd.args(args);
+        if let Some(p) = &pgpass {
+            cmd.env("PGPASSFILE", &p.file);
+        }
+        Ok(run_command(&mut cmd)?)
     }
 
     fn shell(command: &str) -> Result<()> {
@@ -143,15 +239,16 @@ impl Local {
     /// `pg_rewind` from `source` (a running primary).
     pub fn rewind(&self, n: &FailoverNode, source: &FailoverNode) -> Result<String> {
         let node = self.node(n)?;
-        let out = self.pg.run(
+        let out = self.run_against(
             "pg_rewind",
+            &node,
+            source,
             [
                 "--target-pgdata".as_ref(),
                 node.data_dir.as_os_str(),
                 "--source-server".as_ref(),
                 source.conninfo.as_ref(),
             ],
-            &node.base_dir,
         )?;
         let text = format!(
             "{}{}",
@@ -179,8 +276,10 @@ impl Local {
             };
             removed.map_err(io(&path))?;
         }
-        self.pg.run(
+        self.run_against(
             "pg_basebackup",
+            &node,
+            source,
             [
                 "-D".as_ref(),
                 dir.as_os_str(),
@@ -191,7 +290,6 @@ impl Local {
                 "-c".as_ref(),
                 "fast".as_ref(),
             ],
-            &node.base_dir,
         )?;
         Ok(())
     }
@@ -219,7 +317,8 @@ impl Local {
     }
 
     /// Makes the data directory start as a standby of `primary`: its own
-    /// port, `primary_conninfo` with `application_name` = the node's name,
+    /// port, `primary_conninfo` with `application_name` = the node's name
+    /// (and `passfile=<data_dir>.pgpass` when `primary` has a password file),
     /// the slot, no leftover primary-only settings, and `standby.signal`.
     pub fn configure_standby(
         &self,
@@ -245,7 +344,14 @@ impl Local {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let conninfo = format!("{} application_name={}", primary.conninfo, n.name);
+        let mut conninfo = format!("{} application_name={}", primary.conninfo, n.name);
+        let passfile = passfile_of(dir);
+        if self.write_pgpass(&passfile, primary)? {
+            conninfo.push_str(&format!(
+                " passfile={}",
+                conninfo_value(&passfile.to_string_lossy())
+            ));
+        }
         text.push_str(&format!(
             "# written by biblioteca-failover rejoin\nport = {}\nprimary_conninfo = {}\nprimary_slot_name = {}\n",
             port_of(&n.conninfo),
@@ -265,6 +371,14 @@ impl Local {
     }
 }
 
+/// The lasting pgpass file of a standby whose data directory is `dir`:
+/// beside it, since `pg_rewind` and `pg_basebackup` rewrite what is inside.
+fn passfile_of(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".pgpass");
+    PathBuf::from(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,5 +388,63 @@ mod tests {
         assert_eq!(port_of("host=127.0.0.1 port=26432 user=postgres"), 26432);
         assert_eq!(port_of("host=127.0.0.1"), 5432);
         assert_eq!(quote("a'b"), "'a''b'");
+        assert_eq!(pgpass_line("a:b\\c"), "*:*:*:*:a\\:b\\\\c\n");
+        assert_eq!(conninfo_value("/x/it's"), "'/x/it\\'s'");
+        assert_eq!(
+            passfile_of(Path::new("/var/lib/pg/main")),
+            PathBuf::from("/var/lib/pg/main.pgpass")
+        );
+    }
+
+    #[test]
+    fn a_rejoined_standby_gets_a_passfile_not_a_password() {
+        let dir = std::env::temp_dir().join(format!("fo-local-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data = dir.join("standby");
+        std::fs::create_dir_all(&data).unwrap();
+        let pw = dir.join("postgres.password");
+        std::fs::write(&pw, "s3cr3t:x\n").unwrap();
+        let node = |name: &str, password_file: Option<PathBuf>| FailoverNode {
+            name: name.into(),
+            conninfo: "host=127.0.0.1 port=5999 user=postgres dbname=library".into(),
+            password_file,
+            data_dir: Some(dir.join(name)),
+            start: None,
+            stop: None,
+            log_file: None,
+        };
+        let local = Local {
+            pg: PgBin {
+                bin_dir: PathBuf::from("/nonexistent"),
+                run_as: None,
+            },
+        };
+        local
+            .configure_standby(
+                &node("standby", None),
+                &node("primary", Some(pw)),
+                "standby",
+            )
+            .unwrap();
+        let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+        assert!(!auto.contains("s3cr3t"), "{auto}");
+        assert!(auto.contains("passfile=''"), "{auto}");
+        let passfile = passfile_of(&data);
+        assert_eq!(
+            std::fs::read_to_string(&passfile).unwrap(),
+            "*:*:*:*:s3cr3t\\:x\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&passfile).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let temp = local
+            .temp_pgpass(&node("primary", Some(dir.join("postgres.password"))))
+            .unwrap()
+            .unwrap();
+        let temp_dir = temp.dir.clone();
+        assert!(temp.file.is_file());
+        drop(temp);
+        assert!(!temp_dir.exists(), "the temporary pgpass outlived its run");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -48,6 +48,8 @@ pub enum FailoverError {
     Net(#[from] crate::net::NetError),
     #[error("{0}")]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("curve: {0}")]
+    Security(#[from] crate::security::SecurityError),
 }
 
 impl FailoverError {

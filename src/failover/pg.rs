@@ -49,7 +49,8 @@ fn lsn(text: Option<String>) -> Option<Lsn> {
     text.and_then(|t| t.parse().ok())
 }
 
-/// Opens an administrative session, bounded by `timeout` for the connect.
+/// Opens an administrative session, bounded by `timeout` for the connect,
+/// with the node's `password_file` unless the conninfo names a password.
 pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Client> {
     let mut cfg: postgres::Config =
         node.conninfo
@@ -58,6 +59,11 @@ pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Clien
                 node: node.name.clone(),
                 source: e,
             })?;
+    if cfg.get_password().is_none() {
+        if let Some(p) = node.password()? {
+            cfg.password(p);
+        }
+    }
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(timeout);
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::pg::{self, Lsn, Probe, Role};
-use super::storage::query_status;
+use super::storage::query_target;
 use super::FailoverConfig;
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +104,7 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
     let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
-    let storage = match query_status(&cfg.storage.endpoint, timeout) {
+    let storage = match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use super::{FailoverConfig, FailoverError, Progress, ReloadMethod, Result, StorageTarget};
 use crate::config::{parse_reader, NodeRole, StorageConfig};
 use crate::net;
+use crate::security::{Curve, Peer};
 
 /// What the storage manager says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,12 +28,34 @@ pub struct StorageStatus {
     pub raw: Value,
 }
 
-/// One `{"operacion":"status"}` round trip on a fresh REQ socket; `None`
-/// when nothing answers within `timeout`.
+/// One `{"operacion":"status"}` round trip on a fresh plaintext REQ
+/// socket; `None` when nothing answers within `timeout`.
 pub fn query_status(endpoint: &str, timeout: Duration) -> Result<Option<StorageStatus>> {
+    query_status_with(endpoint, &Curve::plaintext(), timeout)
+}
+
+/// [`query_status`] as the target's configured CURVE client, if any.
+pub fn query_target(target: &StorageTarget, timeout: Duration) -> Result<Option<StorageStatus>> {
+    let curve = match &target.curve {
+        Some(c) => c.load()?,
+        None => Curve::plaintext(),
+    };
+    query_status_with(&target.endpoint, &curve, timeout)
+}
+
+/// [`query_status`] with `curve` as the client of the storage manager (a
+/// CURVE server drops a plaintext or unknown peer without an answer).
+pub fn query_status_with(
+    endpoint: &str,
+    curve: &Curve,
+    timeout: Duration,
+) -> Result<Option<StorageStatus>> {
     let ctx = zmq::Context::new();
     let s = net::socket(&ctx, zmq::REQ)?;
     s.set_linger(0).map_err(net::NetError::from)?;
+    curve
+        .connect_to(&s, Peer::Storage)
+        .map_err(net::NetError::from)?;
     net::connect(&s, endpoint)?;
     s.send(&br#"{"operacion":"status"}"#[..], 0)
         .map_err(net::NetError::from)?;
@@ -204,7 +227,7 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
     let deadline = Instant::now() + Duration::from_secs(target.wait_secs);
     let timeout = Duration::from_millis(target.status_timeout_ms);
     loop {
-        let last = match query_status(&target.endpoint, timeout) {
+        let last = match query_target(target, timeout) {
             Ok(Some(s)) if s.nodo.as_deref() == Some(node) => {
                 progress.step(format!("storage manager now serves from {node}"));
                 return Ok(());

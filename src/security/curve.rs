@@ -23,7 +23,8 @@ use super::{Peer, SecurityError};
 #[serde(deny_unknown_fields)]
 pub struct StorageCurve {
     pub secret_key_file: PathBuf,
-    /// The load manager's and the actors' public keys.
+    /// The load manager's and the actors' public keys (and an operator's,
+    /// for `biblioteca-failover`'s status requests).
     #[serde(default)]
     pub allow: Vec<String>,
 }
@@ -62,6 +63,16 @@ pub struct ClientCurve {
     pub secret_key_file: PathBuf,
     /// The load manager's public key (every configured endpoint).
     pub carga_key: String,
+}
+
+/// `biblioteca-failover` (an operator's tool): its own key, allowed on the
+/// storage manager, and the storage manager's key, for `status` requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorCurve {
+    pub secret_key_file: PathBuf,
+    /// The storage manager's public key.
+    pub storage_key: String,
 }
 
 fn allow_list(entries: &[(&str, &[String])]) -> Result<AllowList, SecurityError> {
@@ -103,6 +114,14 @@ impl ActorCurve {
             (Peer::Storage, keys::resolve_one(&self.storage_key)?),
         ]
         .into();
+        Ok(Curve::new(pair, servers))
+    }
+}
+
+impl OperatorCurve {
+    pub fn load(&self) -> Result<Curve, SecurityError> {
+        let pair = KeyPair::load(&self.secret_key_file)?;
+        let servers = [(Peer::Storage, keys::resolve_one(&self.storage_key)?)].into();
         Ok(Curve::new(pair, servers))
     }
 }

@@ -24,7 +24,7 @@ pub mod zap;
 
 use std::path::PathBuf;
 
-pub use curve::{ActorCurve, CargaCurve, ClientCurve, Curve, StorageCurve};
+pub use curve::{ActorCurve, CargaCurve, ClientCurve, Curve, OperatorCurve, StorageCurve};
 pub use keys::{KeyPair, PublicKey};
 
 /// ZAP domain of the load manager's client front-end.

@@ -1,15 +1,15 @@
 //! One host's CURVE keys for the whole stack (the demo's `--seguro` and the
 //! tests): a key pair per service — the storage manager, the load manager,
-//! one per actor operation (its instances share it) and one client — in one
-//! directory, and the `[curve]` section of each service that wires them
-//! together: clients only to the load manager; the load manager and the
-//! actors to the storage manager; only actors on the publisher and the
-//! back-channel.
+//! one per actor operation (its instances share it), one client and one
+//! operator (`biblioteca-failover`) — in one directory, and the `[curve]`
+//! section of each service that wires them together: clients only to the
+//! load manager; the load manager, the actors and the operator to the
+//! storage manager; only actors on the publisher and the back-channel.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::curve::{ActorCurve, CargaCurve, ClientCurve, StorageCurve};
+use super::curve::{ActorCurve, CargaCurve, ClientCurve, OperatorCurve, StorageCurve};
 use super::keys::{self, KeyPair};
 use super::SecurityError;
 use crate::protocol::Operacion;
@@ -17,6 +17,7 @@ use crate::protocol::Operacion;
 pub const STORAGE: &str = "almacenamiento";
 pub const CARGA: &str = "carga";
 pub const CLIENT: &str = "cliente";
+pub const OPERATOR: &str = "operador";
 
 /// The key pair name of the actors serving `op`.
 pub fn actor_name(op: Operacion) -> String {
@@ -47,7 +48,12 @@ impl HostKeys {
     }
 
     fn names(&self) -> Vec<String> {
-        let mut names = vec![STORAGE.to_string(), CARGA.to_string(), CLIENT.to_string()];
+        let mut names = vec![
+            STORAGE.to_string(),
+            CARGA.to_string(),
+            CLIENT.to_string(),
+            OPERATOR.to_string(),
+        ];
         names.extend(Operacion::WRITES.iter().map(|op| actor_name(*op)));
         names
     }
@@ -74,6 +80,7 @@ impl HostKeys {
     pub fn storage_curve(&self) -> StorageCurve {
         let mut allow = vec![self.public_ref(CARGA)];
         allow.extend(self.actors());
+        allow.push(self.public_ref(OPERATOR));
         StorageCurve {
             secret_key_file: self.secret(STORAGE),
             allow,
@@ -93,6 +100,13 @@ impl HostKeys {
         ActorCurve {
             secret_key_file: self.secret(&actor_name(op)),
             carga_key: self.public_ref(CARGA),
+            storage_key: self.public_ref(STORAGE),
+        }
+    }
+
+    pub fn operator_curve(&self) -> OperatorCurve {
+        OperatorCurve {
+            secret_key_file: self.secret(OPERATOR),
             storage_key: self.public_ref(STORAGE),
         }
     }

@@ -225,7 +225,9 @@ fn wait_for_database(
 fn fatal_schema_error(e: &MigrationError) -> bool {
     match e {
         MigrationError::Behind { .. } => true,
-        MigrationError::Db(db) => db.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        MigrationError::Db(db) => {
+            db.code() == Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+        }
         _ => false,
     }
 }

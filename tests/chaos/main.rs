@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use biblioteca::client::pirate::Client;
-use biblioteca::cluster::{Cluster, ClusterSpec, Node};
+use biblioteca::cluster::{Cluster, ClusterSpec, Node, OWNER_USER};
 use biblioteca::config::ClientConfig;
 use biblioteca::launch::{port_in_use, Service};
 use biblioteca::protocol::Operacion;
@@ -155,6 +155,11 @@ fn sabotage(node: &Node, history: &[workload::Entry]) {
         .iter()
         .find(|e| e.op == Operacion::Prestamo && e.definitive() && !e.ok())
         .expect("a refused loan");
+    // As the schema owner: `app` may not delete rows.
+    let sql = |node: &Node, q: &str| {
+        node.sql_as(OWNER_USER, "library", q)
+            .unwrap_or_else(|e| panic!("SQL {q}: {e}"))
+    };
     sql(
         node,
         &format!(
