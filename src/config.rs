@@ -146,7 +146,7 @@ impl Default for DatabaseConfig {
                     role: NodeRole::Standby,
                 },
             ],
-            pool_size: 8,
+            pool_size: 32,
             connect_timeout_secs: 2,
             statement_timeout_ms: 4000,
             password_file: None,
@@ -182,7 +182,9 @@ impl DatabaseConfig {
 pub struct StorageConfig {
     /// ROUTER endpoint for actors and the load manager.
     pub bind: String,
-    /// Worker threads, each with its own pooled connection.
+    /// Worker threads, each with its own pooled connection. With synchronous
+    /// replication each commit waits for the standby, so throughput grows with
+    /// the number of transactions in flight: keep this well above the core count.
     pub workers: usize,
     /// Requests queued while every worker is busy; beyond it: `ServicioOcupado`.
     pub max_queue: usize,
@@ -199,7 +201,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             bind: "tcp://*:5570".into(),
-            workers: 8,
+            workers: 32,
             max_queue: 4096,
             state_dir: None,
             database: DatabaseConfig::default(),

@@ -241,8 +241,11 @@ impl Service {
             .arg(self.spec.config_path())
             .args(&self.spec.args)
             .env("NOTIFY_SOCKET", &self.notify_path)
-            // The log is a file: no terminal colour codes in it.
+            // The log is a file: no terminal colour codes in it; and an
+            // `anyhow` backtrace (RUST_BACKTRACE=1 inherited) would push the
+            // error itself out of the tail shown when a start fails.
             .env("NO_COLOR", "1")
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)

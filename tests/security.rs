@@ -401,7 +401,10 @@ fn nobody_gets_in_who_does_not_belong() {
         let t = Instant::now();
         let result = Service::start(bad.storage_spec().unwrap());
         match result {
-            Err(LaunchError::Exited { tail, .. }) => {
+            Err(LaunchError::Exited { tail, log, .. }) => {
+                // The whole log: with RUST_BACKTRACE set the message is
+                // followed by more lines than the tail holds.
+                let tail = std::fs::read_to_string(&log).unwrap_or(tail);
                 assert!(
                     tail.contains("refused the application role's credentials"),
                     "{tag}: unclear error:\n{tail}"

@@ -43,7 +43,8 @@ const CALENTAMIENTO: Duration = Duration::from_secs(3);
 pub enum BenchError {
     #[error("database cluster: {0}")]
     Cluster(#[from] ClusterError),
-    #[error("services: {0}")]
+    /// `cargo run --bin biblioteca-bench` builds only the bench itself.
+    #[error("services: {0} (build them first: cargo build --release --bins)")]
     Launch(#[from] LaunchError),
     #[error("seeding the catalogue: {0}")]
     Storage(#[from] crate::storage::StorageError),
@@ -227,7 +228,11 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         let fila = Fila {
             almacenamiento,
             clientes: n,
-            ratio: if pgb.tps > 0.0 { nuestro.rps / pgb.tps } else { 0.0 },
+            ratio: if pgb.tps > 0.0 {
+                nuestro.rps / pgb.tps
+            } else {
+                0.0
+            },
             pgbench: pgb,
             nuestro,
         };
@@ -273,7 +278,10 @@ fn memoria(stack: &Stack) -> Vec<Memoria> {
         .into_iter()
         .filter_map(|(servicio, pid)| {
             let vm_hwm_kb = maquina::vm_hwm_kb(pid?)?;
-            Some(Memoria { servicio, vm_hwm_kb })
+            Some(Memoria {
+                servicio,
+                vm_hwm_kb,
+            })
         })
         .collect()
 }
@@ -300,7 +308,12 @@ impl Medidor<'_> {
         Ok(())
     }
 
-    fn pgbench(&self, clientes: usize, d: Duration, run: u32) -> Result<pgbench::Resultado, BenchError> {
+    fn pgbench(
+        &self,
+        clientes: usize,
+        d: Duration,
+        run: u32,
+    ) -> Result<pgbench::Resultado, BenchError> {
         let p = self.cluster.primary();
         let r = pgbench::Corrida {
             pg: &p.pg,

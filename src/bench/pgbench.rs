@@ -280,7 +280,11 @@ tps = 2061.593190 (without initial connection time)
         // The script's check-digit expression, evaluated the same way.
         let c = |n: u64| {
             (10 - (39
-                + 3 * ((n / 100000000) % 10 + (n / 1000000) % 10 + (n / 10000) % 10 + (n / 100) % 10 + n % 10)
+                + 3 * ((n / 100000000) % 10
+                    + (n / 1000000) % 10
+                    + (n / 10000) % 10
+                    + (n / 100) % 10
+                    + n % 10)
                 + (n / 10000000) % 10
                 + (n / 100000) % 10
                 + (n / 1000) % 10

@@ -112,7 +112,11 @@ pub fn tabla(r: &Reporte) -> String {
                     a.p50_ms,
                     a.p99_ms,
                     a.fallos,
-                    if f.pgbench.tps > 0.0 { a.rps / f.pgbench.tps } else { 0.0 }
+                    if f.pgbench.tps > 0.0 {
+                        a.rps / f.pgbench.tps
+                    } else {
+                        0.0
+                    }
                 ));
             }
         }
@@ -160,7 +164,11 @@ mod tests {
 
     #[test]
     fn targets() {
-        let filas = [fila(10, 1000.0, 900.0, 9.0), fila(16, 1000.0, 690.0, 12.0), fila(64, 1000.0, 650.0, 30.0)];
+        let filas = [
+            fila(10, 1000.0, 900.0, 9.0),
+            fila(16, 1000.0, 690.0, 12.0),
+            fila(64, 1000.0, 650.0, 30.0),
+        ];
         let mem = [Memoria {
             servicio: "carga".into(),
             vm_hwm_kb: 12_000,

@@ -332,8 +332,8 @@ fn fence_old_primary(
 }
 
 /// Creates `eventos_failover` when the storage migrations have not, owned
-/// by the database's owner (the application role) so the storage manager
-/// can write to it as well.
+/// by the database's owner like the migrated tables (a later `migrate`
+/// grants the application role its rows).
 fn ensure_events_table(c: &mut postgres::Client, node: &str) -> Result<()> {
     let exists: bool = c
         .query_one("SELECT to_regclass('eventos_failover') IS NOT NULL", &[])

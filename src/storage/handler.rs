@@ -149,6 +149,15 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
                     shared.request_recheck();
                     return unavailable(op, Some(&id), "the write node is read-only");
                 }
+                // A pooled connection the server closed (restart, idle
+                // kill) is not tested on checkout, to save a round trip per
+                // request: r2d2 discards it, and the retry takes a fresh
+                // one. Safe even if the commit went through: the id is
+                // stored in that same transaction.
+                Failure::Unavailable { .. } if e.is_closed() && attempt < ATTEMPTS => {
+                    last = e.to_string();
+                    tracing::debug!(id, attempt, "connection was closed; retrying on a fresh one");
+                }
                 Failure::Unavailable { node_down } => {
                     if node_down {
                         shared.request_recheck();

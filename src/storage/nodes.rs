@@ -160,7 +160,8 @@ impl Backend {
                 .max_size(db.pool_size)
                 .min_idle(Some(0))
                 .connection_timeout(connect_timeout(db))
-                .test_on_check_out(true)
+                // Checked by the write path instead (see handler::write).
+                .test_on_check_out(false)
                 .error_handler(Box::new(QuietErrors))
                 .connection_customizer(Box::new(SessionSettings {
                     statement_timeout_ms: db.statement_timeout_ms,

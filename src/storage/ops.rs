@@ -70,7 +70,12 @@ pub fn apply_write(
     let claimed = tx.query_typed_opt(
         "INSERT INTO solicitudes (id, operacion, isbn, usuario) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO NOTHING RETURNING id",
-        &[(&id, Type::TEXT), (&op, Type::TEXT), (&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
+        &[
+            (&id, Type::TEXT),
+            (&op, Type::TEXT),
+            (&p.isbn, Type::TEXT),
+            (&p.usuario, Type::TEXT),
+        ],
     )?;
     if claimed.is_none() {
         let row = tx.query_opt(

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use biblioteca::client::pirate::Client;
-use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, Node, StopMode};
+use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, Node};
 use biblioteca::config::ClientConfig;
 use biblioteca::launch::{find_binary, port_in_use};
 use biblioteca::protocol::{Operacion, Peticion, Respuesta};
