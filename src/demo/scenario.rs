@@ -104,7 +104,11 @@ impl Requester {
             None => Err(self.error.clone()),
         };
         result.unwrap_or_else(|e| {
-            Respuesta::error(operacion.as_str(), CodigoError::ServicioNoDisponible, format!("no reply: {e}"))
+            Respuesta::error(
+                operacion.as_str(),
+                CodigoError::ServicioNoDisponible,
+                format!("no reply: {e}"),
+            )
         })
     }
 }
@@ -162,7 +166,11 @@ pub fn run(demo: &Demo) -> Report {
     part4(&mut n, (&endpoint, curve), primary, standby);
     super::failover::run(&mut n, demo);
     let r = n.report();
-    println!("\nScenario: {} of {} checks held.", r.total - r.failed, r.total);
+    println!(
+        "\nScenario: {} of {} checks held.",
+        r.total - r.failed,
+        r.total
+    );
     r
 }
 
@@ -175,44 +183,99 @@ fn part2(n: &mut Narrator, req: &mut Requester, primary: &Node, standby: &Node) 
         GUIDE_ISBNS.join("','")
     );
     let books = sql(primary, &list);
-    n.check("2.2", "the guide's 4 books are in `libros`", books == "4", format!("{books} of 4 found"));
+    n.check(
+        "2.2",
+        "the guide's 4 books are in `libros`",
+        books == "4",
+        format!("{books} of 4 found"),
+    );
 
     let r = req.send(Operacion::Consulta, isbn, "");
     let titled = r.datos.get("titulo").and_then(Value::as_str).is_some();
-    n.check("2.3", &format!("consulta {isbn} answers with the title"), r.exito && titled, describe(&r));
+    n.check(
+        "2.3",
+        &format!("consulta {isbn} answers with the title"),
+        r.exito && titled,
+        describe(&r),
+    );
 
     let before = int(primary, &stock_query(isbn));
     let r = req.send(Operacion::Prestamo, isbn, user);
-    n.check("2.4", &format!("prestamo {isbn} for {user}"), r.exito, describe(&r));
+    n.check(
+        "2.4",
+        &format!("prestamo {isbn} for {user}"),
+        r.exito,
+        describe(&r),
+    );
     let loan = format!("SELECT estado FROM prestamos WHERE usuario='{user}' AND isbn='{isbn}' ORDER BY id DESC LIMIT 1");
     let estado = sql(primary, &loan);
-    n.check("2.4", "the loan is ACTIVO on the primary", estado == "ACTIVO", format!("estado = {estado}"));
+    n.check(
+        "2.4",
+        "the loan is ACTIVO on the primary",
+        estado == "ACTIVO",
+        format!("estado = {estado}"),
+    );
     let after = int(primary, &stock_query(isbn));
     let decremented = matches!((before, after), (Some(b), Some(a)) if a == b - 1);
-    n.check("2.4", "ejemplares decremented by 1", decremented, format!("{before:?} -> {after:?}"));
+    n.check(
+        "2.4",
+        "ejemplares decremented by 1",
+        decremented,
+        format!("{before:?} -> {after:?}"),
+    );
 
     let (ok, got, took) = eventually(standby, &loan, "ACTIVO", Duration::from_secs(3));
-    n.check("2.5", "the loan is on the standby within 3 s", ok, format!("estado = {got:?} after {} ms", took.as_millis()));
+    n.check(
+        "2.5",
+        "the loan is on the standby within 3 s",
+        ok,
+        format!("estado = {got:?} after {} ms", took.as_millis()),
+    );
 
     let renewals = format!("SELECT renovaciones FROM prestamos WHERE usuario='{user}' AND isbn='{isbn}' AND estado='ACTIVO'");
     for (step, count) in [("2.6", "1"), ("2.7", "2")] {
         let r = req.send(Operacion::Renovacion, isbn, user);
         n.check(step, "renovacion", r.exito, describe(&r));
         let got = sql(primary, &renewals);
-        n.check(step, &format!("renovaciones is {count}"), got == count, format!("renovaciones = {got}"));
+        n.check(
+            step,
+            &format!("renovaciones is {count}"),
+            got == count,
+            format!("renovaciones = {got}"),
+        );
     }
     let r = req.send(Operacion::Renovacion, isbn, user);
     let limited = !r.exito && r.error == Some(CodigoError::LimiteRenovaciones);
-    n.check("2.8", "a third renovacion is refused with LimiteRenovaciones", limited, describe(&r));
+    n.check(
+        "2.8",
+        "a third renovacion is refused with LimiteRenovaciones",
+        limited,
+        describe(&r),
+    );
     let got = sql(primary, &renewals);
-    n.check("2.8", "renovaciones stays 2", got == "2", format!("renovaciones = {got}"));
+    n.check(
+        "2.8",
+        "renovaciones stays 2",
+        got == "2",
+        format!("renovaciones = {got}"),
+    );
 
     let r = req.send(Operacion::Devolucion, isbn, user);
     n.check("2.9", "devolucion", r.exito, describe(&r));
     let estado = sql(primary, &loan);
-    n.check("2.9", "the loan is DEVUELTO", estado == "DEVUELTO", format!("estado = {estado}"));
+    n.check(
+        "2.9",
+        "the loan is DEVUELTO",
+        estado == "DEVUELTO",
+        format!("estado = {estado}"),
+    );
     let restored = int(primary, &stock_query(isbn));
-    n.check("2.9", "ejemplares restored", restored == before, format!("{before:?} -> {restored:?}"));
+    n.check(
+        "2.9",
+        "ejemplares restored",
+        restored == before,
+        format!("{before:?} -> {restored:?}"),
+    );
 }
 
 fn part3(n: &mut Narrator, primary: &Node, standby: &Node, asynchronous: bool) {
@@ -221,14 +284,28 @@ fn part3(n: &mut Narrator, primary: &Node, standby: &Node, asynchronous: bool) {
         primary,
         "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication",
     );
-    let want = if asynchronous { "standby streaming async" } else { "standby streaming sync" };
-    n.check("3.2", "the standby streams from the primary", rep == want, format!("pg_stat_replication: {rep}"));
+    let want = if asynchronous {
+        "standby streaming async"
+    } else {
+        "standby streaming sync"
+    };
+    n.check(
+        "3.2",
+        "the standby streams from the primary",
+        rep == want,
+        format!("pg_stat_replication: {rep}"),
+    );
     let lag = sql(
         standby,
         "SELECT COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)::numeric(10,3)",
     );
     let small = lag.parse::<f64>().map(|l| l < 3.0).unwrap_or(false);
-    n.check("3.3", "replication lag under 3 s", small, format!("{lag} s"));
+    n.check(
+        "3.3",
+        "replication lag under 3 s",
+        small,
+        format!("{lag} s"),
+    );
 }
 
 fn part4(
@@ -250,10 +327,25 @@ fn part4(
             println!("        usuario_carga_{i}: {}", describe(&r));
         }
     }
-    n.check("4.1", "10 loans acknowledged", ok == 10, format!("{ok} of 10 exito"));
+    n.check(
+        "4.1",
+        "10 loans acknowledged",
+        ok == 10,
+        format!("{ok} of 10 exito"),
+    );
     let count = "SELECT COUNT(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%'";
     let got = sql(primary, count);
-    n.check("4.2", "10 loans on the primary", got == "10", format!("count = {got}"));
+    n.check(
+        "4.2",
+        "10 loans on the primary",
+        got == "10",
+        format!("count = {got}"),
+    );
     let (same, got, took) = eventually(standby, count, "10", Duration::from_secs(5));
-    n.check("4.3", "the same 10 loans on the standby", same, format!("count = {got} after {} ms", took.as_millis()));
+    n.check(
+        "4.3",
+        "the same 10 loans on the standby",
+        same,
+        format!("count = {got} after {} ms", took.as_millis()),
+    );
 }

@@ -132,6 +132,10 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
                     .with_id(Some(id))
                     .to_bytes()
             }
+            Err(TxError::Unexpected(why)) => {
+                tracing::error!(id, node = %node.cfg.name, error = %why, "write function answered something unexpected");
+                return unavailable(op, Some(&id), "unexpected answer from the database");
+            }
             Err(TxError::Fenced(why)) => {
                 backend.demote(idx, &why, why.contains("timeline"));
                 shared.request_recheck();

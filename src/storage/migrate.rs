@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "eventos_failover",
         sql: include_str!("migrations/0003_eventos_failover.sql"),
     },
+    Migration {
+        version: 4,
+        name: "funciones_escritura",
+        sql: include_str!("migrations/0004_funciones_escritura.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

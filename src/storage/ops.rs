@@ -1,27 +1,28 @@
 //! The SQL of every operation, each write in ONE transaction together with its
 //! request id.
 //!
-//! [`apply_write`] first claims the request id in `solicitudes` (`INSERT .. ON
-//! CONFLICT DO NOTHING`, which waits for a concurrent transaction holding the
-//! same id); when the id is already there the stored reply is returned and
-//! nothing changes. Otherwise the operation runs and its reply (success or a
-//! definitive business error) is stored under the id before the commit, so an
-//! outcome exists exactly when its effect does. Locks are always taken in the
-//! order solicitudes → libros → prestamos so concurrent requests cannot deadlock.
-//!
-//! The hot loan/return path uses the `*_typed` calls: parameter types given
-//! up front let each statement go out as ONE round trip (Parse, Bind, Execute,
-//! Sync together) instead of a prepare round trip followed by an execute one;
-//! under synchronous replication round trips are most of a request's cost
-//! (see docs/benchmark.md).
+//! A write is one call of its PL/pgSQL function (`biblioteca_prestamo`,
+//! `biblioteca_devolucion`, `biblioteca_renovacion`; migration 0004) in
+//! autocommit, i.e. ONE round trip: under synchronous replication round
+//! trips were most of a request's cost (see docs/benchmark.md). The function
+//! checks that the node may take writes (not in recovery, timeline not older
+//! than the newest seen), then claims the request id in `solicitudes`
+//! (`INSERT .. ON CONFLICT DO NOTHING`, which waits for a concurrent
+//! transaction holding the same id); when the id is already there the stored
+//! reply comes back and nothing changes. Otherwise the operation runs and its
+//! reply (success or a definitive business error) is stored under the id in
+//! the same transaction, so an outcome exists exactly when its effect does.
+//! Locks are always taken in the order solicitudes → libros → prestamos so
+//! concurrent requests cannot deadlock.
 
-use postgres::types::Type;
-use postgres::{GenericClient, Transaction};
-use serde_json::json;
+use postgres::types::{ToSql, Type};
+use postgres::GenericClient;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
-/// Loan period and renewal rules.
+/// Loan period and renewal rules, passed to the write functions.
 const DIAS_PRESTAMO: i32 = 14;
 const DIAS_RENOVACION: i32 = 7;
 const MAX_RENOVACIONES: i32 = 2;
@@ -37,24 +38,27 @@ pub enum TxError {
     /// The id was used before for a different request.
     #[error("{0}")]
     IdReused(String),
+    /// The write function answered something this binary cannot read (a
+    /// schema from another version); nothing to retry on this node.
+    #[error("unexpected answer from the database: {0}")]
+    Unexpected(String),
 }
 
-/// `(in_recovery, timeline)` checked inside every write transaction, so a
-/// node that became unfit since the last probe never receives a write.
-fn check_writable(tx: &mut Transaction<'_>, newest_timeline: u32) -> Result<u32, TxError> {
-    let row = tx.query_typed_one(super::nodes::PROBE_SQL, &[])?;
-    let in_recovery: bool = row.get(0);
-    let timeline: i32 = row.get(1);
-    let timeline = u32::try_from(timeline).unwrap_or(0);
-    if in_recovery {
-        return Err(TxError::Fenced("node is in recovery".into()));
-    }
-    if timeline < newest_timeline {
-        return Err(TxError::Fenced(format!(
-            "node is on timeline {timeline}, older than the newest seen ({newest_timeline})"
-        )));
-    }
-    Ok(timeline)
+/// The envelope every write function returns (see migration 0004).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "resultado", rename_all = "lowercase")]
+enum Salida {
+    /// Applied now; `respuesta` is stored under the id.
+    Aplicada { respuesta: Value },
+    /// The id was claimed before: what it was used for, and its reply.
+    Repetida {
+        operacion: String,
+        isbn: String,
+        usuario: String,
+        respuesta: Option<Value>,
+    },
+    /// The node must not take writes.
+    Cercada { motivo: String },
 }
 
 /// Runs one write request exactly once under `id`; returns the reply bytes.
@@ -65,60 +69,72 @@ pub fn apply_write(
     newest_timeline: u32,
 ) -> Result<Vec<u8>, TxError> {
     let op = p.operacion.as_str();
-    let mut tx = client.transaction()?;
-    check_writable(&mut tx, newest_timeline)?;
-    let claimed = tx.query_typed_opt(
-        "INSERT INTO solicitudes (id, operacion, isbn, usuario) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (id) DO NOTHING RETURNING id",
-        &[
-            (&id, Type::TEXT),
-            (&op, Type::TEXT),
-            (&p.isbn, Type::TEXT),
-            (&p.usuario, Type::TEXT),
-        ],
-    )?;
-    if claimed.is_none() {
-        let row = tx.query_opt(
-            "SELECT operacion, isbn, usuario, respuesta::text FROM solicitudes WHERE id = $1",
-            &[&id],
-        )?;
-        tx.rollback()?;
-        let Some(row) = row else {
-            return Err(TxError::Fenced(format!(
-                "request id {id} vanished while being read"
-            )));
-        };
-        let (s_op, s_isbn, s_usuario): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        if s_op != op || s_isbn != p.isbn || s_usuario != p.usuario {
-            return Err(TxError::IdReused(format!(
-                "id {id:?} was already used for {s_op} of {s_isbn} by {s_usuario}; use a new id for a different request"
-            )));
+    // A timeline beyond i32 cannot exist; saturating keeps the check strict.
+    let timeline = i32::try_from(newest_timeline).unwrap_or(i32::MAX);
+    let comunes: [(&(dyn ToSql + Sync), Type); 4] = [
+        (&id, Type::TEXT),
+        (&p.isbn, Type::TEXT),
+        (&p.usuario, Type::TEXT),
+        (&timeline, Type::INT4),
+    ];
+    let (sql, extra): (&str, &[(&(dyn ToSql + Sync), Type)]) = match p.operacion {
+        Operacion::Prestamo => (
+            "SELECT biblioteca_prestamo($1, $2, $3, $4, $5)::text",
+            &[(&DIAS_PRESTAMO, Type::INT4)],
+        ),
+        Operacion::Devolucion => ("SELECT biblioteca_devolucion($1, $2, $3, $4)::text", &[]),
+        Operacion::Renovacion => (
+            "SELECT biblioteca_renovacion($1, $2, $3, $4, $5, $6)::text",
+            &[
+                (&DIAS_RENOVACION, Type::INT4),
+                (&MAX_RENOVACIONES, Type::INT4),
+            ],
+        ),
+        // Not a write; the handler never sends it here, but answering it is
+        // cheap and keeps this function total.
+        Operacion::Consulta => {
+            return Ok(consulta(client, p)?.with_id(Some(id.to_string())).to_bytes())
         }
-        let stored: Option<String> = row.get(3);
-        tracing::debug!(id, op, "repeated request id: replaying the stored outcome");
-        return Ok(replay(stored.as_deref().unwrap_or("")));
+    };
+    let params: Vec<(&(dyn ToSql + Sync), Type)> =
+        comunes.iter().chain(extra).map(|(v, t)| (*v, t.clone())).collect();
+    // One statement in autocommit: Parse, Bind, Execute and Sync go out
+    // together and the implicit transaction commits at the Sync.
+    let text: String = client.query_typed_one(sql, &params)?.get(0);
+    let salida: Salida =
+        serde_json::from_str(&text).map_err(|e| TxError::Unexpected(format!("{e}: {text}")))?;
+    match salida {
+        Salida::Aplicada { respuesta } => Ok(reply_bytes(respuesta)),
+        Salida::Cercada { motivo } => Err(TxError::Fenced(motivo)),
+        Salida::Repetida {
+            operacion,
+            isbn,
+            usuario,
+            respuesta,
+        } => {
+            if operacion != op || isbn != p.isbn || usuario != p.usuario {
+                return Err(TxError::IdReused(format!(
+                    "id {id:?} was already used for {operacion} of {isbn} by {usuario}; use a new id for a different request"
+                )));
+            }
+            tracing::debug!(id, op, "repeated request id: replaying the stored outcome");
+            Ok(respuesta.map(reply_bytes).unwrap_or_default())
+        }
     }
-    let reply = match p.operacion {
-        Operacion::Prestamo => prestamo(&mut tx, p, id)?,
-        Operacion::Devolucion => devolucion(&mut tx, p)?,
-        Operacion::Renovacion => renovacion(&mut tx, p)?,
-        Operacion::Consulta => consulta(&mut tx, p)?,
-    }
-    .with_id(Some(id.to_string()));
-    let bytes = reply.to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    tx.execute_typed(
-        "UPDATE solicitudes SET respuesta = $2::text::jsonb WHERE id = $1",
-        &[(&id, Type::TEXT), (&text, Type::TEXT)],
-    )?;
-    tx.commit()?;
-    Ok(bytes)
 }
 
-/// The reply stored under an id, re-serialized through [`Respuesta`] so it is
-/// byte-identical to the first reply (jsonb reorders keys; `Respuesta` and
-/// `serde_json::Map`, a sorted map, put them back in one canonical order).
+/// A reply from the database, serialized through [`Respuesta`] so the first
+/// reply and every replay of it are byte-identical (jsonb reorders keys;
+/// `Respuesta` and `serde_json::Map`, a sorted map, put them back in one
+/// canonical order).
+fn reply_bytes(v: Value) -> Vec<u8> {
+    match Respuesta::deserialize(&v) {
+        Ok(r) => r.to_bytes(),
+        Err(_) => serde_json::to_vec(&v).unwrap_or_default(),
+    }
+}
+
+/// A stored reply's text, canonicalized like [`reply_bytes`].
 pub fn replay(stored: &str) -> Vec<u8> {
     match Respuesta::from_bytes(stored.as_bytes()) {
         Ok(r) => r.to_bytes(),
@@ -131,197 +147,19 @@ pub fn stored_reply(
     client: &mut impl GenericClient,
     id: &str,
 ) -> Result<Option<Vec<u8>>, postgres::Error> {
-    let row = client.query_opt(
+    let row = client.query_typed_opt(
         "SELECT respuesta::text FROM solicitudes WHERE id = $1 AND respuesta IS NOT NULL",
-        &[&id],
+        &[(&id, Type::TEXT)],
     )?;
     Ok(row.map(|r| replay(&r.get::<_, String>(0))))
 }
 
-fn err(p: &Peticion, codigo: CodigoError, mensaje: String) -> Respuesta {
-    Respuesta::error(p.operacion.as_str(), codigo, mensaje)
-}
-
 fn libro_no_encontrado(p: &Peticion) -> Respuesta {
-    err(
-        p,
+    Respuesta::error(
+        p.operacion.as_str(),
         CodigoError::LibroNoEncontrado,
         format!("no book with isbn {} in the catalogue", p.isbn),
     )
-}
-
-fn prestamo(
-    tx: &mut Transaction<'_>,
-    p: &Peticion,
-    id: &str,
-) -> Result<Respuesta, postgres::Error> {
-    let Some(libro) = tx.query_typed_opt(
-        "SELECT titulo, ejemplares FROM libros WHERE isbn = $1 FOR UPDATE",
-        &[(&p.isbn, Type::TEXT)],
-    )?
-    else {
-        return Ok(libro_no_encontrado(p));
-    };
-    let titulo: String = libro.get(0);
-    let ejemplares: i32 = libro.get(1);
-    let activo = tx.query_typed_opt(
-        "SELECT id FROM prestamos WHERE isbn = $1 AND usuario = $2 AND estado = 'ACTIVO'",
-        &[(&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
-    )?;
-    if activo.is_some() {
-        return Ok(err(
-            p,
-            CodigoError::PrestamoActivo,
-            format!("{} already has '{titulo}' ({}) on loan", p.usuario, p.isbn),
-        ));
-    }
-    if ejemplares <= 0 {
-        return Ok(err(
-            p,
-            CodigoError::SinEjemplaresDisponibles,
-            format!("no copies of '{titulo}' ({}) are available", p.isbn),
-        ));
-    }
-    let quedan: i32 = tx
-        .query_typed_one(
-            "UPDATE libros SET ejemplares = ejemplares - 1 WHERE isbn = $1 RETURNING ejemplares",
-            &[(&p.isbn, Type::TEXT)],
-        )?
-        .get(0);
-    let row = tx.query_typed_one(
-        "INSERT INTO prestamos (isbn, usuario, fecha_prestamo, fecha_devolucion, estado, renovaciones, solicitud) \
-         VALUES ($1, $2, now(), CURRENT_DATE + $3::int, 'ACTIVO', 0, $4) \
-         RETURNING id, to_char(fecha_devolucion, 'YYYY-MM-DD')",
-        &[
-            (&p.isbn, Type::TEXT),
-            (&p.usuario, Type::TEXT),
-            (&DIAS_PRESTAMO, Type::INT4),
-            (&id, Type::TEXT),
-        ],
-    )?;
-    let prestamo_id: i32 = row.get(0);
-    let fecha: String = row.get(1);
-    Ok(Respuesta::ok(
-        p.operacion.as_str(),
-        format!(
-            "loan registered: '{titulo}' for {} until {fecha} ({quedan} copies left)",
-            p.usuario
-        ),
-        json!({
-            "isbn": p.isbn,
-            "usuario": p.usuario,
-            "titulo": titulo,
-            "fecha_devolucion": fecha,
-            "ejemplares_disponibles": quedan,
-            "prestamo_id": prestamo_id,
-        }),
-    ))
-}
-
-fn devolucion(tx: &mut Transaction<'_>, p: &Peticion) -> Result<Respuesta, postgres::Error> {
-    let Some(libro) = tx.query_typed_opt(
-        "SELECT titulo FROM libros WHERE isbn = $1 FOR UPDATE",
-        &[(&p.isbn, Type::TEXT)],
-    )?
-    else {
-        return Ok(libro_no_encontrado(p));
-    };
-    let titulo: String = libro.get(0);
-    let Some(prestamo) = tx.query_typed_opt(
-        "SELECT id FROM prestamos WHERE isbn = $1 AND usuario = $2 AND estado = 'ACTIVO' FOR UPDATE",
-        &[(&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
-    )?
-    else {
-        return Ok(sin_prestamo(p, &titulo));
-    };
-    let prestamo_id: i32 = prestamo.get(0);
-    tx.execute_typed(
-        "UPDATE prestamos SET estado = 'DEVUELTO', fecha_entrega = now() WHERE id = $1",
-        &[(&prestamo_id, Type::INT4)],
-    )?;
-    let quedan: i32 = tx
-        .query_typed_one(
-            "UPDATE libros SET ejemplares = ejemplares + 1 WHERE isbn = $1 RETURNING ejemplares",
-            &[(&p.isbn, Type::TEXT)],
-        )?
-        .get(0);
-    Ok(Respuesta::ok(
-        p.operacion.as_str(),
-        format!(
-            "return registered: '{titulo}' from {} ({quedan} copies available)",
-            p.usuario
-        ),
-        json!({
-            "isbn": p.isbn,
-            "usuario": p.usuario,
-            "titulo": titulo,
-            "prestamo_id": prestamo_id,
-            "ejemplares_disponibles": quedan,
-        }),
-    ))
-}
-
-fn sin_prestamo(p: &Peticion, titulo: &str) -> Respuesta {
-    err(
-        p,
-        CodigoError::PrestamoNoEncontrado,
-        format!(
-            "{} has no active loan of '{titulo}' ({})",
-            p.usuario, p.isbn
-        ),
-    )
-}
-
-fn renovacion(tx: &mut Transaction<'_>, p: &Peticion) -> Result<Respuesta, postgres::Error> {
-    let Some(libro) = tx.query_opt("SELECT titulo FROM libros WHERE isbn = $1", &[&p.isbn])? else {
-        return Ok(libro_no_encontrado(p));
-    };
-    let titulo: String = libro.get(0);
-    let Some(prestamo) = tx.query_opt(
-        "SELECT id, renovaciones, to_char(fecha_devolucion, 'YYYY-MM-DD') FROM prestamos \
-         WHERE isbn = $1 AND usuario = $2 AND estado = 'ACTIVO' FOR UPDATE",
-        &[&p.isbn, &p.usuario],
-    )?
-    else {
-        return Ok(sin_prestamo(p, &titulo));
-    };
-    let prestamo_id: i32 = prestamo.get(0);
-    let renovaciones: i32 = prestamo.get(1);
-    if renovaciones >= MAX_RENOVACIONES {
-        let fecha: String = prestamo.get(2);
-        return Ok(err(
-            p,
-            CodigoError::LimiteRenovaciones,
-            format!(
-                "the loan of '{titulo}' to {} was already renewed {renovaciones} times (the maximum); it is due {fecha}",
-                p.usuario
-            ),
-        ));
-    }
-    let row = tx.query_one(
-        "UPDATE prestamos SET fecha_devolucion = fecha_devolucion + $2::int, renovaciones = renovaciones + 1 \
-         WHERE id = $1 RETURNING to_char(fecha_devolucion, 'YYYY-MM-DD'), renovaciones",
-        &[&prestamo_id, &DIAS_RENOVACION],
-    )?;
-    let fecha: String = row.get(0);
-    let renovaciones: i32 = row.get(1);
-    let restantes = MAX_RENOVACIONES - renovaciones;
-    Ok(Respuesta::ok(
-        p.operacion.as_str(),
-        format!(
-            "loan of '{titulo}' to {} renewed until {fecha} ({restantes} renewals left)",
-            p.usuario
-        ),
-        json!({
-            "isbn": p.isbn,
-            "usuario": p.usuario,
-            "titulo": titulo,
-            "prestamo_id": prestamo_id,
-            "fecha_devolucion": fecha,
-            "renovaciones": renovaciones,
-            "renovaciones_restantes": restantes,
-        }),
-    ))
 }
 
 /// Availability of a book; read-only, runs on any node.
@@ -329,12 +167,12 @@ pub fn consulta(
     client: &mut impl GenericClient,
     p: &Peticion,
 ) -> Result<Respuesta, postgres::Error> {
-    let Some(row) = client.query_opt(
+    let Some(row) = client.query_typed_opt(
         "SELECT l.titulo, l.autor, l.ejemplares, \
                 (SELECT count(*) FROM prestamos WHERE isbn = l.isbn AND estado = 'ACTIVO'), \
                 EXISTS (SELECT 1 FROM prestamos WHERE isbn = l.isbn AND usuario = $2 AND estado = 'ACTIVO') \
          FROM libros l WHERE l.isbn = $1",
-        &[&p.isbn, &p.usuario],
+        &[(&p.isbn, Type::TEXT), (&p.usuario, Type::TEXT)],
     )?
     else {
         return Ok(libro_no_encontrado(p));
@@ -389,5 +227,28 @@ mod tests {
             .with_id(Some("x".into()));
         let text = String::from_utf8(e.to_bytes()).unwrap();
         assert_eq!(replay(&text), e.to_bytes());
+    }
+
+    #[test]
+    fn reads_every_write_function_envelope() {
+        let aplicada: Salida = serde_json::from_str(
+            r#"{"resultado": "aplicada", "respuesta": {"id": "c-1", "error": "PrestamoActivo", "exito": false, "mensaje": "m", "operacion": "prestamo"}}"#,
+        )
+        .unwrap();
+        let Salida::Aplicada { respuesta } = aplicada else {
+            panic!("{aplicada:?}")
+        };
+        let esperada = Respuesta::error("prestamo", CodigoError::PrestamoActivo, "m")
+            .with_id(Some("c-1".into()));
+        assert_eq!(reply_bytes(respuesta), esperada.to_bytes());
+        let repetida: Salida = serde_json::from_str(
+            r#"{"resultado": "repetida", "operacion": "prestamo", "isbn": "i", "usuario": "u", "respuesta": null}"#,
+        )
+        .unwrap();
+        assert!(matches!(repetida, Salida::Repetida { respuesta: None, .. }));
+        let cercada: Salida =
+            serde_json::from_str(r#"{"resultado": "cercada", "motivo": "node is in recovery"}"#)
+                .unwrap();
+        assert!(matches!(cercada, Salida::Cercada { motivo } if motivo.contains("recovery")));
     }
 }
