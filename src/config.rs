@@ -79,6 +79,19 @@ pub fn load<T: DeserializeOwned + Validate + Default>(
     }
 }
 
+/// Reads a secret from a file (a systemd credential, a `*File` option),
+/// without its trailing newline; `None` when no file is configured.
+pub fn read_password_file(path: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
 fn invalid(msg: impl Into<String>) -> Result<(), ConfigError> {
     Err(ConfigError::Invalid(msg.into()))
 }
@@ -165,14 +178,7 @@ impl DatabaseConfig {
 
     /// The password from `password_file`, without its trailing newline.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        read_password_file(self.password_file.as_deref())
     }
 }
 

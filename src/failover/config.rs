@@ -46,14 +46,7 @@ pub struct FailoverNode {
 impl FailoverNode {
     /// The password from `password_file`, without its trailing newline.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        crate::config::read_password_file(self.password_file.as_deref())
     }
 
     /// Whether this host can stop and start the node.

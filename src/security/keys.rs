@@ -209,7 +209,12 @@ pub fn resolve_one(entry: &str) -> Result<PublicKey, SecurityError> {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(), SecurityError> {
+pub(crate) fn write_new(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    overwrite: bool,
+) -> Result<(), SecurityError> {
     if overwrite {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(path)(e)),

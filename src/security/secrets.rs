@@ -4,8 +4,8 @@
 //! so it is never readable by others, not even for a moment. Passwords are
 //! hex (safe in conninfo strings, pgpass lines and shell commands).
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::keys::io;
@@ -26,17 +26,7 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), SecurityError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(path)(e)),
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(text.as_bytes()).map_err(io(path))
+    super::keys::write_new(path, text.as_bytes(), 0o600, true)
 }
 
 /// Whether others than the owner and group may read `path`.
