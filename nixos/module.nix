@@ -8,7 +8,19 @@
 # src/config.rs (CargaConfig, ActorConfig, StorageConfig) and
 # src/failover/config.rs (FailoverConfig). Secrets never enter the Nix store:
 # `*PasswordFile` options name files on the host, handed to the services with
-# LoadCredential=.
+# LoadCredential=; biblioteca-failover (run by root) reads its password file
+# itself.
+#
+# Schema: biblioteca-migrate.service runs `biblioteca-almacenamiento migrate`
+# as the schema owner before every start of the storage manager (which only
+# checks the schema); only it gets the owner's password.
+#
+# CURVE (on by default): each service's secret key is
+# `curve.keyDirectory/NAME.key_secret` on the host (root-only, made with
+# `biblioteca-claves generar NAME --dir DIR`), handed over with LoadCredential=
+# and shown to the service at that same path (BindReadOnlyPaths=%d:DIR), so the
+# TOML path holds inside the unit and for root outside it; public keys are
+# options (Z85 strings or files outside keyDirectory).
 { config, lib, pkgs, ... }:
 
 let
@@ -27,7 +39,14 @@ let
   render = name: value:
     format.generate "${name}.toml" (lib.filterAttrsRecursive (_: v: v != null) value);
 
-  configFiles = lib.mapAttrs render cfg.settings;
+  configFiles = lib.mapAttrs render (cfg.settings // {
+    carga = (curveSettings.carga or { }) // cfg.settings.carga;
+    actor = (curveSettings.actor or { }) // cfg.settings.actor;
+    almacenamiento = (curveSettings.almacenamiento or { }) // cfg.settings.almacenamiento;
+    solicitante = (curveSettings.solicitante or { }) // cfg.settings.solicitante;
+    failover = failoverSettings;
+    migrate = migrateSettings;
+  });
 
   # The port of a `tcp://host:port` endpoint, for the firewall.
   endpointPort = ep: lib.toInt (lib.last (lib.splitString ":" ep));
@@ -54,9 +73,68 @@ let
 
   credentialsDir = unit: "/run/credentials/${unit}.service";
 
+  curve = cfg.curve;
+  keyDir = curve.keyDirectory;
+  secretKey = name: "${keyDir}/${name}.key_secret";
+  # The CURVE credential of a service, and its directory shown at keyDir.
+  curveCredential = name: lib.optionalAttrs curve.enable {
+    LoadCredential = [ "${name}.key_secret:${secretKey name}" ];
+    BindReadOnlyPaths = [ "-%d:${keyDir}" ];
+  };
+  pub = curve.publicKeys;
+
+  # The [curve] sections (src/security/curve.rs) unless settings set one.
+  curveSettings = lib.optionalAttrs curve.enable {
+    almacenamiento.curve = {
+      secret_key_file = secretKey "almacenamiento";
+      allow = lib.optional (pub.carga != null) pub.carga ++ pub.actores ++ pub.operadores;
+    };
+    carga.curve = {
+      secret_key_file = secretKey "carga";
+      clients_allow = pub.clientes;
+      actors_allow = pub.actores;
+      storage_key = pub.almacenamiento;
+    };
+    actor.curve = {
+      secret_key_file = secretKey "actor";
+      carga_key = pub.carga;
+      storage_key = pub.almacenamiento;
+    };
+    solicitante.curve = {
+      secret_key_file = secretKey "cliente";
+      carga_key = pub.carga;
+    };
+    failover.storage.curve = {
+      secret_key_file = secretKey "operador";
+      storage_key = pub.almacenamiento;
+    };
+  };
+
+  # The failover tool's nodes get the admin password file unless they name one.
+  failoverSettings = cfg.settings.failover // {
+    nodes = map
+      (n: lib.optionalAttrs (cfg.components.failover.passwordFile != null)
+        { password_file = cfg.components.failover.passwordFile; } // n)
+      (cfg.settings.failover.nodes or [ ]);
+    storage = (curveSettings.failover.storage or { }) // (cfg.settings.failover.storage or { });
+  };
+
+  # biblioteca-migrate.service's config: the storage manager's nodes, logged
+  # in as the schema owner (a later `user=` wins in a conninfo), with the
+  # owner's password; no [curve], no state_dir, no application password.
+  migrateSettings = {
+    database = (removeAttrs cfg.settings.almacenamiento.database [ "password_file" ]) // {
+      password_file = "${credentialsDir "biblioteca-migrate"}/owner-password";
+      nodes = map
+        (n: n // { conninfo = "${n.conninfo} user=${pgCfg.ownerUser}"; })
+        (cfg.settings.almacenamiento.database.nodes or [ ]);
+    };
+  };
+
   # What the three long-running services share, as in units/. Callers add
   # unit-level settings with mkMerge; `serviceConfig` entries override.
-  serviceBase = { description, exec, serviceConfig ? { } }: {
+  # `key`: the CURVE key pair's name (curveCredential), when it has one.
+  serviceBase = { description, exec, key ? null, serviceConfig ? { } }: {
     inherit description;
     wants = [ "network-online.target" ];
     after = [ "network-online.target" ];
@@ -78,7 +156,7 @@ let
       ConfigurationDirectory = "biblioteca";
       ConfigurationDirectoryMode = "0755";
       LimitNOFILE = 65536;
-    } // serviceConfig;
+    } // lib.optionalAttrs (key != null) (curveCredential key) // serviceConfig;
   };
 
   # psql reads the password file itself (a backquoted `cat`), so the
@@ -91,11 +169,13 @@ let
 
   isPrimary = pgCfg.role == "primary";
 
-  # Only the peer may replicate, only storage managers may log in as the
-  # application role, only failover hosts as the superuser; all with SCRAM.
+  # Only the peer may replicate, only storage manager hosts may log in as the
+  # application role and the schema owner (migrations), only failover hosts
+  # as the superuser (also for replication: rejoin); all with SCRAM.
   hbaLines =
     [ "host replication ${pgCfg.replicationUser} ${cidr pgCfg.peerAddress} scram-sha-256" ]
     ++ map (a: "host ${pgCfg.database} ${pgCfg.user} ${cidr a} scram-sha-256") pgCfg.clientAddresses
+    ++ map (a: "host ${pgCfg.database} ${pgCfg.ownerUser} ${cidr a} scram-sha-256") pgCfg.clientAddresses
     ++ map (a: "host all postgres ${cidr a} scram-sha-256") pgCfg.adminAddresses
     ++ map (a: "host replication postgres ${cidr a} scram-sha-256") pgCfg.adminAddresses;
   pgPort = toString pgCfg.port;
@@ -146,6 +226,18 @@ in
           `biblioteca-actor@OPERATION.service` each.
         '';
       };
+      failover.passwordFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/biblioteca-pg-admin-password";
+        description = ''
+          File with the password of the failover tool's database role (the
+          `postgres` superuser, see
+          {option}`services.biblioteca.postgresql.adminPasswordFile`); set as
+          `password_file` of every node in
+          {option}`services.biblioteca.settings.failover` that names none.
+        '';
+      };
       failover.enable = mkOption {
         type = types.bool;
         default = false;
@@ -171,8 +263,77 @@ in
       '';
     };
 
+    ownerPasswordFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/biblioteca-owner-password";
+      description = ''
+        File holding the password of the schema owner
+        ({option}`services.biblioteca.postgresql.ownerUser`). On the storage
+        manager host it is handed to `biblioteca-migrate.service` alone (the
+        storage manager never gets it); on the database primary it sets the
+        role's password. Read at run time, never copied into the Nix store.
+      '';
+    };
+
+    curve = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          CURVE encryption and authentication on every ZeroMQ endpoint: a
+          `[curve]` section in every service's and the client's config (unless
+          {option}`settings` sets one) and the services' key pairs as
+          credentials. Needs the key pairs in {option}`keyDirectory` and the
+          public keys below.
+        '';
+      };
+
+      keyDirectory = mkOption {
+        type = types.str;
+        default = "/etc/biblioteca/credentials";
+        description = ''
+          Root-only directory on the host with this host's key pairs,
+          `NAME.key_secret` for NAME in almacenamiento (storage manager), carga
+          (load manager), actor (every actor instance), cliente (the client,
+          for root) and operador (`biblioteca-failover`); make them with
+          `biblioteca-claves generar NAME --dir DIR`. Never in the Nix store.
+          Each service sees its own credential at the same path.
+        '';
+      };
+
+      publicKeys = {
+        almacenamiento = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "The storage manager's public key: the Z85 key or a `.key` file (outside keyDirectory).";
+        };
+        carga = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          description = "The load manager's public key (Z85 or a `.key` file).";
+        };
+        actores = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          description = "Public keys of every actor host (Z85, `.key` files or directories of them).";
+        };
+        clientes = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          description = "Public keys allowed on the load manager's front-end (clients).";
+        };
+        operadores = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          description = "Public keys of `biblioteca-failover` operators, allowed on the storage manager.";
+        };
+      };
+    };
+
     settings = {
       carga = settingsOption "carga" { };
+      solicitante = settingsOption "solicitante" { };
       actor = settingsOption "actor" { };
       almacenamiento = settingsOption "almacenamiento" {
         state_dir = mkOption {
@@ -293,6 +454,16 @@ in
         description = "The application role (password: {option}`services.biblioteca.databasePasswordFile`).";
       };
 
+      ownerUser = mkOption {
+        type = types.str;
+        default = "biblioteca_owner";
+        description = ''
+          The role owning {option}`database` and its schema
+          (password: {option}`services.biblioteca.ownerPasswordFile`);
+          `biblioteca-migrate.service` logs in as it.
+        '';
+      };
+
       replicationUser = mkOption {
         type = types.str;
         default = "replicator";
@@ -339,21 +510,50 @@ in
         {
           assertion = lib.all (f: f == null || !lib.hasPrefix builtins.storeDir f) [
             cfg.databasePasswordFile
+            cfg.ownerPasswordFile
+            cfg.components.failover.passwordFile
+            cfg.curve.keyDirectory
             pgCfg.replicationPasswordFile
             pgCfg.adminPasswordFile
           ];
-          message = "services.biblioteca: password files must not be in the Nix store (it is world-readable).";
+          message = "services.biblioteca: password files and curve.keyDirectory must not be in the Nix store (it is world-readable).";
         }
       ];
     })
 
     (mkIf cfg.enable {
+      assertions = [
+        {
+          assertion = !cfg.curve.enable
+            || (pub.almacenamiento != null && pub.carga != null && pub.actores != [ ]);
+          message = ''
+            services.biblioteca.curve is on (the default): set curve.publicKeys.almacenamiento,
+            .carga and .actores (and .clientes, .operadores), or curve.enable = false.
+          '';
+        }
+        {
+          assertion = !cfg.components.almacenamiento.enable
+            || (cfg.ownerPasswordFile != null && cfg.settings.almacenamiento.database ? nodes);
+          message = ''
+            services.biblioteca: the storage manager needs ownerPasswordFile (biblioteca-migrate.service
+            runs the migrations as the schema owner) and settings.almacenamiento.database.nodes.
+          '';
+        }
+      ];
+
       environment.systemPackages = [ cfg.package ];
+
+      # The bind mount target of the services' credentials (see the header).
+      systemd.tmpfiles.rules = mkIf cfg.curve.enable [ "d ${keyDir} 0700 root root - -" ];
 
       environment.etc =
         lib.optionalAttrs cfg.components.carga.enable { "biblioteca/carga.toml".source = configFiles.carga; }
         // lib.optionalAttrs (cfg.components.actores != [ ]) { "biblioteca/actor.toml".source = configFiles.actor; }
-        // lib.optionalAttrs cfg.components.almacenamiento.enable { "biblioteca/almacenamiento.toml".source = configFiles.almacenamiento; }
+        // lib.optionalAttrs cfg.components.almacenamiento.enable {
+          "biblioteca/almacenamiento.toml".source = configFiles.almacenamiento;
+          "biblioteca/migrate.toml".source = configFiles.migrate;
+        }
+        // { "biblioteca/solicitante.toml".source = configFiles.solicitante; }
         // lib.optionalAttrs cfg.components.failover.enable {
           "biblioteca/failover.toml" = {
             source = configFiles.failover;
@@ -386,6 +586,7 @@ in
             (serviceBase {
               description = "biblioteca load manager";
               exec = "${cfg.package}/bin/biblioteca-carga --config /etc/biblioteca/carga.toml";
+              key = "carga";
             })
             {
               wantedBy = [ "biblioteca.target" ];
@@ -401,6 +602,8 @@ in
             (serviceBase {
               description = "biblioteca actor for %i requests";
               exec = "${cfg.package}/bin/biblioteca-actor --config /etc/biblioteca/actor.toml --operacion %i";
+              # One key pair per host, shared by every instance.
+              key = "actor";
             })
             {
               after = [ "biblioteca-carga.service" "biblioteca-almacenamiento.service" ];
@@ -410,7 +613,32 @@ in
         })
 
         (mkIf cfg.components.almacenamiento.enable {
-          # It applies the migrations itself before READY=1.
+          # As units/biblioteca-migrate.service: before every start of the
+          # storage manager, with the owner's password that only it gets.
+          biblioteca-migrate = {
+            description = "biblioteca schema migrations (as the schema owner, before the storage manager)";
+            wants = [ "network-online.target" ];
+            after = [ "network-online.target" ]
+              ++ lib.optionals pg.enable [ "postgresql.service" ]
+              ++ lib.optional (pgCfg.enable && isPrimary) "biblioteca-postgresql-passwords.service";
+            before = [ "biblioteca-almacenamiento.service" ];
+            environment.RUST_LOG = lib.mkDefault "info";
+            restartTriggers = [ configFiles.migrate ];
+            serviceConfig = hardening // {
+              Type = "oneshot";
+              ExecStart = "${cfg.package}/bin/biblioteca-almacenamiento --config /etc/biblioteca/migrate.toml migrate --app-role ${pgCfg.user}";
+              LoadCredential = [ "owner-password:${cfg.ownerPasswordFile}" ];
+              # Migrations wait for each other (advisory lock).
+              TimeoutStartSec = "10min";
+              DynamicUser = true;
+              User = "biblioteca-migrate";
+              Group = "biblioteca-migrate";
+              ConfigurationDirectory = "biblioteca";
+              ConfigurationDirectoryMode = "0755";
+            };
+          };
+
+          # It only checks the schema; biblioteca-migrate runs first.
           biblioteca-almacenamiento = mkMerge [
             (serviceBase {
               description = "biblioteca storage manager";
@@ -423,12 +651,15 @@ in
                 StateDirectory = "biblioteca";
                 StateDirectoryMode = "0700";
                 LoadCredential = lib.optional (cfg.databasePasswordFile != null)
-                  "db-password:${cfg.databasePasswordFile}";
+                  "db-password:${cfg.databasePasswordFile}"
+                ++ (curveCredential "almacenamiento").LoadCredential or [ ];
+                BindReadOnlyPaths = (curveCredential "almacenamiento").BindReadOnlyPaths or [ ];
               };
             })
             {
               wantedBy = [ "biblioteca.target" ];
-              after = lib.optional pg.enable "postgresql.service";
+              wants = [ "biblioteca-migrate.service" ];
+              after = [ "biblioteca-migrate.service" ] ++ lib.optional pg.enable "postgresql.service";
               # A changed config is applied with a reload, not a restart.
               reloadTriggers = [ configFiles.almacenamiento ];
               unitConfig.ReloadPropagatedFrom = "biblioteca.target";
@@ -461,6 +692,10 @@ in
         ensureUsers = mkIf isPrimary [
           {
             name = pgCfg.user;
+            ensureClauses.login = true;
+          }
+          {
+            name = pgCfg.ownerUser;
             ensureClauses.login = true;
           }
           {
@@ -514,6 +749,7 @@ in
               LoadCredential =
                 [ "replication-password:${pgCfg.replicationPasswordFile}" ]
                 ++ lib.optional (cfg.databasePasswordFile != null) "db-password:${cfg.databasePasswordFile}"
+                ++ lib.optional (cfg.ownerPasswordFile != null) "owner-password:${cfg.ownerPasswordFile}"
                 ++ lib.optional (pgCfg.adminPasswordFile != null) "admin-password:${pgCfg.adminPasswordFile}";
               PrivateTmp = true;
               ProtectSystem = "strict";
@@ -534,11 +770,20 @@ in
               if [ -e "$CREDENTIALS_DIRECTORY/db-password" ]; then
                 set_password ${lib.escapeShellArg pgCfg.user} db-password
               fi
+              if [ -e "$CREDENTIALS_DIRECTORY/owner-password" ]; then
+                set_password ${lib.escapeShellArg pgCfg.ownerUser} owner-password
+              fi
               if [ -e "$CREDENTIALS_DIRECTORY/admin-password" ]; then
                 set_password postgres admin-password
               fi
+              # The schema owner owns the database (and whatever the
+              # application role owned in it before: older deployments); the
+              # application role owns nothing and reads replication stats.
               psql -d postgres -q -v ON_ERROR_STOP=1 \
-                -c ${lib.escapeShellArg ''ALTER DATABASE "${pgCfg.database}" OWNER TO "${pgCfg.user}"''}
+                -c ${lib.escapeShellArg ''ALTER DATABASE "${pgCfg.database}" OWNER TO "${pgCfg.ownerUser}"''} \
+                -c ${lib.escapeShellArg ''GRANT pg_monitor TO "${pgCfg.user}"''}
+              psql -d ${lib.escapeShellArg pgCfg.database} -q -v ON_ERROR_STOP=1 \
+                -c ${lib.escapeShellArg ''REASSIGN OWNED BY "${pgCfg.user}" TO "${pgCfg.ownerUser}"''}
             '';
           };
         })

@@ -3,8 +3,9 @@
 #
 #   primary  PostgreSQL primary (synchronous replication to `standby`)
 #   standby  PostgreSQL standby, cloned with pg_basebackup -R at first boot
-#   app      storage manager, load manager, the three actors, the client and
-#            biblioteca-failover
+#   app      storage manager (and biblioteca-migrate.service before it), load
+#            manager, the three actors, the client and biblioteca-failover;
+#            CURVE on (the module's default) with key pairs made at boot
 #
 # Run with `nix build .#checks.x86_64-linux.failover` (or `nix flake check`).
 { module }:
@@ -14,6 +15,7 @@ let
   # reach the services through LoadCredential= like real ones would.
   secrets = {
     db = "app-secret";
+    owner = "owner-secret";
     replication = "replication-secret";
     admin = "admin-secret";
   };
@@ -21,6 +23,7 @@ let
     systemd.tmpfiles.rules = [
       "d /var/lib/secrets 0700 root root - -"
       "f+ /var/lib/secrets/db-password 0400 root root - ${secrets.db}"
+      "f+ /var/lib/secrets/owner-password 0400 root root - ${secrets.owner}"
       "f+ /var/lib/secrets/replication-password 0400 root root - ${secrets.replication}"
       "f+ /var/lib/secrets/admin-password 0400 root root - ${secrets.admin}"
     ];
@@ -31,6 +34,7 @@ let
     virtualisation.memorySize = 1024;
     services.biblioteca = {
       databasePasswordFile = "/var/lib/secrets/db-password";
+      ownerPasswordFile = "/var/lib/secrets/owner-password";
       openFirewall = true;
       postgresql = {
         enable = true;
@@ -46,6 +50,37 @@ let
   };
 
   conninfo = host: user: "host=${host} port=5432 user=${user} dbname=library";
+
+  # Test-only CURVE key pairs, made at boot on the app machine before any
+  # service: secret keys in the module's keyDirectory, public ones where the
+  # options below name them.
+  publicDir = "/var/lib/biblioteca-public";
+  keyNames = [ "almacenamiento" "carga" "actor" "cliente" "operador" ];
+  testKeys = { config, ... }: {
+    systemd.services.biblioteca-test-keys = {
+      description = "Test-only biblioteca CURVE key pairs";
+      wantedBy = [ "multi-user.target" ];
+      before = [ "biblioteca.target" "biblioteca-carga.service" "biblioteca-almacenamiento.service" ]
+        ++ map (op: "biblioteca-actor@${op}.service") config.services.biblioteca.components.actores;
+      requiredBy = [ "biblioteca.target" ];
+      after = [ "systemd-tmpfiles-setup.service" ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+      };
+      script = ''
+        set -eu
+        install -d -m 0755 ${publicDir}
+        for name in ${toString keyNames}; do
+          if [ ! -e ${config.services.biblioteca.curve.keyDirectory}/$name.key_secret ]; then
+            ${config.services.biblioteca.package}/bin/biblioteca-claves generar $name \
+              --dir ${config.services.biblioteca.curve.keyDirectory}
+          fi
+          install -m 0644 ${config.services.biblioteca.curve.keyDirectory}/$name.key ${publicDir}/$name.key
+        done
+      '';
+    };
+  };
 in
 {
   name = "biblioteca-failover";
@@ -55,13 +90,25 @@ in
     standby = dbNode "standby" "primary";
 
     app = { ... }: {
-      imports = [ module secretFiles ];
+      imports = [ module secretFiles testKeys ];
       virtualisation.memorySize = 1024;
       services.biblioteca = {
         enable = true;
         openFirewall = true;
         databasePasswordFile = "/var/lib/secrets/db-password";
-        components.failover.enable = true;
+        ownerPasswordFile = "/var/lib/secrets/owner-password";
+        curve.publicKeys = {
+          almacenamiento = "${publicDir}/almacenamiento.key";
+          carga = "${publicDir}/carga.key";
+          actores = [ "${publicDir}/actor.key" ];
+          clientes = [ "${publicDir}/cliente.key" ];
+          operadores = [ "${publicDir}/operador.key" ];
+        };
+        components.failover = {
+          enable = true;
+          # The superuser's password, as a file the tool reads (password_file).
+          passwordFile = "/var/lib/secrets/admin-password";
+        };
         settings = {
           almacenamiento.database.nodes = [
             {
@@ -76,16 +123,14 @@ in
             }
           ];
           failover = {
-            # The failover tool has no password file option yet: the
-            # test-only superuser password sits in the conninfo.
             nodes = [
               {
                 name = "primary";
-                conninfo = "${conninfo "primary" "postgres"} password=${secrets.admin}";
+                conninfo = conninfo "primary" "postgres";
               }
               {
                 name = "standby";
-                conninfo = "${conninfo "standby" "postgres"} password=${secrets.admin}";
+                conninfo = conninfo "standby" "postgres";
               }
             ];
             storage = {
@@ -111,8 +156,10 @@ in
             "runuser -u postgres -- psql -d library -tAc " + shlex.quote(query)
         ).strip()
 
+    CLIENT = "biblioteca-solicitante --config /etc/biblioteca/solicitante.toml"
+
     def client(*args):
-        return app.succeed("biblioteca-solicitante --json " + " ".join(shlex.quote(a) for a in args))
+        return app.succeed(CLIENT + " --json " + " ".join(shlex.quote(a) for a in args))
 
     start_all()
 
@@ -139,6 +186,20 @@ in
         app.succeed("systemctl reload biblioteca.target")
         app.wait_for_unit("biblioteca-almacenamiento.service")
 
+    with subtest("the schema owner migrated the schema; app owns nothing"):
+        app.succeed("test \"$(systemctl show -p Result --value biblioteca-migrate.service)\" = success")
+        assert sql(primary, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'library'") == "biblioteca_owner"
+        assert sql(primary, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> 'biblioteca_owner'") == "0"
+        app.fail("ls /run/credentials/biblioteca-almacenamiento.service | grep owner")
+
+    with subtest("CURVE everywhere: a client without a key is not answered"):
+        for f in ["carga", "almacenamiento", "actor", "solicitante"]:
+            app.succeed(f"grep -q '^\\[curve\\]' /etc/biblioteca/{f}.toml")
+        app.succeed("grep -q '^\\[storage.curve\\]' /etc/biblioteca/failover.toml")
+        app.fail(f"biblioteca-solicitante --timeout-ms 1500 --retries 1 consulta {ISBN}")
+        # Passwords only in files: none in a config (the store holds them).
+        app.fail("grep -rlE '${secrets.db}|${secrets.owner}|${secrets.admin}' /etc/biblioteca/*.toml")
+
     with subtest("the guide's catalogue is there"):
         primary.wait_until_succeeds(
             "test \"$(runuser -u postgres -- psql -d library -tAc 'SELECT count(*) FROM libros')\" = 4"
@@ -146,7 +207,7 @@ in
         before = int(sql(primary, f"SELECT ejemplares FROM libros WHERE isbn = '{ISBN}'"))
 
     with subtest("consulta, prestamo, replication"):
-        app.wait_until_succeeds(f"biblioteca-solicitante consulta {ISBN}")
+        app.wait_until_succeeds(f"{CLIENT} consulta {ISBN}")
         client("prestamo", ISBN, USER)
         assert sql(primary, f"SELECT estado FROM prestamos WHERE usuario = '{USER}'") == "ACTIVO"
         assert int(sql(primary, f"SELECT ejemplares FROM libros WHERE isbn = '{ISBN}'")) == before - 1
@@ -160,7 +221,7 @@ in
         client("renovacion", ISBN, USER)
         client("renovacion", ISBN, USER)
         assert sql(primary, f"SELECT renovaciones FROM prestamos WHERE usuario = '{USER}'") == "2"
-        status, out = app.execute(f"biblioteca-solicitante --json renovacion {ISBN} {USER}")
+        status, out = app.execute(f"{CLIENT} --json renovacion {ISBN} {USER}")
         assert status == 1, f"third renewal: exit {status}: {out}"
         assert "LimiteRenovaciones" in out, out
 
@@ -194,7 +255,7 @@ in
         assert sql(standby, "SELECT count(*) FROM prestamos") == prestamos
 
     with subtest("a new loan after the failover"):
-        app.wait_until_succeeds("biblioteca-solicitante prestamo 978-0596007126 usuario_post_failover", timeout=60)
+        app.wait_until_succeeds(f"{CLIENT} prestamo 978-0596007126 usuario_post_failover", timeout=60)
         assert sql(standby, "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_failover'") == "ACTIVO"
         app.succeed("systemctl is-active biblioteca-almacenamiento.service")
   '';

@@ -13,6 +13,7 @@
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
 //! (the stored reply of request X, or `SolicitudDesconocida`).
 
+mod conexion;
 mod credentials;
 mod fencing;
 mod handler;

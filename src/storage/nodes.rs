@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
+
+use super::conexion::{Conexion, Manager};
 use serde_json::{json, Value};
 
 use super::fencing::Fencing;
 use super::StorageError;
 use crate::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
 
-pub type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type PgPool = r2d2::Pool<Manager>;
 
 /// Answers `(in_recovery, timeline)` in one round trip. `pg_walfile_name`
 /// names the timeline a primary writes on right after a promotion, before the
@@ -74,8 +76,8 @@ struct SessionSettings {
     statement_timeout_ms: u64,
 }
 
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSettings {
-    fn on_acquire(&self, conn: &mut postgres::Client) -> Result<(), postgres::Error> {
+impl r2d2::CustomizeConnection<Conexion, postgres::Error> for SessionSettings {
+    fn on_acquire(&self, conn: &mut Conexion) -> Result<(), postgres::Error> {
         let ms = self.statement_timeout_ms;
         conn.batch_execute(&format!(
             "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
@@ -155,7 +157,7 @@ impl Backend {
         let mut nodes = Vec::with_capacity(db.nodes.len());
         for n in &db.nodes {
             let pg = pg_config(n, db, password.as_deref())?;
-            let manager = PostgresConnectionManager::new(pg.clone(), NoTls);
+            let manager = Manager(PostgresConnectionManager::new(pg.clone(), NoTls));
             let pool = r2d2::Pool::builder()
                 .max_size(db.pool_size)
                 .min_idle(Some(0))

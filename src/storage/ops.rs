@@ -20,6 +20,7 @@ use postgres::GenericClient;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::conexion::Conexion;
 use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
 /// Loan period and renewal rules, passed to the write functions.
@@ -61,9 +62,31 @@ enum Salida {
     Cercada { motivo: String },
 }
 
+/// The write functions' calls and parameter types (id, isbn, usuario,
+/// newest timeline, then the operation's rules).
+const PRESTAMO: (&str, &[Type]) = (
+    "SELECT biblioteca_prestamo($1, $2, $3, $4, $5)::text",
+    &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4],
+);
+const DEVOLUCION: (&str, &[Type]) = (
+    "SELECT biblioteca_devolucion($1, $2, $3, $4)::text",
+    &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT4],
+);
+const RENOVACION: (&str, &[Type]) = (
+    "SELECT biblioteca_renovacion($1, $2, $3, $4, $5, $6)::text",
+    &[
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+    ],
+);
+
 /// Runs one write request exactly once under `id`; returns the reply bytes.
 pub fn apply_write(
-    client: &mut postgres::Client,
+    conn: &mut Conexion,
     p: &Peticion,
     id: &str,
     newest_timeline: u32,
@@ -71,36 +94,25 @@ pub fn apply_write(
     let op = p.operacion.as_str();
     // A timeline beyond i32 cannot exist; saturating keeps the check strict.
     let timeline = i32::try_from(newest_timeline).unwrap_or(i32::MAX);
-    let comunes: [(&(dyn ToSql + Sync), Type); 4] = [
-        (&id, Type::TEXT),
-        (&p.isbn, Type::TEXT),
-        (&p.usuario, Type::TEXT),
-        (&timeline, Type::INT4),
-    ];
-    let (sql, extra): (&str, &[(&(dyn ToSql + Sync), Type)]) = match p.operacion {
-        Operacion::Prestamo => (
-            "SELECT biblioteca_prestamo($1, $2, $3, $4, $5)::text",
-            &[(&DIAS_PRESTAMO, Type::INT4)],
-        ),
-        Operacion::Devolucion => ("SELECT biblioteca_devolucion($1, $2, $3, $4)::text", &[]),
-        Operacion::Renovacion => (
-            "SELECT biblioteca_renovacion($1, $2, $3, $4, $5, $6)::text",
-            &[
-                (&DIAS_RENOVACION, Type::INT4),
-                (&MAX_RENOVACIONES, Type::INT4),
-            ],
-        ),
+    let comunes: [&(dyn ToSql + Sync); 4] = [&id, &p.isbn, &p.usuario, &timeline];
+    let ((sql, types), extra): (_, &[&(dyn ToSql + Sync)]) = match p.operacion {
+        Operacion::Prestamo => (PRESTAMO, &[&DIAS_PRESTAMO]),
+        Operacion::Devolucion => (DEVOLUCION, &[]),
+        Operacion::Renovacion => (RENOVACION, &[&DIAS_RENOVACION, &MAX_RENOVACIONES]),
         // Not a write; the handler never sends it here, but answering it is
         // cheap and keeps this function total.
         Operacion::Consulta => {
-            return Ok(consulta(client, p)?.with_id(Some(id.to_string())).to_bytes())
+            return Ok(consulta(&mut **conn, p)?
+                .with_id(Some(id.to_string()))
+                .to_bytes())
         }
     };
-    let params: Vec<(&(dyn ToSql + Sync), Type)> =
-        comunes.iter().chain(extra).map(|(v, t)| (*v, t.clone())).collect();
-    // One statement in autocommit: Parse, Bind, Execute and Sync go out
-    // together and the implicit transaction commits at the Sync.
-    let text: String = client.query_typed_one(sql, &params)?.get(0);
+    let params: Vec<&(dyn ToSql + Sync)> = comunes.iter().chain(extra).copied().collect();
+    // One statement in autocommit: Bind, Execute and Sync of a statement
+    // prepared once per connection go out together, and the implicit
+    // transaction commits at the Sync.
+    let stmt = conn.preparada(sql, types)?;
+    let text: String = conn.query_one(&stmt, &params)?.get(0);
     let salida: Salida =
         serde_json::from_str(&text).map_err(|e| TxError::Unexpected(format!("{e}: {text}")))?;
     match salida {

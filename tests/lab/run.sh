@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Lab: deploys biblioteca with the real ansible/site.yml into four
-# systemd-nspawn containers, runs the reference scenario, crashes the primary
-# and fails over with ansible/failover.yml.
+# systemd-nspawn containers (CURVE on, as by default; the schema migrated by
+# biblioteca-migrate.service as biblioteca_owner), runs the reference
+# scenario, crashes the primary, fails over with ansible/failover.yml, checks
+# nothing was lost, restarts and reloads the storage manager on the promoted
+# node.
 #
 #   db1  10.77.0.11  PostgreSQL primary   (db_primary)
 #   db2  10.77.0.12  PostgreSQL standby   (db_standby)
@@ -20,7 +23,8 @@
 # ships community.docker), postgresql-15 on the host and the binaries built:
 #   cargo build --bins && bash tests/lab/run.sh
 # LAB_KEEP=1 leaves the containers running for a look (then run with
-# LAB_CLEAN=1 to remove them). Takes about 3-4 minutes.
+# LAB_CLEAN=1 to remove them). Takes about 4-5 minutes. Each phase prints its
+# duration.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -35,6 +39,14 @@ PASSED=0
 FAILED=0
 
 log() { printf '== %s\n' "$*" >&2; }
+
+# phase NAME: logs how long the previous phase took, then NAME.
+phase() {
+    if [[ -n ${PHASE:-} ]]; then log "phase '$PHASE' took $((SECONDS - PHASE_START))s"; fi
+    PHASE=$1
+    PHASE_START=$SECONDS
+    if [[ -n $PHASE ]]; then log "$PHASE"; fi
+}
 
 # ---------------------------------------------------------------- teardown
 
@@ -68,13 +80,13 @@ fi
 # ---------------------------------------------------------------- checks
 
 check() {
-    local name=$1
+    local name=$1 start=$SECONDS
     shift
     if "$@"; then
-        printf 'PASS %s\n' "$name"
+        printf 'PASS %s (%ss)\n' "$name" $((SECONDS - start))
         PASSED=$((PASSED + 1))
     else
-        printf 'FAIL %s\n' "$name"
+        printf 'FAIL %s (%ss)\n' "$name" $((SECONDS - start))
         FAILED=$((FAILED + 1))
     fi
 }
@@ -121,7 +133,7 @@ prerequisites() {
     if ((${#missing[@]})); then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    for b in carga actor almacenamiento solicitante failover; do
+    for b in carga actor almacenamiento solicitante failover claves; do
         [[ -x $BUILD_DIR/biblioteca-$b ]] || { echo "missing $BUILD_DIR/biblioteca-$b: cargo build --bins"; exit 2; }
     done
 }
@@ -130,7 +142,7 @@ prerequisites() {
 # changes nothing between the two site.yml runs.
 snapshot_binaries() {
     mkdir -p "$LAB/build"
-    cp "$BUILD_DIR"/biblioteca-{carga,actor,almacenamiento,solicitante,failover} "$LAB/build/"
+    cp "$BUILD_DIR"/biblioteca-{carga,actor,almacenamiento,solicitante,failover,claves} "$LAB/build/"
 }
 
 network() {
@@ -212,6 +224,7 @@ inventory() {
     } >"$LAB/inventory.ini"
     cat >"$LAB/secrets.yml" <<'EOF'
 biblioteca_db_password: lab-app-secret
+biblioteca_owner_password: lab-owner-secret
 biblioteca_replication_password: lab-replication-secret
 biblioteca_pg_admin_password: lab-admin-secret
 EOF
@@ -288,6 +301,68 @@ crash_primary() {
 
 promoted() { [[ $(sql db2 "SELECT pg_is_in_recovery()") == f ]]; }
 
+# ---------------------------------------------------------------- security
+
+# Every service and client config has a [curve] section, the services say so
+# in their logs, and a client without a key gets no answer at all.
+curve_everywhere() {
+    local missing
+    missing=$(on app "grep -L '^\[curve\]' /etc/biblioteca/almacenamiento.toml /etc/biblioteca/carga.toml" ;
+        on act "grep -L '^\[curve\]' /etc/biblioteca/actor.toml /etc/biblioteca/solicitante.toml")
+    [[ -z $missing ]] || { echo "no [curve] in: $missing"; return 1; }
+    on app "grep -q '^\[storage.curve\]' /etc/biblioteca/failover.toml" || { echo "failover.toml: no [storage.curve]"; return 1; }
+    on app "journalctl -b -u biblioteca-almacenamiento.service | grep -q 'CURVE on'" &&
+        on app "journalctl -b -u biblioteca-carga.service | grep -q 'CURVE on'" &&
+        on act "journalctl -b -u biblioteca-actor@prestamo.service | grep -q 'CURVE on'" || { echo "a service did not log 'CURVE on'"; return 1; }
+    local rc=0
+    on act "biblioteca-solicitante --endpoint tcp://$NET.21:5555 --timeout-ms 1500 --retries 1 consulta $ISBN" >/dev/null 2>&1 || rc=$?
+    [[ $rc -ne 0 ]] || { echo "a plaintext client was answered"; return 1; }
+}
+
+# Secrets only in root-only files: no password in any TOML, no secret key
+# readable by group or others, the storage manager without the owner's password.
+secrets_in_files_only() {
+    local h found
+    for h in app act; do
+        found=$(on "$h" "grep -rlE 'lab-(app|owner|admin|replication)-secret' /etc/biblioteca/*.toml; find /etc/biblioteca/credentials -type f -name '*.key_secret' -perm /077")
+        [[ -z $found ]] || { echo "$h: exposed: $found"; return 1; }
+    done
+    on app "test \"\$(stat -c %a /etc/biblioteca/credentials)\" = 700" || { echo "credentials dir not 0700"; return 1; }
+    ! on app "ls /run/credentials/biblioteca-almacenamiento.service" | grep -q owner
+}
+
+# The schema belongs to biblioteca_owner, app owns nothing, the migration
+# unit ran (as the owner) and succeeded.
+schema_owned_by_owner() {
+    [[ $(sql db1 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'library'") == biblioteca_owner ]] &&
+        [[ $(sql db1 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) <> 'biblioteca_owner'") == 0 ]] &&
+        [[ $(sql db1 "SELECT count(*) FROM schema_migrations") -ge 3 ]] &&
+        [[ $(on app "systemctl show -p Result --value biblioteca-migrate.service") == success ]] &&
+        on app "journalctl -b -u biblioteca-migrate.service | grep -qE 'applied migrations|schema up to date'"
+}
+
+# A restart of the storage manager runs the migration step again (against the
+# promoted node, found by probing), then the storage manager serves from it.
+restart_after_failover() {
+    local before
+    before=$(on app "systemctl show -p InvocationID --value biblioteca-migrate.service")
+    on app "systemctl restart biblioteca-almacenamiento.service" &&
+        [[ $(on app "systemctl show -p InvocationID --value biblioteca-migrate.service") != "$before" ]] &&
+        [[ $(on app "systemctl show -p Result --value biblioteca-migrate.service") == success ]] &&
+        eventually 30 client consulta 978-0596007126
+}
+
+# systemctl reload reaches the storage manager (ReloadPropagatedFrom=), which
+# re-reads its TOML (CURVE key included) and keeps serving.
+reload_keeps_serving() {
+    local pid
+    pid=$(on app "systemctl show -p MainPID --value biblioteca-almacenamiento.service")
+    on app "systemctl reload biblioteca.target" &&
+        [[ $(on app "systemctl show -p MainPID --value biblioteca-almacenamiento.service") == "$pid" ]] &&
+        on app "systemctl is-active biblioteca-almacenamiento.service" >/dev/null &&
+        eventually 30 client prestamo 978-1491950357 usuario_post_reload
+}
+
 loan_after_failover() {
     eventually 60 client prestamo 978-0596007126 usuario_post_failover &&
         [[ $(sql db2 "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_failover'") == ACTIVO ]] &&
@@ -301,31 +376,41 @@ teardown
 mkdir -p "$LAB"
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 snapshot_binaries
-log "network namespaces and bridge"
+phase "network namespaces and bridge"
 network
 for h in "${HOSTS[@]}"; do rootfs "$h"; boot "$h"; done
-log "booting ${HOSTS[*]}"
+phase "booting ${HOSTS[*]}"
 for h in "${HOSTS[@]}"; do check "$h boots" eventually 60 booted "$h"; done
 inventory
 
-log "ansible-playbook site.yml"
+phase "ansible-playbook site.yml"
 check "site.yml deploys" playbook site.yml site-1
 check "second site.yml run reports changed=0" second_run_changes_nothing
 check "every service active" eventually 60 units_active
 check "primary replicates synchronously to standby" eventually 60 replicating_synchronously
 check "the guide's catalogue is seeded" eventually 30 catalogue
+check "schema owned by biblioteca_owner, migrated by biblioteca-migrate.service" schema_owned_by_owner
+check "CURVE on every endpoint, plaintext client refused" curve_everywhere
+check "secrets only in root-only files and credentials" secrets_in_files_only
+
+phase "scenario"
 check "consulta, prestamo, replication, 2 renewals, refused 3rd, devolucion" loan_flow
 check "ten loans, replicated" ten_loans
 LIBROS=$(sql db1 "SELECT count(*) FROM libros")
 PRESTAMOS=$(sql db1 "SELECT count(*) FROM prestamos")
 
-log "crashing db1 and failing over"
+phase "crashing db1 and failing over"
 crash_primary
 check "failover.yml promotes the standby" playbook failover.yml failover
 check "standby left recovery" eventually 30 promoted
 check "nothing lost ($LIBROS libros, $PRESTAMOS prestamos)" \
     test "$(sql db2 "SELECT count(*) FROM libros")/$(sql db2 "SELECT count(*) FROM prestamos")" = "$LIBROS/$PRESTAMOS"
 check "a new loan after the failover" loan_after_failover
+
+phase "restart and reload on the promoted node"
+check "storage manager restart re-runs the migration step on the promoted node" restart_after_failover
+check "systemctl reload biblioteca.target keeps serving" reload_keeps_serving
+phase ""
 
 echo "lab: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 ]]

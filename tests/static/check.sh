@@ -92,29 +92,35 @@ PATH="$HOME/.cargo/bin:$PATH"
 
 # ---------------------------------------------------------------- units
 
-UNITS=(units/biblioteca.target units/biblioteca-carga.service
-    units/biblioteca-almacenamiento.service units/biblioteca-actor@.service)
+SERVICES=(biblioteca-carga.service biblioteca-almacenamiento.service
+    biblioteca-migrate.service biblioteca-actor@prestamo.service)
 
-# Copies units/ with /usr/local/bin/ pointing at stub executables.
+# Copies units/ (unit files and their .d/ drop-ins) with /usr/local/bin/
+# pointing at stub executables.
 stage_units() {
     mkdir -p "$WORK/units" "$WORK/bin"
-    local bin unit
-    for bin in $(grep -ho '/usr/local/bin/[A-Za-z0-9_-]*' units/* | sort -u); do
+    local bin f rel
+    for bin in $(grep -rho '/usr/local/bin/[A-Za-z0-9_-]*' units | sort -u); do
         printf '#!/bin/sh\nexit 0\n' >"$WORK/bin/${bin##*/}"
         chmod +x "$WORK/bin/${bin##*/}"
     done
-    for unit in units/*; do
-        sed "s#/usr/local/bin/#$WORK/bin/#g" "$unit" >"$WORK/units/${unit##*/}"
-    done
-    # An instance of the template, as `systemctl start` would load it.
+    while IFS= read -r f; do
+        rel=${f#units/}
+        mkdir -p "$WORK/units/$(dirname "$rel")"
+        sed "s#/usr/local/bin/#$WORK/bin/#g" "$f" >"$WORK/units/$rel"
+    done < <(find units -type f)
+    # An instance of the template, as `systemctl start` would load it (the
+    # template's drop-ins apply to it through the search path).
     cp "$WORK/units/biblioteca-actor@.service" "$WORK/units/biblioteca-actor@prestamo.service"
+    find "$WORK/units" -type f | sed "s#^$WORK/units/##" | sort
 }
 
+# verify loads the drop-ins next to each unit (the directory of a unit given
+# by path is on the search path), so curve.conf is verified with its unit.
 verify_units() {
     local out rc
     out=$(cd "$WORK/units" && systemd-analyze verify --man=no ./biblioteca.target \
-        ./biblioteca-carga.service ./biblioteca-almacenamiento.service \
-        ./biblioteca-actor@prestamo.service 2>&1)
+        "${SERVICES[@]/#/./}" 2>&1)
     rc=$?
     printf '%s\n' "$out"
     [[ $rc -eq 0 && -z $out ]]
@@ -123,7 +129,7 @@ verify_units() {
 # Exposure score of each unit, at most SECURITY_THRESHOLD ("OK").
 security_units() {
     local unit score ok=0
-    for unit in biblioteca-carga.service biblioteca-almacenamiento.service biblioteca-actor@prestamo.service; do
+    for unit in "${SERVICES[@]}"; do
         score=$(systemd-analyze security --offline=true --no-pager "$WORK/units/$unit" 2>&1 |
             sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p')
         echo "$unit: ${score:-no score}"
@@ -168,30 +174,68 @@ check "ansible-playbook --syntax-check site.yml failover.yml" \
 check "ansible-lint --offline (profile production)" \
     bash -c 'cd ansible && "$0/bin/ansible-lint" --offline --nocolor -q' "$ANSIBLE_LINT_VENV"
 
-# Renders every template for the example inventory and feeds each TOML to its
-# binary: serde's deny_unknown_fields makes --check-config reject any key that
-# src/config.rs (or src/failover/config.rs) does not know.
+# Renders every template for the example inventory, CURVE on (the default)
+# and off, and feeds each TOML to its binary: serde's deny_unknown_fields
+# makes --check-config reject any key that src/config.rs (or
+# src/failover/config.rs) does not know, and a [curve] section must load.
+# The role's credentials and public-key directories point at $WORK, filled
+# as site.yml would fill them: one key pair per kind, its public key copied
+# to KIND/HOST.key for every host, and the password files.
+INVENTORY_HOSTS=(db1 db2 app1 app2 client1)
+KEY_KINDS=(almacenamiento operador carga actor cliente)
+
 render_configs() {
-    mkdir -p "$WORK/rendered" &&
-        ansible-playbook -i ansible/inventory.example.ini tests/static/render_configs.yml \
-            -e "out=$WORK/rendered" -e @tests/static/render_secrets.yml
+    local mode out
+    for mode in curve plain; do
+        out="$WORK/rendered-$mode"
+        mkdir -p "$out" &&
+            ansible-playbook -i ansible/inventory.example.ini tests/static/render_configs.yml \
+                -e "out=$out" -e @tests/static/render_secrets.yml \
+                -e "biblioteca_credentials_dir=$WORK/credentials" -e "biblioteca_keys_dir=$WORK/claves" \
+                -e "{\"biblioteca_curve\": $([[ $mode == curve ]] && echo true || echo false)}" || return 1
+    done
+}
+
+make_keys() {
+    local kind host
+    mkdir -p "$WORK/credentials" && chmod 0700 "$WORK/credentials" || return 1
+    for kind in "${KEY_KINDS[@]}"; do
+        target/debug/biblioteca-claves generar "$kind" --dir "$WORK/credentials" >/dev/null || return 1
+        mkdir -p "$WORK/claves/$kind"
+        for host in "${INVENTORY_HOSTS[@]}"; do
+            cp "$WORK/credentials/$kind.key" "$WORK/claves/$kind/$host.key"
+        done
+    done
+    for kind in db-password owner-password pg-admin-password; do
+        (umask 077 && echo test-only >"$WORK/credentials/$kind")
+    done
 }
 
 configs_accepted() {
     cargo build --quiet --bins || return 1
-    local f name service bin ok=0 n=0
-    for f in "$WORK"/rendered/*.toml; do
-        name=${f##*/}
-        service=${name%.toml}
+    make_keys || return 1
+    local f name service bin ok=0 n=0 curve=0
+    for f in "$WORK"/rendered-*/*.toml; do
+        name=${f#"$WORK"/rendered-}
+        service=${f##*/}
+        service=${service%.toml}
         service=${service#*.}
+        [[ $service == migrate ]] && service=almacenamiento
         bin=target/debug/biblioteca-$service
         if ! out=$("$bin" --config "$f" --check-config 2>&1); then
             echo "$name rejected by ${bin##*/}: $out"
             ok=1
         fi
+        grep -q '^\[\(storage\.\)\?curve\]' "$f" && curve=$((curve + 1))
         n=$((n + 1))
     done
-    echo "$n configs checked"
+    echo "$n configs checked, $curve with CURVE"
+    # CURVE on: every rendered file but migrate.toml has a [curve] section.
+    local want=$(($(ls "$WORK"/rendered-curve/*.toml | grep -vc '\.migrate\.toml$')))
+    if [[ $curve -ne $want ]]; then
+        echo "expected $want configs with a [curve] section (CURVE on by default), found $curve"
+        ok=1
+    fi
     [[ $n -gt 0 ]] && return $ok
 }
 
@@ -203,8 +247,8 @@ postgres_accepts_templates() {
         dir="$WORK/pg-$host"
         mkdir -p "$dir" && chown postgres "$dir" || return 1
         runuser -u postgres -- "$PG_BIN/initdb" -D "$dir/data" -A trust >/dev/null || return 1
-        cp "$WORK/rendered/$host.biblioteca.conf" "$dir/data/biblioteca.conf"
-        cp "$WORK/rendered/$host.pg_hba.conf" "$dir/data/pg_hba.conf"
+        cp "$WORK/rendered-curve/$host.biblioteca.conf" "$dir/data/biblioteca.conf"
+        cp "$WORK/rendered-curve/$host.pg_hba.conf" "$dir/data/pg_hba.conf"
         echo "include 'biblioteca.conf'" >>"$dir/data/postgresql.conf"
         chown postgres "$dir/data/"*.conf
         # Command-line settings win: no TCP listener, a private socket.
