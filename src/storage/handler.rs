@@ -160,7 +160,11 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
                 // stored in that same transaction.
                 Failure::Unavailable { .. } if e.is_closed() && attempt < ATTEMPTS => {
                     last = e.to_string();
-                    tracing::debug!(id, attempt, "connection was closed; retrying on a fresh one");
+                    tracing::debug!(
+                        id,
+                        attempt,
+                        "connection was closed; retrying on a fresh one"
+                    );
                 }
                 Failure::Unavailable { node_down } => {
                     if node_down {

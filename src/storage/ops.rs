@@ -257,7 +257,13 @@ mod tests {
             r#"{"resultado": "repetida", "operacion": "prestamo", "isbn": "i", "usuario": "u", "respuesta": null}"#,
         )
         .unwrap();
-        assert!(matches!(repetida, Salida::Repetida { respuesta: None, .. }));
+        assert!(matches!(
+            repetida,
+            Salida::Repetida {
+                respuesta: None,
+                ..
+            }
+        ));
         let cercada: Salida =
             serde_json::from_str(r#"{"resultado": "cercada", "motivo": "node is in recovery"}"#)
                 .unwrap();
