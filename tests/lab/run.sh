@@ -179,6 +179,11 @@ rootfs() {
     mkdir -p "$r/etc/postgresql"
     find "$r/etc/systemd/system" -name 'pg_receivewal*' -delete
     for d in bin lib lib64 sbin; do ln -s "usr/$d" "$r/$d"; done
+    # As in Debian's base-files: tmpfiles creates these too, but only when
+    # nothing made /var/run a directory first (PostgreSQL's start can race it,
+    # and its PID file then lands outside /run where systemd never finds it).
+    ln -s ../run "$r/var/run"
+    ln -s ../run/lock "$r/var/lock"
     # ansible installs the binaries into /usr/local/bin: writable, per host.
     mkdir -p "$LAB/$1.usr-local/bin"
 }
