@@ -98,7 +98,8 @@ pub fn grant(tx: &mut postgres::Transaction<'_>, role: &str) -> Result<(), Migra
     let sql = format!(
         "GRANT SELECT, INSERT, UPDATE ON {} TO {role_q}; \
          GRANT USAGE ON SEQUENCE {} TO {role_q}; \
-         GRANT SELECT ON schema_migrations TO {role_q}",
+         GRANT SELECT ON schema_migrations TO {role_q}; \
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role_q}",
         APP_TABLES.join(", "),
         APP_SEQUENCES.join(", ")
     );
@@ -107,7 +108,7 @@ pub fn grant(tx: &mut postgres::Transaction<'_>, role: &str) -> Result<(), Migra
             role: role.to_string(),
             source,
         })?;
-    tracing::info!(role, "row privileges granted");
+    tracing::info!(role, "row and function privileges granted");
     Ok(())
 }
 

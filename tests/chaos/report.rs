@@ -85,14 +85,16 @@ pub fn table(faults: &[Fault], history: &[Entry], resolved: &[Resolution]) -> Ve
         total.add(e, res);
     }
     for (i, f) in faults.iter().enumerate() {
+        // Any definitive reply proves the path works again: a business
+        // refusal is as committed and truthful as a success.
         let first_ok = history
             .iter()
-            .filter(|e| e.start >= f.end && e.ok())
+            .filter(|e| e.start >= f.end && e.definitive())
             .filter(|e| f.affects.map_or(e.op.is_write(), |op| e.op == op))
             .map(|e| e.end)
             .min();
         rows[i + 1].recover = first_ok.map(|t| t.saturating_duration_since(f.end));
-        // From the fault to the first acknowledged request that began after it.
+        // From the fault to the first definitively answered request that began after it.
         rows[i + 1].outage = first_ok.map(|t| t.saturating_duration_since(f.start));
     }
     rows.push(total);
@@ -151,7 +153,7 @@ pub fn render(rows: &[Row]) -> String {
         "acked: definitive reply (success or business error, `biz`); retried: needed more than one try \
          (same id); failed: no definitive reply within the budget, resolved by lookup as applied / \
          not applied; transi: transient replies; tmout: tries without reply; recover: from the \
-         process being back to the end of the first acknowledged request started after that; \
+         process being back to the end of the first definitively answered request started after that; \
          outage: from the fault to that same moment.\n",
     );
     s
