@@ -99,6 +99,7 @@ impl Actor {
     pub(super) fn run(&mut self, shutdown: &Shutdown) -> Result<(), ActorError> {
         let mut drain_until: Option<Instant> = None;
         loop {
+            shutdown.checkin("actor");
             let now = Instant::now();
             if drain_until.is_none() && shutdown.is_triggered() {
                 notify::stopping();

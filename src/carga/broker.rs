@@ -94,6 +94,7 @@ impl Broker {
     pub(super) fn run(&mut self, shutdown: &Shutdown) -> Result<(), CargaError> {
         let mut drain_until: Option<Instant> = None;
         loop {
+            shutdown.checkin("broker");
             let now = Instant::now();
             if drain_until.is_none() && shutdown.is_triggered() {
                 let drain = Duration::from_millis(self.cfg.deadline_ms).min(DRAIN_MAX);

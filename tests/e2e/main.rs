@@ -35,6 +35,11 @@ fn main() {
         },
         &[
             ("sd_notify_ready", outage::sd_notify_ready),
+            ("sd_notify_reload", outage::sd_notify_reload),
+            (
+                "sd_notify_watchdog_and_stop",
+                outage::sd_notify_watchdog_and_stop,
+            ),
             ("guide_parts_2_to_4", guide::parts_2_to_4),
             ("business_errors", guide::business_errors),
             ("last_copy_race", idempotency::last_copy_race),

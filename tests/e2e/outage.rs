@@ -1,4 +1,4 @@
-//! Readiness via sd-notify, and the loan actors going away: clients hear
+//! sd-notify (readiness, reload, watchdog, stop), and the loan actors going away: clients hear
 //! `ServicioNoDisponible` (nothing is applied), and the same request re-sent
 //! under the same id once they are back is applied exactly once.
 
@@ -7,7 +7,13 @@ use std::time::{Duration, Instant};
 use biblioteca::protocol::Operacion;
 use serde_json::json;
 
+use biblioteca::launch::Service;
+
 use crate::common::{assert_err, assert_ok, sql, World};
+
+fn has_line(m: &str, want: impl Fn(&str) -> bool) -> bool {
+    m.lines().any(want)
+}
 
 pub fn sd_notify_ready(w: &mut World) {
     let mut services = vec![&w.stack.storage, &w.stack.carga];
@@ -26,6 +32,83 @@ pub fn sd_notify_ready(w: &mut World) {
             s.name()
         );
     }
+}
+
+/// SIGHUP to the storage manager: `RELOADING=1` with `MONOTONIC_USEC`, then
+/// `READY=1` again, and it keeps serving.
+pub fn sd_notify_reload(w: &mut World) {
+    let since = w.stack.storage.messages().len();
+    w.stack.storage.sighup().unwrap();
+    let reloading = w
+        .stack
+        .storage
+        .wait_message(since, Duration::from_secs(10), |m| {
+            has_line(m, |l| l == "RELOADING=1")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no RELOADING=1 after SIGHUP: {:?}",
+                w.stack.storage.messages()
+            )
+        });
+    assert!(
+        has_line(&reloading, |l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n > 0))),
+        "RELOADING=1 without MONOTONIC_USEC: {reloading:?}"
+    );
+    let msgs = w.stack.storage.messages();
+    let at = msgs[since..]
+        .iter()
+        .position(|m| has_line(m, |l| l == "RELOADING=1"))
+        .map(|i| i + since)
+        .unwrap();
+    assert!(
+        w.stack
+            .storage
+            .wait_message(at + 1, Duration::from_secs(10), |m| has_line(m, |l| l
+                == "READY=1"))
+            .is_some(),
+        "no READY=1 after RELOADING=1: {:?}",
+        w.stack.storage.messages()
+    );
+    assert_ok(
+        &w.op("consulta", "978-0134685991", "usuario_recarga"),
+        "consulta after a reload",
+    );
+}
+
+/// With `WATCHDOG_USEC` set (as systemd does for `WatchdogSec=`) a service
+/// sends `WATCHDOG=1` keep-alives; on SIGTERM it says `STOPPING=1`.
+pub fn sd_notify_watchdog_and_stop(w: &mut World) {
+    let mut spec = w.stack.spec().actor_spec(Operacion::Prestamo, 9).unwrap();
+    spec.env.push(("WATCHDOG_USEC".into(), "300000".into()));
+    let mut actor = Service::start(spec).unwrap();
+    let pings = |a: &Service| {
+        a.messages()
+            .iter()
+            .filter(|m| has_line(m, |l| l == "WATCHDOG=1"))
+            .count()
+    };
+    let start = Instant::now();
+    while pings(&actor) < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pings(&actor) >= 3,
+        "fewer than 3 WATCHDOG=1 in 5 s with WATCHDOG_USEC=300000: {:?}",
+        actor.messages()
+    );
+    let before = actor.messages().len();
+    actor.stop().unwrap();
+    assert!(
+        actor
+            .wait_message(before, Duration::from_secs(2), |m| has_line(m, |l| l
+                == "STOPPING=1"))
+            .is_some(),
+        "no STOPPING=1 on SIGTERM: {:?}",
+        actor.messages()
+    );
 }
 
 fn loans_of(w: &World, usuario: &str) -> String {
