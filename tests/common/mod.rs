@@ -156,6 +156,16 @@ pub fn sql(node: &Node, query: &str) -> String {
 }
 
 /// Polls `check` every 100 ms for up to `timeout`.
+/// Asserts that `query` on the standby returns `want` within `within`
+/// (replication is asynchronous to the reader even when commits are synchronous).
+pub fn assert_on_standby(w: &World, query: &str, want: &str, within: Duration) {
+    assert!(
+        eventually(within, || w.standby().sql(query).is_ok_and(|s| s == want)),
+        "standby: {query} gave {:?} after {within:?}, want {want:?}",
+        w.standby().sql(query)
+    );
+}
+
 pub fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
     let start = Instant::now();
     loop {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{assert_err, assert_ok, eventually, field, sql, World, ISBNS};
+use crate::common::{assert_err, assert_ok, assert_on_standby, field, sql, World, ISBNS};
 
 const LIBRO: &str = "978-0134685991";
 const USUARIO: &str = "usuario_test_1";
@@ -64,15 +64,7 @@ pub fn parts_2_to_4(w: &mut World) {
 
     // 2.5: the same row on the standby within 3 seconds.
     let consulta = format!("SELECT * FROM prestamos WHERE usuario='{USUARIO}';");
-    assert!(
-        eventually(Duration::from_secs(3), || w
-            .standby()
-            .sql(&consulta)
-            .map(|s| s == fila)
-            .unwrap_or(false)),
-        "loan not on the standby after 3 s: {:?}",
-        w.standby().sql(&consulta)
-    );
+    assert_on_standby(w, &consulta, &fila, Duration::from_secs(3));
 
     // 2.6 - 2.8: renewals 1, 2, then LimiteRenovaciones.
     let (n, fecha0) = renovacion_row(w);
@@ -140,15 +132,7 @@ pub fn parts_2_to_4(w: &mut World) {
     }
     let cuenta = "SELECT COUNT(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%';";
     assert_eq!(sql(p, cuenta), "10");
-    assert!(
-        eventually(Duration::from_secs(5), || w
-            .standby()
-            .sql(cuenta)
-            .map(|c| c == "10")
-            .unwrap_or(false)),
-        "standby has {:?} bulk loans",
-        w.standby().sql(cuenta)
-    );
+    assert_on_standby(w, cuenta, "10", Duration::from_secs(5));
 }
 
 /// The business refusals besides the guide's `LimiteRenovaciones`; none changes anything.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use biblioteca::protocol::Operacion;
 use biblioteca::stack::StackPorts;
-use common::{eventually, run_suite, sql, World, WorldSpec, ISBNS};
+use common::{assert_on_standby, run_suite, sql, World, WorldSpec, ISBNS};
 use serde_json::{json, Value};
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -118,14 +118,7 @@ fn guide_part_2(w: &mut World) {
     assert!(fila.contains("|ACTIVO|"), "{fila}");
     assert_eq!(ejemplares(w), inicial - 1);
     let q = format!("SELECT * FROM prestamos WHERE usuario='{USUARIO}';");
-    assert!(
-        eventually(Duration::from_secs(3), || w
-            .standby()
-            .sql(&q)
-            .map(|s| s == fila)
-            .unwrap_or(false)),
-        "loan not replicated within 3 s"
-    );
+    assert_on_standby(w, &q, &fila, Duration::from_secs(3));
 
     let renov = |w: &World| {
         sql(
@@ -182,14 +175,7 @@ fn guide_part_4(w: &mut World) {
         ),
         "10"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || w
-            .standby()
-            .sql(cuenta)
-            .map(|c| c == "10")
-            .unwrap_or(false)),
-        "the 10 loans are not all on the standby"
-    );
+    assert_on_standby(w, cuenta, "10", Duration::from_secs(5));
 }
 
 fn main() {
