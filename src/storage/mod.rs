@@ -15,6 +15,7 @@
 
 mod conexion;
 mod credentials;
+mod dispatch;
 mod fencing;
 mod handler;
 mod migrate;

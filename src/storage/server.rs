@@ -3,20 +3,23 @@
 //! One thread owns the ROUTER: it splits envelopes, validates frames (garbage
 //! gets `PeticionInvalida` when it has a return route and is dropped with a
 //! log line when it has none), answers `status` itself and queues everything
-//! else for the workers on a bounded channel (full queue: `ServicioOcupado`).
-//! Each worker owns a PUSH socket over inproc back to the front-end's PULL,
-//! so no socket crosses threads; replies are matched to routes by job number.
-//! On shutdown the front-end stops reading, lets the workers finish what was
-//! queued and delivers those replies before returning.
+//! else for the workers ([`dispatch`](super::dispatch): straight to an idle
+//! worker, else a bounded queue; full queue: `ServicioOcupado`). Each worker
+//! owns a PUSH socket over inproc back to the front-end's PULL, so no socket
+//! crosses threads; a reply carries the worker's number (it is idle again)
+//! and the job number (which route it goes to). On shutdown the front-end
+//! stops reading, lets the workers finish what was queued and delivers those
+//! replies before returning.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::dispatch::{Dispatch, Refused};
 use super::{handler, Shared, StorageError};
 use crate::net::{self, Envelope, NetError};
 use crate::notify;
@@ -61,17 +64,18 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     net::bind(&replies, &inproc)?;
 
     let cfg = shared.backend().config.clone();
-    let (tx, rx) = mpsc::sync_channel::<Job>(cfg.max_queue);
-    let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::with_capacity(cfg.workers);
+    let mut channels = Vec::with_capacity(cfg.workers);
     for i in 0..cfg.workers {
         let push = net::socket(&ctx, zmq::PUSH)?;
         net::connect(&push, &inproc)?;
-        let (shared, rx) = (shared.clone(), rx.clone());
+        let (tx, rx) = mpsc::channel::<Job>();
+        let shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("storage-worker-{i}"))
-            .spawn(move || worker(&shared, &rx, &push))?;
+            .spawn(move || worker(i, &shared, &rx, &push))?;
         workers.push(handle);
+        channels.push(tx);
     }
 
     let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
@@ -88,7 +92,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         replies,
         pending: HashMap::new(),
         next: 0,
-        tx: Some(tx),
+        dispatch: Dispatch::new(channels, cfg.max_queue),
         shared: shared.clone(),
         deadline,
         next_sweep: Instant::now(),
@@ -105,8 +109,6 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
                 in_flight = front.pending.len(),
                 "stopping: finishing in-flight requests"
             );
-            // Dropping the sender lets workers exit once the queue is empty.
-            front.tx = None;
             stop_deadline = Some(Instant::now() + drain_for);
         }
         if let Some(deadline) = stop_deadline {
@@ -122,7 +124,8 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
             }
         }
     }
-    front.tx = None;
+    // Closed channels let every worker exit after its current job.
+    front.dispatch.close();
     for w in workers {
         if w.join().is_err() {
             tracing::error!("a storage worker panicked");
@@ -138,7 +141,7 @@ struct Front {
     /// Job number → the route to reply along.
     pending: HashMap<u64, Pending>,
     next: u64,
-    tx: Option<SyncSender<Job>>,
+    dispatch: Dispatch<Job>,
     shared: Arc<Shared>,
     /// A request unanswered this long gets `AlmacenamientoNoDisponible`.
     deadline: Duration,
@@ -207,9 +210,11 @@ impl Front {
     }
 
     fn deliver(&mut self, mut frames: Vec<Vec<u8>>) {
-        let (Some(reply), Some(n)) = (frames.pop(), frames.pop()) else {
+        let (Some(reply), Some(n), Some(w)) = (frames.pop(), frames.pop(), frames.pop()) else {
             return;
         };
+        let w = u64::from_be_bytes(w.as_slice().try_into().unwrap_or([0xff; 8]));
+        self.dispatch.done(usize::try_from(w).unwrap_or(usize::MAX));
         let n = u64::from_be_bytes(n.as_slice().try_into().unwrap_or([0xff; 8]));
         let Some(p) = self.pending.remove(&n) else {
             tracing::debug!(job = n, "late reply for an expired job dropped");
@@ -262,9 +267,6 @@ impl Front {
             self.send(env.route, &reply);
             return;
         }
-        let Some(tx) = &self.tx else {
-            return;
-        };
         let n = self.next;
         self.next += 1;
         let id = match &entrada {
@@ -276,7 +278,7 @@ impl Front {
             Entrada::Operacion(p) => p.operacion.as_str(),
             _ => "resultado",
         };
-        match tx.try_send(Job { n, entrada }) {
+        match self.dispatch.submit(Job { n, entrada }) {
             Ok(()) => {
                 let pending = Pending {
                     route: env.route,
@@ -286,7 +288,7 @@ impl Front {
                 };
                 self.pending.insert(n, pending);
             }
-            Err(TrySendError::Full(_)) => {
+            Err((Refused::Full, _)) => {
                 let reply = Respuesta::error(
                     op,
                     CodigoError::ServicioOcupado,
@@ -296,7 +298,7 @@ impl Front {
                 .to_bytes();
                 self.send(env.route, &reply);
             }
-            Err(TrySendError::Disconnected(_)) => {
+            Err((Refused::Gone, _)) => {
                 let reply = Respuesta::error(
                     op,
                     CodigoError::AlmacenamientoNoDisponible,
@@ -310,17 +312,10 @@ impl Front {
     }
 }
 
-fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, push: &zmq::Socket) {
-    loop {
-        let next = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            rx.recv_timeout(Duration::from_millis(250))
-        };
-        let job = match next {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+fn worker(me: usize, shared: &Shared, rx: &Receiver<Job>, push: &zmq::Socket) {
+    let me = (me as u64).to_be_bytes();
+    // Ends when the front-end closes the channel.
+    while let Ok(job) = rx.recv() {
         let op = match &job.entrada {
             Entrada::Operacion(p) => p.operacion.as_str(),
             _ => "resultado",
@@ -340,7 +335,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>, push: &zmq::Socket) {
             )
             .to_bytes()
         });
-        if let Err(e) = push.send_multipart([&job.n.to_be_bytes()[..], &reply], 0) {
+        if let Err(e) = push.send_multipart([&me[..], &job.n.to_be_bytes()[..], &reply], 0) {
             tracing::error!(error = %e, "cannot hand a reply to the front-end");
         }
     }
