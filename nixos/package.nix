@@ -6,6 +6,7 @@
 , zeromq
 , postgresql
 , makeWrapper
+, dejavu_fonts
 }:
 
 let
@@ -48,6 +49,9 @@ rustPlatform.buildRustPackage {
           --set-default PG_BIN ${lib.getBin postgresql}/bin
       fi
     done
+    # Chart labels (`carga --grafico`) need a TrueType font at run time.
+    wrapProgram "$out/bin/biblioteca-solicitante" \
+      --set-default BIBLIOTECA_FONT ${dejavu_fonts}/share/fonts/truetype/DejaVuSans.ttf
   '';
 
   meta = {

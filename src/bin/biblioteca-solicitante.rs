@@ -152,10 +152,12 @@ struct CargaArgs {
     /// Write Locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.
     #[arg(long, value_name = "PREFIX")]
     csv: Option<PathBuf>,
-    /// Draw throughput and latency percentiles over time into an SVG file.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw throughput and latency percentiles over time into FILE.svg or FILE.png
+    /// (the extension picks the format).
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     grafico: Option<PathBuf>,
-    /// Run 4, 6 and 10 clients for 2 minutes each (--duracion shortens) and print one table.
+    /// Run 4, 6 and 10 clients for 2 minutes each (--duracion shortens) and print one table;
+    /// with --grafico, one chart of the three steps (FILE) and one per step (FILE_4c...).
     #[arg(long)]
     experimento: bool,
     /// Seed of the request sequences (default: random).
@@ -456,6 +458,10 @@ fn carga(cli: &Cli, cfg: ClientConfig, a: &CargaArgs) -> anyhow::Result<ExitCode
         salidas(cli, a, &informe, &format!("_{n}c"))?;
         informes.push(informe);
     }
+    if let Some(file) = &a.grafico {
+        grafico::dibujar_experimento(&informes, file)?;
+        eprintln!("wrote {}", file.display());
+    }
     if cli.json {
         println!("{}", serde_json::json!({ "experimento": informes }));
     } else {
@@ -492,7 +498,8 @@ fn salidas(cli: &Cli, a: &CargaArgs, informe: &Informe, suffix: &str) -> anyhow:
             file.clone()
         } else {
             let stem = file.file_stem().unwrap_or_default().to_string_lossy();
-            file.with_file_name(format!("{stem}{suffix}.svg"))
+            let ext = file.extension().unwrap_or_default().to_string_lossy();
+            file.with_file_name(format!("{stem}{suffix}.{ext}"))
         };
         grafico::dibujar(informe, &path)?;
         eprintln!("wrote {}", path.display());
