@@ -9,29 +9,29 @@
 //! ([`crate::client::load`]) runs closed-loop virtual users that each borrow a
 //! random book and return it, over and over. Both count one request (a loan or
 //! a return) as one transaction, so their rates compare like with like. The
-//! report adds the machine ([`maquina`]) and each service's peak RSS, and
-//! checks the targets. Everything is stopped and removed at the end,
+//! report adds the CPU time each part spent per request ([`cpu`]), the machine
+//! ([`maquina`]) and each service's peak RSS, and checks the targets. Everything is stopped and removed at the end,
 //! also on error or Ctrl-C.
 
+pub mod cpu;
 pub mod maquina;
+mod medidor;
 pub mod pgbench;
 mod tabla;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::load::{self, spec, Opciones as CargaOpciones};
+use crate::client::load::{self, spec};
 use crate::cluster::{Cluster, ClusterError, ClusterSpec, APP_DB, APP_USER, SUPERUSER};
-use crate::config::ClientConfig;
 use crate::launch::{free_port, LaunchError};
 use crate::shutdown::Shutdown;
 use crate::stack::{Stack, StackPorts, StackSpec};
 
 pub use maquina::Maquina;
+use medidor::Medidor;
 pub use tabla::{objetivos, tabla, Objetivo};
 
 /// Copies per generated book: far more than all virtual users can hold.
@@ -76,6 +76,9 @@ pub struct Opciones {
     /// Also drive the storage manager directly (no load manager, no actor),
     /// to split the pipeline's cost between the database tier and the hops.
     pub almacenamiento: bool,
+    /// Runs of each system per client count, alternated; the table shows the
+    /// median run (by throughput) and the CPU figures are averaged.
+    pub repeticiones: u32,
 }
 
 /// Our pipeline at one client count.
@@ -99,8 +102,19 @@ pub struct Fila {
     pub nuestro: Nuestro,
     /// The same load sent straight to the storage manager (`--almacenamiento`).
     pub almacenamiento: Option<Nuestro>,
-    /// Our requests/s over pgbench's transactions/s.
+    /// Our requests/s over pgbench's transactions/s (of the median runs).
     pub ratio: f64,
+    /// The same ratio for each repetition, pgbench and ours run back to back.
+    pub ratios: Vec<f64>,
+    /// CPU per request of each part, for each system measured.
+    pub cpu: Vec<CpuSistema>,
+}
+
+/// CPU per request of the parts of one system at one client count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuSistema {
+    pub sistema: &'static str,
+    pub partes: Vec<cpu::CostoParte>,
 }
 
 /// Peak resident memory of one service process.
@@ -150,6 +164,11 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
             "--libros must be positive and --duracion at least 1s".into(),
         ));
     }
+    if opts.repeticiones == 0 || opts.repeticiones > 100 {
+        return Err(BenchError::Opciones(
+            "--repeticiones must be between 1 and 100".into(),
+        ));
+    }
     let maquina = Maquina::detectar();
     eprintln!("machine: {maquina}");
     let dir = Directorio {
@@ -193,7 +212,9 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     );
     let pg_dir = dir.path.join("pgbench");
     cluster.primary().pg.make_dir(&pg_dir)?;
+    let partes = medidor::partes(&cluster, &stack);
     let medidor = Medidor {
+        partes,
         cluster: &cluster,
         pg_dir,
         libros: opts.libros,
@@ -210,34 +231,18 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     medidor.nuestro(calentar, CALENTAMIENTO, run, &frontend)?;
     let mut filas = Vec::new();
     for &n in &opts.clientes {
-        run += 1;
-        medidor.checkpoint()?;
-        eprintln!("{n:>3} clients: pgbench ...");
-        let pgb = medidor.pgbench(n, opts.duracion, run)?;
-        eprintln!("{n:>3} clients: pipeline ...");
-        medidor.checkpoint()?;
-        let nuestro = medidor.nuestro(n, opts.duracion, run, &frontend)?;
-        let almacenamiento = if opts.almacenamiento {
-            run += 1;
-            medidor.checkpoint()?;
-            eprintln!("{n:>3} clients: storage manager alone ...");
-            Some(medidor.nuestro(n, opts.duracion, run, &storage)?)
-        } else {
-            None
-        };
-        let fila = Fila {
-            almacenamiento,
-            clientes: n,
-            ratio: if pgb.tps > 0.0 {
-                nuestro.rps / pgb.tps
-            } else {
-                0.0
-            },
-            pgbench: pgb,
-            nuestro,
+        let fila = medidor.paso(n, opts, &mut run, &frontend, &storage)?;
+        let rango = match (
+            fila.ratios.iter().copied().reduce(f64::min),
+            fila.ratios.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if fila.ratios.len() > 1 => {
+                format!(" (runs {lo:.2}-{hi:.2})")
+            }
+            _ => String::new(),
         };
         eprintln!(
-            "{n:>3} clients: pgbench {:.0} tps (p99 {:.2} ms), ours {:.0} req/s (p99 {:.2} ms, {} failures), ratio {:.2}",
+            "{n:>3} clients: pgbench {:.0} tps (p99 {:.2} ms), ours {:.0} req/s (p99 {:.2} ms, {} failures), ratio {:.2}{rango}",
             fila.pgbench.tps,
             fila.pgbench.p99_ms,
             fila.nuestro.rps,
@@ -284,106 +289,4 @@ fn memoria(stack: &Stack) -> Vec<Memoria> {
             })
         })
         .collect()
-}
-
-/// Runs the two systems against one cluster and stack.
-struct Medidor<'a> {
-    cluster: &'a Cluster,
-    pg_dir: PathBuf,
-    libros: u64,
-    catalogo: Vec<String>,
-    shutdown: &'a Shutdown,
-    ctx: zmq::Context,
-}
-
-impl Medidor<'_> {
-    /// A checkpoint before each step, so none lands in the middle of one.
-    fn checkpoint(&self) -> Result<(), BenchError> {
-        if self.shutdown.is_triggered() {
-            return Err(BenchError::Interrumpido);
-        }
-        self.cluster
-            .primary()
-            .sql_as(SUPERUSER, "postgres", "CHECKPOINT")?;
-        Ok(())
-    }
-
-    fn pgbench(
-        &self,
-        clientes: usize,
-        d: Duration,
-        run: u32,
-    ) -> Result<pgbench::Resultado, BenchError> {
-        let p = self.cluster.primary();
-        let r = pgbench::Corrida {
-            pg: &p.pg,
-            dir: &self.pg_dir,
-            port: p.port,
-            clientes,
-            duracion: d,
-            libros: self.libros,
-            run,
-        }
-        .ejecutar()?;
-        if self.shutdown.is_triggered() {
-            return Err(BenchError::Interrumpido);
-        }
-        Ok(r)
-    }
-
-    /// Closed-loop loan/return users against `endpoint`.
-    fn nuestro(
-        &self,
-        clientes: usize,
-        d: Duration,
-        run: u32,
-        endpoint: &str,
-    ) -> Result<Nuestro, BenchError> {
-        let opts = CargaOpciones {
-            cliente: ClientConfig {
-                endpoints: vec![endpoint.to_string()],
-                ..ClientConfig::default()
-            },
-            clientes,
-            duracion: Some(d),
-            peticiones: None,
-            espera: None,
-            tasa: None,
-            // Returns only: a user without a loan borrows instead, so each
-            // virtual user alternates a loan and the return of that book.
-            mezcla: spec::Mezcla::parse("devolucion=1").map_err(BenchError::Opciones)?,
-            catalogo: self.catalogo.clone(),
-            usuarios: 1,
-            prefijo: format!("bench{run}-{}", load::prefijo_nuevo()),
-            semilla: u64::from(run) + 1,
-        };
-        let parar = Arc::new(AtomicBool::new(false));
-        let hecho = Arc::new(AtomicBool::new(false));
-        let vigia = {
-            let (parar, hecho, sd) = (parar.clone(), hecho.clone(), self.shutdown.clone());
-            std::thread::spawn(move || {
-                while !hecho.load(Ordering::SeqCst) {
-                    if sd.is_triggered() {
-                        parar.store(true, Ordering::SeqCst);
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
-        let informe = load::ejecutar(&opts, &self.ctx, &parar, |_| {});
-        hecho.store(true, Ordering::SeqCst);
-        let _ = vigia.join();
-        if self.shutdown.is_triggered() {
-            return Err(BenchError::Interrumpido);
-        }
-        let t = informe?.total;
-        Ok(Nuestro {
-            peticiones: t.peticiones,
-            fallos: t.fallos,
-            rps: t.rps,
-            pares_s: t.rps / 2.0,
-            p50_ms: t.p50_ms,
-            p99_ms: t.p99_ms,
-        })
-    }
 }

@@ -121,7 +121,9 @@ pub fn tabla(r: &Reporte) -> String {
             }
         }
     }
-    s.push_str("\nlatencies in ms, per request (one loan or one return)\n\n| service | peak RSS (VmHWM) |\n|---|--:|\n");
+    s.push_str("\nlatencies in ms, per request (one loan or one return)\n");
+    s.push_str(&tabla_cpu(&r.filas));
+    s.push_str("\n| service | peak RSS (VmHWM) |\n|---|--:|\n");
     for m in &r.memoria {
         s.push_str(&format!("| {} | {:.1} MB |\n", m.servicio, mb(m.vm_hwm_kb)));
     }
@@ -133,6 +135,43 @@ pub fn tabla(r: &Reporte) -> String {
             None => "-",
         };
         s.push_str(&format!("| {} | {} | {met} |\n", o.descripcion, o.medido));
+    }
+    s
+}
+
+/// CPU microseconds per request of each part, one row per system and client count.
+fn tabla_cpu(filas: &[Fila]) -> String {
+    let Some(partes) = filas
+        .iter()
+        .flat_map(|f| f.cpu.iter())
+        .map(|c| c.partes.iter().map(|p| p.parte.clone()).collect::<Vec<_>>())
+        .max_by_key(Vec::len)
+    else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\nCPU time per request (us; all processes of each part, both cores):\n\n| clients | system | {} |\n|--:|---|{}\n",
+        partes.join(" | "),
+        "--:|".repeat(partes.len())
+    );
+    for f in filas {
+        for c in &f.cpu {
+            let celdas: Vec<String> = partes
+                .iter()
+                .map(|n| match c.partes.iter().find(|p| &p.parte == n) {
+                    Some(p) if p.us_por_peticion >= 0.5 || n == "total" => {
+                        format!("{:.0}", p.us_por_peticion)
+                    }
+                    _ => "-".into(),
+                })
+                .collect();
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                f.clientes,
+                c.sistema,
+                celdas.join(" | ")
+            ));
+        }
     }
     s
 }
@@ -159,6 +198,8 @@ mod tests {
             },
             almacenamiento: None,
             ratio: ours / pgb,
+            ratios: vec![ours / pgb],
+            cpu: Vec::new(),
         }
     }
 
@@ -177,5 +218,33 @@ mod tests {
         let met: Vec<_> = o.iter().map(|o| o.cumplido).collect();
         assert_eq!(met, [Some(false), Some(true), Some(true), Some(true)]);
         assert_eq!(objetivos(&[], &[])[0].cumplido, None);
+    }
+
+    #[test]
+    fn cpu_table_has_a_row_per_system_and_a_dash_for_idle_parts() {
+        use crate::bench::{cpu::CostoParte, CpuSistema};
+        let c = |p: &str, us: f64| CostoParte {
+            parte: p.into(),
+            us_por_peticion: us,
+        };
+        let mut f = fila(16, 1000.0, 500.0, 9.0);
+        f.cpu = vec![
+            CpuSistema {
+                sistema: "pgbench",
+                partes: vec![c("pg primary", 300.0), c("carga", 0.1), c("total", 300.1)],
+            },
+            CpuSistema {
+                sistema: "ours",
+                partes: vec![c("pg primary", 350.0), c("carga", 60.4), c("total", 410.4)],
+            },
+        ];
+        let t = tabla_cpu(&[f]);
+        assert!(
+            t.contains("| clients | system | pg primary | carga | total |"),
+            "{t}"
+        );
+        assert!(t.contains("| 16 | pgbench | 300 | - | 300 |"), "{t}");
+        assert!(t.contains("| 16 | ours | 350 | 60 | 410 |"), "{t}");
+        assert_eq!(tabla_cpu(&[fila(1, 1.0, 1.0, 1.0)]), "");
     }
 }

@@ -37,6 +37,11 @@ struct Args {
     /// pipeline's cost between the database tier and the ZeroMQ hops.
     #[arg(long)]
     almacenamiento: bool,
+    /// Runs of each system per client count, alternated (pgbench, ours, ...):
+    /// the table shows the median run, CPU per request is averaged. Use 3 or
+    /// more on a machine whose speed swings between runs.
+    #[arg(long, default_value_t = 1)]
+    repeticiones: u32,
     /// Where the biblioteca-* binaries are (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         bin_dir: args.bin_dir,
         conservar: args.keep,
         almacenamiento: args.almacenamiento,
+        repeticiones: args.repeticiones,
     };
     let json = args.json;
     biblioteca::shutdown::run_with_signals(move |shutdown| {

@@ -1,0 +1,251 @@
+//! One step of the benchmark: both systems (and optionally the storage
+//! manager alone) at one client count, repeated and alternated, with the CPU
+//! each part spent per request.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{cpu, pgbench, BenchError, CpuSistema, Fila, Nuestro, Opciones};
+use crate::client::load::{self, spec, Opciones as CargaOpciones};
+use crate::cluster::{Cluster, SUPERUSER};
+use crate::config::ClientConfig;
+use crate::shutdown::Shutdown;
+use crate::stack::Stack;
+
+/// The run whose `key` is the median (the lower one of an even count): a
+/// real run, so its latencies belong with its throughput.
+fn mediana<T: Clone>(v: &[T], key: fn(&T) -> f64) -> Option<T> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| key(&v[a]).total_cmp(&key(&v[b])));
+    let mid = idx.get(idx.len().saturating_sub(1) / 2)?;
+    v.get(*mid).cloned()
+}
+
+/// The parts whose CPU time is counted: both PostgreSQL nodes, each service
+/// and the client (pgbench, or the load generator in this process).
+pub(super) fn partes(cluster: &Cluster, stack: &Stack) -> cpu::Partes {
+    let pids = |v: Vec<Option<u32>>| cpu::Parte::Procesos(v.into_iter().flatten().collect());
+    let mut partes = cpu::Partes::new();
+    for (nombre, nodo) in [
+        ("pg primary", cluster.primary()),
+        ("pg standby", cluster.standby()),
+    ] {
+        if let Some(pm) = nodo.postmaster_pid() {
+            partes = partes.con(nombre, cpu::Parte::Postgres(pm));
+        }
+    }
+    partes
+        .con("almacenamiento", pids(vec![stack.storage.pid()]))
+        .con("carga", pids(vec![stack.carga.pid()]))
+        .con(
+            "actors",
+            pids(stack.actors.iter().map(|(_, s)| s.pid()).collect()),
+        )
+        .con("client", cpu::Parte::Este)
+}
+
+/// Runs the two systems against one cluster and stack.
+pub(super) struct Medidor<'a> {
+    pub(super) partes: cpu::Partes,
+    pub(super) cluster: &'a Cluster,
+    pub(super) pg_dir: PathBuf,
+    pub(super) libros: u64,
+    pub(super) catalogo: Vec<String>,
+    pub(super) shutdown: &'a Shutdown,
+    pub(super) ctx: zmq::Context,
+}
+
+impl Medidor<'_> {
+    /// One client count: every system `repeticiones` times, alternated, a
+    /// checkpoint before each run so none lands in the middle of one.
+    pub(super) fn paso(
+        &self,
+        n: usize,
+        opts: &Opciones,
+        run: &mut u32,
+        frontend: &str,
+        storage: &str,
+    ) -> Result<Fila, BenchError> {
+        let (mut pgbs, mut ours, mut solos) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_pgb, mut cpu_ours, mut cpu_solo) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 1..=opts.repeticiones {
+            *run += 1;
+            let tag = if opts.repeticiones > 1 {
+                format!(" (run {rep}/{})", opts.repeticiones)
+            } else {
+                String::new()
+            };
+            self.checkpoint()?;
+            eprintln!("{n:>3} clients: pgbench{tag} ...");
+            let antes = self.partes.ahora();
+            let r = self.pgbench(n, opts.duracion, *run)?;
+            cpu_pgb.push(self.cpu(&antes, r.transacciones));
+            pgbs.push(r);
+            eprintln!("{n:>3} clients: pipeline{tag} ...");
+            self.checkpoint()?;
+            let antes = self.partes.ahora();
+            let r = self.nuestro(n, opts.duracion, *run, frontend)?;
+            cpu_ours.push(self.cpu(&antes, r.peticiones));
+            ours.push(r);
+            if opts.almacenamiento {
+                *run += 1;
+                self.checkpoint()?;
+                eprintln!("{n:>3} clients: storage manager alone{tag} ...");
+                let antes = self.partes.ahora();
+                let r = self.nuestro(n, opts.duracion, *run, storage)?;
+                cpu_solo.push(self.cpu(&antes, r.peticiones));
+                solos.push(r);
+            }
+        }
+        let ratios = pgbs
+            .iter()
+            .zip(&ours)
+            .map(|(p, o)| if p.tps > 0.0 { o.rps / p.tps } else { 0.0 })
+            .collect();
+        let (Some(pgbench), Some(nuestro)) = (mediana(&pgbs, |r| r.tps), mediana(&ours, |r| r.rps))
+        else {
+            return Err(BenchError::Opciones("no run was measured".into()));
+        };
+        let mut cpu = vec![
+            CpuSistema {
+                sistema: "pgbench",
+                partes: cpu::promedio(&cpu_pgb),
+            },
+            CpuSistema {
+                sistema: "ours",
+                partes: cpu::promedio(&cpu_ours),
+            },
+        ];
+        if !cpu_solo.is_empty() {
+            cpu.push(CpuSistema {
+                sistema: "storage alone",
+                partes: cpu::promedio(&cpu_solo),
+            });
+        }
+        Ok(Fila {
+            clientes: n,
+            ratio: if pgbench.tps > 0.0 {
+                nuestro.rps / pgbench.tps
+            } else {
+                0.0
+            },
+            ratios,
+            almacenamiento: mediana(&solos, |r| r.rps),
+            pgbench,
+            nuestro,
+            cpu,
+        })
+    }
+
+    /// CPU per request since `antes`. The short wait lets the postmaster reap
+    /// the backends of a pgbench run that just ended, so they are counted.
+    fn cpu(&self, antes: &cpu::Instantanea, peticiones: u64) -> Vec<cpu::CostoParte> {
+        std::thread::sleep(Duration::from_millis(300));
+        antes.por_peticion(&self.partes.ahora(), peticiones)
+    }
+
+    /// A checkpoint before each step, so none lands in the middle of one.
+    fn checkpoint(&self) -> Result<(), BenchError> {
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        self.cluster
+            .primary()
+            .sql_as(SUPERUSER, "postgres", "CHECKPOINT")?;
+        Ok(())
+    }
+
+    pub(super) fn pgbench(
+        &self,
+        clientes: usize,
+        d: Duration,
+        run: u32,
+    ) -> Result<pgbench::Resultado, BenchError> {
+        let p = self.cluster.primary();
+        let r = pgbench::Corrida {
+            pg: &p.pg,
+            dir: &self.pg_dir,
+            port: p.port,
+            clientes,
+            duracion: d,
+            libros: self.libros,
+            run,
+        }
+        .ejecutar()?;
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        Ok(r)
+    }
+
+    /// Closed-loop loan/return users against `endpoint`.
+    pub(super) fn nuestro(
+        &self,
+        clientes: usize,
+        d: Duration,
+        run: u32,
+        endpoint: &str,
+    ) -> Result<Nuestro, BenchError> {
+        let opts = CargaOpciones {
+            cliente: ClientConfig {
+                endpoints: vec![endpoint.to_string()],
+                ..ClientConfig::default()
+            },
+            clientes,
+            duracion: Some(d),
+            peticiones: None,
+            espera: None,
+            tasa: None,
+            // Returns only: a user without a loan borrows instead, so each
+            // virtual user alternates a loan and the return of that book.
+            mezcla: spec::Mezcla::parse("devolucion=1").map_err(BenchError::Opciones)?,
+            catalogo: self.catalogo.clone(),
+            usuarios: 1,
+            prefijo: format!("bench{run}-{}", load::prefijo_nuevo()),
+            semilla: u64::from(run) + 1,
+        };
+        let parar = Arc::new(AtomicBool::new(false));
+        let hecho = Arc::new(AtomicBool::new(false));
+        let vigia = {
+            let (parar, hecho, sd) = (parar.clone(), hecho.clone(), self.shutdown.clone());
+            std::thread::spawn(move || {
+                while !hecho.load(Ordering::SeqCst) {
+                    if sd.is_triggered() {
+                        parar.store(true, Ordering::SeqCst);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let informe = load::ejecutar(&opts, &self.ctx, &parar, |_| {});
+        hecho.store(true, Ordering::SeqCst);
+        let _ = vigia.join();
+        if self.shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+        let t = informe?.total;
+        Ok(Nuestro {
+            peticiones: t.peticiones,
+            fallos: t.fallos,
+            rps: t.rps,
+            pares_s: t.rps / 2.0,
+            p50_ms: t.p50_ms,
+            p99_ms: t.p99_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mediana;
+
+    #[test]
+    fn median_run() {
+        let v = [3.0, 1.0, 2.0];
+        assert_eq!(mediana(&v, |x| *x), Some(2.0));
+        assert_eq!(mediana(&[4.0, 1.0], |x| *x), Some(1.0));
+        assert_eq!(mediana::<f64>(&[], |x| *x), None);
+    }
+}
