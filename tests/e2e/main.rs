@@ -6,7 +6,8 @@
 //! (same id twice, same id concurrently, two actors on one topic), every kind
 //! of bad input on every socket, sd-notify readiness, and
 //! `ServicioNoDisponible` while the loan actors are down followed by a retry
-//! under the same id applied once.
+//! under the same id applied once, and the load generator's report checked
+//! against the database.
 
 // A harness-less test is not compiled with cfg(test): allow what tests may do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,6 +16,7 @@
 mod common;
 
 mod bad_input;
+mod carga;
 mod guide;
 mod idempotency;
 mod outage;
@@ -48,6 +50,10 @@ fn main() {
             ("two_loan_actors", idempotency::two_loan_actors),
             ("bad_input", bad_input::bad_input_everywhere),
             ("actor_down_then_retry", outage::actor_down_then_retry),
+            (
+                "load_generator_agrees_with_the_database",
+                carga::load_generator_agrees_with_the_database,
+            ),
         ],
     )
 }
