@@ -307,21 +307,24 @@ mod tests {
         std::env::temp_dir().join(format!("biblioteca-grafico-{}.{ext}", std::process::id()))
     }
 
+    /// The bytes of a run chart drawn into a temporary file of this extension.
+    fn dibujado(ext: &str) -> Vec<u8> {
+        let path = temp(ext);
+        dibujar(&informe(), &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        bytes
+    }
+
     #[test]
     fn writes_an_svg() {
-        let path = temp("svg");
-        dibujar(&informe(), &path).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
+        let svg = String::from_utf8(dibujado("svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("p99") && svg.contains("requests/s"));
     }
 
     #[test]
     fn writes_a_png_with_drawn_lines() {
-        let path = temp("png");
-        dibujar(&informe(), &path).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
+        let bytes = dibujado("png");
         assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
         // IHDR: width and height, big-endian, at offsets 16 and 20.
         assert_eq!(&bytes[16..24], &[0, 0, 3, 232, 0, 0, 2, 208]);
