@@ -11,7 +11,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -97,6 +97,21 @@ pub fn encode(p: &Peticion) -> Vec<u8> {
     }
 }
 
+/// A request on its way: what to resend, which try this is, and until when
+/// to wait for the reply.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    frame: Vec<u8>,
+    attempt: u32,
+    deadline: Instant,
+}
+
+impl InFlight {
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
 /// A synchronous Lazy Pirate client; its socket never leaves the owning thread.
 pub struct Client {
     ctx: zmq::Context,
@@ -170,60 +185,112 @@ impl Client {
         }
     }
 
-    /// Up to `retries` tries; `None` when none was answered.
+    /// Up to `retries` tries; `None` when none was answered. The blocking
+    /// form of [`Client::begin`], [`Client::receive`] and [`Client::expire`].
     fn exchange(&mut self, frame: &[u8]) -> Result<Option<Respuesta>, ClientError> {
-        for attempt in 1..=self.retries {
-            let endpoint = self.endpoint().to_string();
-            let reply = match self.try_once(frame) {
-                Ok(reply) => reply,
-                Err(e) => {
-                    // A socket that failed mid-exchange is in an unknown state.
-                    self.socket = None;
-                    return Err(e);
-                }
+        let mut f = self.begin(frame.to_vec())?;
+        loop {
+            let wait = f.deadline.saturating_duration_since(Instant::now());
+            let readable = match &self.socket {
+                Some(s) => net::readable(s, wait).map_err(|e| self.broken(e.into()))?,
+                None => false,
             };
-            if let Some(bytes) = reply {
-                return Respuesta::from_bytes(&bytes).map(Some).map_err(|e| {
-                    ClientError::MalformedReply {
-                        endpoint,
-                        reason: e.0,
-                    }
-                });
+            if readable {
+                if let Some(r) = self.receive()? {
+                    return Ok(Some(r));
+                }
+            } else if Instant::now() >= f.deadline && !self.expire(&mut f)? {
+                return Ok(None);
             }
-            // REQ cannot send again before it receives: start over on a new socket.
-            self.socket = None;
-            self.current = (self.current + 1) % self.endpoints.len();
-            if attempt == self.retries {
-                tracing::debug!(endpoint = %endpoint, attempt, "no reply in time; giving up");
-                break;
-            }
-            tracing::warn!(
-                endpoint = %endpoint,
-                attempt,
-                of = self.retries,
-                timeout_ms = self.timeout.as_millis() as u64,
-                next = %self.endpoint(),
-                "no reply in time; retrying on a fresh socket"
-            );
         }
-        Ok(None)
     }
 
-    fn try_once(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+    /// Sends `frame` (try 1 of `retries`) without waiting for the reply:
+    /// poll [`Client::socket`], then call [`Client::receive`] when it is
+    /// readable or [`Client::expire`] once the deadline has passed. This is
+    /// how one thread drives many clients (the load generator).
+    pub fn begin(&mut self, frame: Vec<u8>) -> Result<InFlight, ClientError> {
+        let mut f = InFlight {
+            frame,
+            attempt: 1,
+            deadline: Instant::now(),
+        };
+        self.send_try(&mut f)?;
+        Ok(f)
+    }
+
+    /// The socket the reply arrives on (none between a failed send and the
+    /// next try).
+    pub fn socket(&self) -> Option<&zmq::Socket> {
+        self.socket.as_ref()
+    }
+
+    /// The reply, if it has arrived.
+    pub fn receive(&mut self) -> Result<Option<Respuesta>, ClientError> {
+        let Some(socket) = &self.socket else {
+            return Ok(None);
+        };
+        let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
+            Ok(b) => b,
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(self.broken(e.into())),
+        };
+        Respuesta::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::MalformedReply {
+                endpoint: self.endpoint().to_string(),
+                reason: e.0,
+            })
+    }
+
+    /// The try's deadline passed without a reply. A REQ socket that missed its
+    /// reply cannot send again, so the request goes again, with the same id,
+    /// on a fresh socket to the next endpoint: `true`. `false`: that was the
+    /// last try and the outcome is unknown.
+    pub fn expire(&mut self, f: &mut InFlight) -> Result<bool, ClientError> {
+        let endpoint = self.endpoint().to_string();
+        self.socket = None;
+        self.current = (self.current + 1) % self.endpoints.len();
+        if f.attempt >= self.retries {
+            tracing::debug!(endpoint = %endpoint, attempt = f.attempt, "no reply in time; giving up");
+            return Ok(false);
+        }
+        tracing::warn!(
+            endpoint = %endpoint,
+            attempt = f.attempt,
+            of = self.retries,
+            timeout_ms = self.timeout.as_millis() as u64,
+            next = %self.endpoint(),
+            "no reply in time; retrying on a fresh socket"
+        );
+        f.attempt += 1;
+        self.send_try(f)?;
+        Ok(true)
+    }
+
+    fn send_try(&mut self, f: &mut InFlight) -> Result<(), ClientError> {
+        f.deadline = Instant::now() + self.timeout;
         let socket = match self.socket.take() {
             Some(s) => s,
             None => self.open()?,
         };
         let socket = self.socket.insert(socket);
-        match socket.send(frame, 0) {
-            Ok(()) => {}
-            Err(zmq::Error::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        match socket.send(&f.frame, 0) {
+            Ok(()) => Ok(()),
+            // Not even queued (no peer within the send timeout): this try is
+            // over at once.
+            Err(zmq::Error::EAGAIN) => {
+                f.deadline = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(self.broken(e.into())),
         }
-        if !net::readable(socket, self.timeout)? {
-            return Ok(None);
-        }
-        Ok(Some(socket.recv_bytes(0)?))
+    }
+
+    /// A socket that failed mid-exchange is in an unknown state: drop it.
+    fn broken(&mut self, e: ClientError) -> ClientError {
+        self.socket = None;
+        e
     }
 
     fn open(&self) -> Result<zmq::Socket, ClientError> {

@@ -1,19 +1,18 @@
 //! The load generator behind `biblioteca-solicitante carga`.
 //!
-//! Each virtual client is a thread with its own Lazy Pirate [`Client`] (one REQ
-//! socket, so at most one request in flight per virtual client, exactly like
-//! a person at a terminal) and its own virtual users, whose requests follow
-//! coherent sequences ([`usuario`]). Closed loop: send, wait for the reply,
-//! think (`espera`), repeat. Open loop (`tasa`): each client sends on a fixed
-//! schedule and latency is measured from the *scheduled* time, so a slow
-//! system is not hidden by clients that fell behind (coordinated omission).
-//! Samples go over a channel to the calling thread, which aggregates them
+//! Each virtual client has its own Lazy Pirate client (one REQ socket, so at
+//! most one request in flight per virtual client, exactly like a person at a
+//! terminal) and its own virtual users, whose requests follow coherent
+//! sequences ([`usuario`]). The virtual clients are spread over one thread
+//! per core ([`hilo`]: closed and open loop, think times). Samples go over a
+//! channel to the calling thread, which aggregates them
 //! ([`informe`]) and reports progress once a second. They travel in batches
 //! (at most [`LOTE`] apart): one wake-up of the aggregator per sample was a
 //! measurable share of the generator's CPU, taken from the system under test.
 
 pub mod csv;
 pub mod grafico;
+mod hilo;
 pub mod informe;
 pub mod spec;
 pub mod usuario;
@@ -23,13 +22,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::pirate::{Client, ClientError};
+use crate::client::pirate::ClientError;
 use crate::config::ClientConfig;
 
 pub use informe::Informe;
-use informe::{Agregado, Muestra, SIN_RESPUESTA};
+use informe::{Agregado, Muestra};
 use spec::{Espera, Mezcla};
-use usuario::{Rng, Usuario};
 
 /// Label for replies that could not be parsed.
 pub const RESPUESTA_INVALIDA: &str = "RespuestaInvalida";
@@ -38,8 +36,32 @@ const TICK: Duration = Duration::from_millis(100);
 /// Longest a virtual client holds finished samples before handing them over.
 const LOTE: Duration = Duration::from_millis(50);
 
-/// Samples of one virtual client, each with its completion time since the start.
+/// Samples of one load thread, each with its completion time since the start.
 type Lote = Vec<(Duration, Muestra)>;
+/// Virtual clients (REQ sockets) per ZeroMQ context, under libzmq's 1023.
+const POR_CONTEXTO: usize = 1000;
+
+/// Raises the open-file limit to what `clientes` sockets need (a ZeroMQ
+/// socket holds an eventfd and a TCP connection), or says how far short the
+/// hard limit falls.
+fn abrir_ficheros(clientes: usize) -> Result<(), LoadError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = (clientes as u64) * 2 + 256;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    if soft >= needed {
+        return Ok(());
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, needed.min(hard), hard);
+    if needed > hard {
+        return Err(LoadError::Opciones(format!(
+            "{clientes} clients need about {needed} open files but the limit is {hard}; \
+             raise it (ulimit -n) or use fewer clients"
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -151,19 +173,31 @@ pub fn ejecutar(
         .unwrap_or_default();
     let contador = Arc::new(AtomicU64::new(0));
     let (tx, rx) = mpsc::channel::<Lote>();
-    let mut hilos = Vec::with_capacity(opts.clientes);
-    for k in 0..opts.clientes {
-        let worker = Worker {
-            k,
+    abrir_ficheros(opts.clientes)?;
+    // One thread per core (as pgbench -j), each with every n-th client; more
+    // when a thread would hold more clients than one context has sockets.
+    let n = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(opts.clientes.div_ceil(POR_CONTEXTO))
+        .min(opts.clientes);
+    let mut hilos = Vec::with_capacity(n);
+    for t in 0..n {
+        let worker = hilo::Hilo {
+            ks: (t..opts.clientes).step_by(n).collect(),
             opts: opts.clone(),
             inicio,
             contador: contador.clone(),
             parar: parar.clone(),
             tx: tx.clone(),
         };
-        let ctx = ctx.clone();
+        // libzmq caps a context at 1023 sockets (this binding cannot raise it).
+        let ctx = if opts.clientes > POR_CONTEXTO {
+            zmq::Context::new()
+        } else {
+            ctx.clone()
+        };
         let h = std::thread::Builder::new()
-            .name(format!("vc-{k}"))
+            .name(format!("carga-{t}"))
             .spawn(move || worker.run(ctx))
             .map_err(|e| LoadError::Hilo(e.to_string()));
         match h {
@@ -210,7 +244,7 @@ pub fn ejecutar(
         match h.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => fallo = Some(LoadError::Cliente(e)),
-            Err(_) => fallo = Some(LoadError::Hilo("a virtual client panicked".into())),
+            Err(_) => fallo = Some(LoadError::Hilo("a load thread panicked".into())),
         }
     }
     if let Some(e) = fallo {
@@ -220,138 +254,6 @@ pub fn ejecutar(
         tracing::warn!(error = %e, "a virtual client stopped early");
     }
     Ok(agregado.informe(opts.clientes, inicio_unix, inicio.elapsed()))
-}
-
-/// One virtual client: its socket, its users, its schedule.
-struct Worker {
-    k: usize,
-    opts: Opciones,
-    inicio: Instant,
-    contador: Arc<AtomicU64>,
-    parar: Arc<AtomicBool>,
-    tx: mpsc::Sender<Lote>,
-}
-
-impl Worker {
-    fn run(self, ctx: zmq::Context) -> Result<(), ClientError> {
-        let mut lote = Lote::new();
-        let mut entregado = Instant::now();
-        let result = self.bucle(ctx, &mut lote, &mut entregado);
-        if !lote.is_empty() {
-            let _ = self.tx.send(lote);
-        }
-        result
-    }
-
-    fn bucle(
-        &self,
-        ctx: zmq::Context,
-        lote: &mut Lote,
-        entregado: &mut Instant,
-    ) -> Result<(), ClientError> {
-        let o = &self.opts;
-        let mut client = Client::with_context(ctx, o.cliente.clone())?;
-        let mut rng = Rng::new(o.semilla ^ (self.k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
-        let mut usuarios: Vec<Usuario> = (0..o.usuarios)
-            .map(|u| Usuario::new(format!("{}-c{}-u{u}", o.prefijo, self.k)))
-            .collect();
-        let fin = o.duracion.map(|d| self.inicio + d);
-        let intervalo = o
-            .tasa
-            .map(|r| Duration::from_secs_f64(o.clientes as f64 / r));
-        // Clients are staggered over one interval so arrivals spread evenly.
-        let mut siguiente = self.inicio
-            + intervalo
-                .map(|i| i.mul_f64(self.k as f64 / o.clientes as f64))
-                .unwrap_or_default();
-        loop {
-            let programado = match intervalo {
-                Some(i) => {
-                    if !self.dormir_hasta(siguiente, fin) {
-                        break;
-                    }
-                    let t = siguiente;
-                    siguiente += i;
-                    t
-                }
-                None => Instant::now(),
-            };
-            if self.parar.load(Ordering::SeqCst) || fin.is_some_and(|f| Instant::now() >= f) {
-                break;
-            }
-            if let Some(n) = o.peticiones {
-                if self.contador.fetch_add(1, Ordering::SeqCst) >= n {
-                    break;
-                }
-            }
-            let u = rng.below(usuarios.len());
-            let Some(usuario) = usuarios.get_mut(u) else {
-                break;
-            };
-            let p = usuario.siguiente(&mut rng, &o.mezcla, &o.catalogo);
-            let result = client.request(&p);
-            let latencia = programado.elapsed();
-            let muestra = match &result {
-                Ok(r) => {
-                    usuario.observar(&p, Some(r));
-                    Muestra {
-                        operacion: p.operacion,
-                        latencia: Some(latencia),
-                        fallo: if r.exito {
-                            None
-                        } else {
-                            Some(r.error.map(|c| c.as_str()).unwrap_or("SinCodigo"))
-                        },
-                    }
-                }
-                Err(ClientError::Unknown { .. }) => {
-                    usuario.observar(&p, None);
-                    Muestra {
-                        operacion: p.operacion,
-                        latencia: None,
-                        fallo: Some(SIN_RESPUESTA),
-                    }
-                }
-                Err(ClientError::MalformedReply { .. }) => Muestra {
-                    operacion: p.operacion,
-                    latencia: Some(latencia),
-                    fallo: Some(RESPUESTA_INVALIDA),
-                },
-                Err(_) => return result.map(|_| ()),
-            };
-            lote.push((self.inicio.elapsed(), muestra));
-            if entregado.elapsed() >= LOTE {
-                if self.tx.send(std::mem::take(lote)).is_err() {
-                    break;
-                }
-                *entregado = Instant::now();
-            }
-            if let Some(e) = o.espera {
-                let think = e.min + (e.max.saturating_sub(e.min)).mul_f64(rng.unit());
-                if !self.dormir_hasta(Instant::now() + think, fin) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sleeps until `t`; false when the run ends first.
-    fn dormir_hasta(&self, t: Instant, fin: Option<Instant>) -> bool {
-        loop {
-            if self.parar.load(Ordering::SeqCst) {
-                return false;
-            }
-            let now = Instant::now();
-            if fin.is_some_and(|f| now >= f || t >= f) {
-                return false;
-            }
-            if now >= t {
-                return true;
-            }
-            std::thread::sleep((t - now).min(TICK));
-        }
-    }
 }
 
 /// Client counts of `--experimento`.

@@ -1,5 +1,6 @@
 //! Load runs against an in-memory fake load manager on a real ROUTER socket.
 
+use super::informe::SIN_RESPUESTA;
 use super::*;
 use crate::net::{self, Envelope};
 use crate::protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
@@ -102,6 +103,23 @@ fn closed_loop_sends_exactly_the_requested_count_coherently() {
         .iter()
         .all(|f| !f.fallos_por_codigo.contains_key("PrestamoNoEncontrado")));
     assert!(r.total.p50_ms > 0.0 && r.total.max_ms >= r.total.p99_ms);
+    assert_eq!(server.join().unwrap(), 0, "incoherent requests");
+}
+
+#[test]
+fn more_clients_than_one_context_has_sockets() {
+    let ep = "tcp://127.0.0.1:27465";
+    let server = fake_library(ep);
+    let mut o = opts(ep);
+    o.clientes = POR_CONTEXTO + 200;
+    o.usuarios = 1;
+    o.peticiones = Some(3000);
+    let parar = Arc::new(AtomicBool::new(false));
+    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| {}).unwrap();
+    assert_eq!(r.total.peticiones, 3000);
+    // Every request answered: the only failures are third renewals.
+    let codes = &r.total.fallos_por_codigo;
+    assert!(codes.keys().all(|c| c == "LimiteRenovaciones"), "{codes:?}");
     assert_eq!(server.join().unwrap(), 0, "incoherent requests");
 }
 
