@@ -145,13 +145,13 @@ impl Hilo {
         let mut p = usuario.siguiente(&mut v.rng, &self.opts.mezcla, &self.opts.catalogo);
         // The id is fixed before the first try, so every retry carries it.
         p.id = Some(new_request_id());
-        let vuelo = v.client.begin(encode(&p))?;
         // Closed loop: latency counts from the send, not from when it was due.
         let programado = if v.intervalo.is_some() {
             programado
         } else {
             Instant::now()
         };
+        let vuelo = v.client.begin(encode(&p))?;
         v.estado = Estado::Esperando {
             p,
             u,
