@@ -10,13 +10,16 @@
 //! random book and return it, over and over. Both count one request (a loan or
 //! a return) as one transaction, so their rates compare like with like. The
 //! report adds the CPU time each part spent per request ([`cpu`]), the machine
-//! ([`maquina`]) and each service's peak RSS, and checks the targets. Everything is stopped and removed at the end,
-//! also on error or Ctrl-C.
+//! ([`maquina`]) and each service's peak RSS, and checks the targets
+//! against it and against the transport floor ([`suelo`]: what the ZeroMQ
+//! hops alone cost here, measured first). Everything is stopped and removed
+//! at the end, also on error or Ctrl-C.
 
 pub mod cpu;
 pub mod maquina;
 mod medidor;
 pub mod pgbench;
+pub mod suelo;
 mod tabla;
 
 use std::path::PathBuf;
@@ -38,6 +41,8 @@ pub use tabla::{objetivos, tabla, Objetivo};
 const EJEMPLARES: i32 = 100_000;
 /// Unmeasured warm-up of each system before the first step.
 const CALENTAMIENTO: Duration = Duration::from_secs(3);
+/// Measured time of the transport floor at each client count.
+const SUELO: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -52,6 +57,8 @@ pub enum BenchError {
     Pgbench(#[from] pgbench::PgbenchError),
     #[error("load generator: {0}")]
     Load(#[from] load::LoadError),
+    #[error("transport floor: {0}")]
+    Suelo(#[from] suelo::SueloError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -133,6 +140,8 @@ pub struct Reporte {
     pub replicacion: &'static str,
     pub filas: Vec<Fila>,
     pub memoria: Vec<Memoria>,
+    /// The ZeroMQ transport floor at each client count ([`suelo`]).
+    pub suelo: Vec<suelo::Suelo>,
     pub objetivos: Vec<Objetivo>,
 }
 
@@ -171,6 +180,19 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     }
     let maquina = Maquina::detectar();
     eprintln!("machine: {maquina}");
+    // First, while nothing else runs: the best case for the transport.
+    let mut pisos = Vec::new();
+    for &n in &opts.clientes {
+        let s = suelo::medir(n, SUELO)?;
+        eprintln!(
+            "{n:>3} in flight: one ZeroMQ TCP hop costs {:.1} us of CPU ({} round trips)",
+            s.us_por_salto, s.idas_y_vueltas
+        );
+        pisos.push(s);
+        if shutdown.is_triggered() {
+            return Err(BenchError::Interrumpido);
+        }
+    }
     let dir = Directorio {
         path: std::env::temp_dir().join(format!("biblioteca-bench-{}", std::process::id())),
         conservar: opts.conservar,
@@ -255,7 +277,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     let memoria = memoria(&stack);
     drop(stack);
     drop(cluster);
-    let objetivos = objetivos(&filas, &memoria);
+    let objetivos = objetivos(&filas, &memoria, &pisos);
     Ok(Reporte {
         maquina,
         duracion_s: opts.duracion.as_secs(),
@@ -263,6 +285,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         replicacion: "synchronous (local streaming standby)",
         filas,
         memoria,
+        suelo: pisos,
         objetivos,
     })
 }
