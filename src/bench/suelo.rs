@@ -35,6 +35,8 @@ pub enum SueloError {
     Net(#[from] NetError),
     #[error(transparent)]
     Launch(#[from] crate::launch::LaunchError),
+    #[error(transparent)]
+    Ficheros(#[from] crate::client::load::LoadError),
     #[error("the echo thread: {0}")]
     Hilo(std::io::Error),
     #[error("reading this process's CPU time: {0}")]
@@ -93,6 +95,8 @@ fn eco(router: &zmq::Socket, stop: &AtomicBool) -> Result<(), NetError> {
 /// Measures `en_vuelo` request/reply pairs kept in flight for `duracion`
 /// (after a short warm-up).
 pub fn medir(en_vuelo: usize, duracion: Duration) -> Result<Suelo, SueloError> {
+    // Both ends' sockets live in this process: twice a load run's files.
+    crate::client::load::abrir_ficheros(2 * en_vuelo)?;
     let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
     let ctx_eco = zmq::Context::new();
     let router = net::socket(&ctx_eco, zmq::ROUTER)?;

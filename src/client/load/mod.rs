@@ -44,7 +44,7 @@ const POR_CONTEXTO: usize = 1000;
 /// Raises the open-file limit to what `clientes` sockets need (a ZeroMQ
 /// socket holds an eventfd and a TCP connection), or says how far short the
 /// hard limit falls.
-fn abrir_ficheros(clientes: usize) -> Result<(), LoadError> {
+pub(crate) fn abrir_ficheros(clientes: usize) -> Result<(), LoadError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let needed = (clientes as u64) * 2 + 256;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
