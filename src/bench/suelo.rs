@@ -11,8 +11,8 @@
 //! ZeroMQ contexts in this process (each with its own I/O thread, as two
 //! processes would have), `n` REQ sockets polled by one thread — like the
 //! load generator — sending a request-sized message to a ROUTER that echoes
-//! it at once, on an otherwise idle machine. CPU is this process's
-//! `getrusage` over the measured interval divided by the hops made.
+//! it at once, on an otherwise idle machine. CPU is this process's, counted
+//! by [`cpu`](super::cpu) like every other part, divided by the hops made.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::cpu::{Parte, Partes};
 use crate::launch::free_port;
 use crate::net::{self, NetError};
 
@@ -39,8 +40,6 @@ pub enum SueloError {
     Ficheros(#[from] crate::client::load::LoadError),
     #[error("the echo thread: {0}")]
     Hilo(std::io::Error),
-    #[error("reading this process's CPU time: {0}")]
-    Rusage(nix::Error),
     #[error("no round trip completed in {0:?}")]
     SinDatos(Duration),
 }
@@ -70,14 +69,6 @@ impl Suelo {
         }
         pgbench_us / (pgbench_us + self.us_por_peticion())
     }
-}
-
-/// User + system CPU of this process, in microseconds.
-fn cpu_us() -> Result<f64, SueloError> {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let u = getrusage(UsageWho::RUSAGE_SELF).map_err(SueloError::Rusage)?;
-    let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
-    Ok(us(u.user_time()) + us(u.system_time()))
 }
 
 /// Echoes every message on `router` until `stop`.
@@ -141,12 +132,8 @@ fn clientes(en_vuelo: usize, duracion: Duration, endpoint: &str) -> Result<Suelo
             let mut items: Vec<zmq::PollItem> =
                 socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
             zmq::poll(&mut items, POLL_MS).map_err(NetError::from)?;
-            let listos: Vec<usize> = (0..items.len())
-                .filter(|&i| items[i].is_readable())
-                .collect();
-            for i in listos {
-                let s = &socks[i];
-                if net::try_recv(s)?.is_some() {
+            for (item, s) in items.iter().zip(&socks) {
+                if item.is_readable() && net::try_recv(s)?.is_some() {
                     hechas += 1;
                     s.send(&cuerpo[..], 0).map_err(NetError::from)?;
                 }
@@ -155,17 +142,21 @@ fn clientes(en_vuelo: usize, duracion: Duration, endpoint: &str) -> Result<Suelo
         Ok(hechas)
     };
     contar(Instant::now() + calentamiento)?;
-    let cpu0 = cpu_us()?;
-    let t0 = Instant::now();
-    let hechas = contar(t0 + duracion)?;
-    let cpu = cpu_us()? - cpu0;
+    let proceso = Partes::new().con("zeromq", Parte::Este);
+    let antes = proceso.ahora();
+    let hechas = contar(Instant::now() + duracion)?;
     if hechas == 0 {
         return Err(SueloError::SinDatos(duracion));
     }
+    // Two hops per round trip; the first part is this process.
+    let us_por_salto = antes
+        .por_peticion(&proceso.ahora(), 2 * hechas)
+        .first()
+        .map_or(0.0, |c| c.us_por_peticion);
     Ok(Suelo {
         en_vuelo: n,
         idas_y_vueltas: hechas,
-        us_por_salto: cpu / (2 * hechas) as f64,
+        us_por_salto,
     })
 }
 
