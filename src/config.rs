@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::protocol::Operacion;
+use crate::sched::Scheduling;
 use crate::security::{ActorCurve, CargaCurve, ClientCurve, StorageCurve};
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +199,9 @@ pub struct StorageConfig {
     /// (the newest timeline seen, for fencing).
     pub state_dir: Option<PathBuf>,
     pub database: DatabaseConfig,
+    /// CPU scheduling policy of the service's threads (`batch` or `normal`;
+    /// see `sched`). Read at start.
+    pub scheduling: Scheduling,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<StorageCurve>,
@@ -211,6 +215,7 @@ impl Default for StorageConfig {
             max_queue: 4096,
             state_dir: None,
             database: DatabaseConfig::default(),
+            scheduling: Scheduling::default(),
             curve: None,
         }
     }
@@ -282,6 +287,9 @@ pub struct CargaConfig {
     pub actor_timeout_ms: u64,
     /// Requests in flight at once; beyond it clients hear `ServicioOcupado`.
     pub max_in_flight: usize,
+    /// CPU scheduling policy of the service's threads (`batch` or `normal`;
+    /// see `sched`). Read at start.
+    pub scheduling: Scheduling,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<CargaCurve>,
@@ -298,6 +306,7 @@ impl Default for CargaConfig {
             republish_ms: 1000,
             actor_timeout_ms: 3000,
             max_in_flight: 10_000,
+            scheduling: Scheduling::default(),
             curve: None,
         }
     }
@@ -339,6 +348,9 @@ pub struct ActorConfig {
     /// Requests this actor has at the storage manager at once.
     pub max_in_flight: usize,
     pub heartbeat_ms: u64,
+    /// CPU scheduling policy of the service's threads (`batch` or `normal`;
+    /// see `sched`). Read at start.
+    pub scheduling: Scheduling,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<ActorCurve>,
@@ -354,6 +366,7 @@ impl Default for ActorConfig {
             storage_timeout_ms: 2500,
             max_in_flight: 64,
             heartbeat_ms: 1000,
+            scheduling: Scheduling::default(),
             curve: None,
         }
     }

@@ -14,6 +14,7 @@
 //!   the signal loop that drives them.
 //! - [`logging`], [`notify`]: tracing setup (journald or stderr) and sd-notify.
 //! - [`net`]: small ZeroMQ helpers shared by every socket thread.
+//! - [`sched`]: the CPU scheduling policy the services' threads run under.
 //! - [`storage`]: the storage manager (ROUTER front-end, pooled workers, SQL).
 //! - [`carga`]: the load manager (client front-end, PUB to actors, outcomes).
 //! - [`actor`]: an actor serving one operation.
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod protocol;
+pub mod sched;
 pub mod security;
 pub mod shutdown;
 pub mod stack;

@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use crate::protocol::Operacion;
+use crate::sched::Scheduling;
 use crate::security::provision::HostKeys;
 use crate::security::{ClientCurve, OperatorCurve};
 
@@ -79,6 +80,8 @@ pub struct StackSpec {
     /// storage manager starts (default [`OWNER_USER`]); `None`: no migrate
     /// step (the schema is already current).
     pub migrate_as: Option<String>,
+    /// The services' CPU scheduling policy (`scheduling` in their configs).
+    pub scheduling: Scheduling,
 }
 
 /// What secures a stack (the demo's `--seguro`, the security tests).
@@ -132,6 +135,7 @@ impl StackSpec {
             deadline_ms: CargaConfig::default().deadline_ms,
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
+            scheduling: Scheduling::default(),
         }
     }
 
@@ -145,6 +149,7 @@ impl StackSpec {
                 ..DatabaseConfig::default()
             },
             curve: self.security.keys.as_ref().map(HostKeys::storage_curve),
+            scheduling: self.scheduling,
             ..StorageConfig::default()
         }
     }
@@ -157,6 +162,7 @@ impl StackSpec {
             storage: self.ports.storage_endpoint(),
             deadline_ms: self.deadline_ms,
             curve: self.security.keys.as_ref().map(HostKeys::carga_curve),
+            scheduling: self.scheduling,
             ..CargaConfig::default()
         }
     }
@@ -172,6 +178,7 @@ impl StackSpec {
                 .keys
                 .as_ref()
                 .map(|k| k.actor_curve(operacion)),
+            scheduling: self.scheduling,
             ..ActorConfig::default()
         }
     }

@@ -68,6 +68,7 @@ impl Harness {
             actor_timeout_ms: 600,
             max_in_flight: 100,
             curve: None,
+            ..CargaConfig::default()
         };
         tweak(&mut cfg);
         let all = self.sd.clone();
@@ -94,6 +95,7 @@ impl Harness {
             max_in_flight: 16,
             heartbeat_ms: 100,
             curve: None,
+            ..ActorConfig::default()
         };
         let sd = self.sd.clone();
         self.threads.push(std::thread::spawn(move || {
@@ -468,6 +470,7 @@ fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
         max_in_flight: 16,
         heartbeat_ms: 100,
         curve: None,
+        ..ActorConfig::default()
     };
     let sd = h.sd.clone();
     h.threads.push(std::thread::spawn(move || {

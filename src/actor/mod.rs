@@ -25,6 +25,8 @@ pub type ActorError = crate::net::ServiceError;
 /// Serves `config.operacion` until `shutdown`, then waits briefly for the
 /// storage manager's answers to what is outstanding and returns.
 pub fn run(config: ActorConfig, shutdown: Shutdown) -> Result<(), ActorError> {
+    // Before the first socket starts libzmq's threads, so they inherit it.
+    crate::sched::apply_or_warn(config.scheduling);
     let ctx = zmq::Context::new();
     let curve = crate::security::actor(config.curve.as_ref())?;
     let mut actor = worker::Actor::open(&ctx, config, actor_name(), curve)?;

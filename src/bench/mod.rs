@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::client::load::{self, spec};
 use crate::cluster::{Cluster, ClusterError, ClusterSpec, APP_DB, APP_USER, SUPERUSER};
 use crate::launch::{free_port, LaunchError};
+use crate::sched::Scheduling;
 use crate::shutdown::Shutdown;
 use crate::stack::{Stack, StackPorts, StackSpec};
 
@@ -86,6 +87,8 @@ pub struct Opciones {
     /// Runs of each system per client count, alternated; the table shows the
     /// median run (by throughput) and the CPU figures are averaged.
     pub repeticiones: u32,
+    /// The services' CPU scheduling policy (to compare against `normal`).
+    pub scheduling: Scheduling,
 }
 
 /// Our pipeline at one client count.
@@ -138,6 +141,8 @@ pub struct Reporte {
     pub duracion_s: u64,
     pub libros: u64,
     pub replicacion: &'static str,
+    /// The services' CPU scheduling policy in this run.
+    pub scheduling: Scheduling,
     pub filas: Vec<Fila>,
     pub memoria: Vec<Memoria>,
     /// The ZeroMQ transport floor at each client count ([`suelo`]).
@@ -222,6 +227,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         &cluster.standby().conninfo(APP_USER, APP_DB),
     );
     spec.bin_dir = opts.bin_dir.clone();
+    spec.scheduling = opts.scheduling;
     let stack = Stack::start(spec)?;
     crate::storage::seed(&stack.spec().storage_config(), opts.libros, EJEMPLARES)?;
     cluster
@@ -283,6 +289,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         duracion_s: opts.duracion.as_secs(),
         libros: opts.libros,
         replicacion: "synchronous (local streaming standby)",
+        scheduling: opts.scheduling,
         filas,
         memoria,
         suelo: pisos,

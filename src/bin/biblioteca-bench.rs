@@ -8,6 +8,7 @@ use clap::Parser;
 
 use biblioteca::bench::{self, Opciones};
 use biblioteca::client::load::spec;
+use biblioteca::sched::Scheduling;
 
 /// Creates a PostgreSQL primary with a synchronous standby and every service
 /// on free ports in a temporary directory, seeds a catalogue, then for each
@@ -42,6 +43,10 @@ struct Args {
     /// more on a machine whose speed swings between runs.
     #[arg(long, default_value_t = 1)]
     repeticiones: u32,
+    /// The services' CPU scheduling policy: batch (their default) or normal
+    /// (the kernel's default, for a baseline run).
+    #[arg(long, default_value = "batch")]
+    scheduling: Scheduling,
     /// Where the biblioteca-* binaries are (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -58,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         conservar: args.keep,
         almacenamiento: args.almacenamiento,
         repeticiones: args.repeticiones,
+        scheduling: args.scheduling,
     };
     let json = args.json;
     biblioteca::shutdown::run_with_signals(move |shutdown| {

@@ -34,6 +34,8 @@ pub type CargaError = crate::net::ServiceError;
 /// then refuses new requests, drains those in flight for a short while and
 /// returns.
 pub fn run(config: CargaConfig, shutdown: Shutdown) -> Result<(), CargaError> {
+    // Before the first socket starts libzmq's threads, so they inherit it.
+    crate::sched::apply_or_warn(config.scheduling);
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) = crate::security::carga(&ctx, config.curve.as_ref())?;

@@ -137,6 +137,8 @@ pub fn run(
     config_path: Option<PathBuf>,
     shutdown: Shutdown,
 ) -> Result<(), StorageError> {
+    // Before the pools and the sockets start their threads, so they inherit it.
+    crate::sched::apply_or_warn(config.scheduling);
     let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let bind = config.bind.clone();
     let shared = Arc::new(Shared::new(nodes::Backend::new(config)?, fencing));

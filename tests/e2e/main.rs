@@ -7,7 +7,7 @@
 //! of bad input on every socket, sd-notify readiness, and
 //! `ServicioNoDisponible` while the loan actors are down followed by a retry
 //! under the same id applied once, and the load generator's report checked
-//! against the database.
+//! against the database, and the services' threads' scheduling policy.
 
 // A harness-less test is not compiled with cfg(test): allow what tests may do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -42,6 +42,7 @@ fn main() {
                 "sd_notify_watchdog_and_stop",
                 outage::sd_notify_watchdog_and_stop,
             ),
+            ("services_batch_scheduled", outage::services_batch_scheduled),
             ("guide_parts_2_to_4", guide::parts_2_to_4),
             ("business_errors", guide::business_errors),
             ("last_copy_race", idempotency::last_copy_race),

@@ -34,6 +34,35 @@ pub fn sd_notify_ready(w: &mut World) {
     }
 }
 
+/// Every thread of every service except its main one (which only waits for
+/// signals) runs under SCHED_BATCH, the `scheduling` default: the storage
+/// workers, the socket threads and libzmq's I/O threads.
+pub fn services_batch_scheduled(w: &mut World) {
+    let mut services = vec![&w.stack.storage, &w.stack.carga];
+    services.extend(w.stack.actors.iter().map(|(_, a)| a));
+    for s in services {
+        let pid = s.pid().unwrap();
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let task = task.unwrap();
+            if task.file_name().to_string_lossy() == pid.to_string() {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Field 41 (policy), counted after the parenthesized command name.
+            let after = &stat[stat.rfind(')').unwrap() + 1..];
+            let policy: u32 = after.split_whitespace().nth(38).unwrap().parse().unwrap();
+            policies.push(policy);
+        }
+        assert!(policies.len() >= 2, "{}: {policies:?}", s.name());
+        assert!(
+            policies.iter().all(|&p| p == 3),
+            "{}: thread policies {policies:?} (3 = SCHED_BATCH)",
+            s.name()
+        );
+    }
+}
+
 /// SIGHUP to the storage manager: `RELOADING=1` with `MONOTONIC_USEC`, then
 /// `READY=1` again, and it keeps serving.
 pub fn sd_notify_reload(w: &mut World) {

@@ -258,6 +258,28 @@ units_active() {
         on act "systemctl is-active biblioteca-actor@prestamo.service biblioteca-actor@devolucion.service biblioteca-actor@renovacion.service"
 }
 
+# Every thread of a service that serves (libzmq's I/O threads and the
+# storage workers included; not the main thread, which only waits for
+# signals) runs under SCHED_BATCH (policy 3, field 41 of /proc/TID/stat),
+# which the service sets itself at start through the units' seccomp filter.
+batch_scheduled() {
+    local host=$1 unit=$2
+    on "$host" "pid=\$(systemctl show -p MainPID --value $unit)
+        n=0
+        for t in /proc/\$pid/task/*; do
+            [ \"\${t##*/}\" = \"\$pid\" ] && continue
+            [ \"\$(cut -d')' -f2- \$t/stat | awk '{print \$39}')\" = 3 ] || exit 1
+            n=\$((n + 1))
+        done
+        [ \$n -ge 3 ]"
+}
+
+services_batch_scheduled() {
+    batch_scheduled app biblioteca-almacenamiento.service &&
+        batch_scheduled app biblioteca-carga.service &&
+        batch_scheduled act biblioteca-actor@prestamo.service
+}
+
 replicating_synchronously() {
     [[ $(sql db1 "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'") == sync ]]
 }
@@ -392,6 +414,7 @@ phase "ansible-playbook site.yml"
 check "site.yml deploys" playbook site.yml site-1
 check "second site.yml run reports changed=0" second_run_changes_nothing
 check "every service active" eventually 60 units_active
+check "every service thread runs under SCHED_BATCH" services_batch_scheduled
 check "primary replicates synchronously to standby" eventually 60 replicating_synchronously
 check "the guide's catalogue is seeded" eventually 30 catalogue
 check "schema owned by biblioteca_owner, migrated by biblioteca-migrate.service" schema_owned_by_owner
