@@ -37,8 +37,9 @@
   SystemCallFilter = [
     "@system-service"
     "~@privileged @resources"
-    # libzmq's I/O threads call pthread_setschedparam() (default policy, no
-    # real-time: RestrictRealtime still holds) and abort when it fails.
+    # libzmq's I/O threads call pthread_setschedparam() (the inherited
+    # policy, never real-time: RestrictRealtime still holds) and abort when it
+    # fails; the services set SCHED_BATCH at start (`scheduling` setting).
     "sched_setscheduler"
   ];
   SystemCallErrorNumber = "EPERM";

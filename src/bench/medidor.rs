@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{cpu, pgbench, BenchError, CpuSistema, Fila, Nuestro, Opciones};
 use crate::client::load::{self, spec, Opciones as CargaOpciones};
-use crate::cluster::{Cluster, SUPERUSER};
+use crate::cluster::{Cluster, APP_DB, SUPERUSER};
 use crate::config::ClientConfig;
 use crate::shutdown::Shutdown;
 use crate::stack::Stack;
@@ -146,14 +146,19 @@ impl Medidor<'_> {
         antes.por_peticion(&self.partes.ahora(), peticiones)
     }
 
-    /// A checkpoint before each step, so none lands in the middle of one.
+    /// Before each run: a `VACUUM` of the catalogue's tables and a
+    /// checkpoint, so every run starts from the same kind of state and
+    /// neither a vacuum nor a checkpoint lands in the middle of one.
+    /// Autovacuum is off on the benchmark's cluster (see `super::run`): it
+    /// would clean up after one system while the other is being measured,
+    /// charging that system seconds of CPU it did not cause.
     fn checkpoint(&self) -> Result<(), BenchError> {
         if self.shutdown.is_triggered() {
             return Err(BenchError::Interrumpido);
         }
-        self.cluster
-            .primary()
-            .sql_as(SUPERUSER, "postgres", "CHECKPOINT")?;
+        let primary = self.cluster.primary();
+        primary.sql_as(SUPERUSER, APP_DB, "VACUUM")?;
+        primary.sql_as(SUPERUSER, "postgres", "CHECKPOINT")?;
         Ok(())
     }
 
