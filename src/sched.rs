@@ -96,8 +96,14 @@ pub fn apply_or_warn(scheduling: Scheduling) {
 
 /// The calling thread's policy as `Scheduling`, `None` for any other.
 pub fn current() -> Option<Scheduling> {
-    // SAFETY: a plain system call on the calling thread, no pointers.
-    let policy = unsafe { libc::sched_getscheduler(0) };
+    of_thread(0)
+}
+
+/// The policy of thread `tid` (any process's; 0: the calling thread) as
+/// `Scheduling`, `None` for any other policy or a thread that is gone.
+pub fn of_thread(tid: libc::pid_t) -> Option<Scheduling> {
+    // SAFETY: a plain system call, no pointers.
+    let policy = unsafe { libc::sched_getscheduler(tid) };
     [Scheduling::Batch, Scheduling::Normal]
         .into_iter()
         .find(|s| s.policy() == policy)

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use biblioteca::protocol::Operacion;
+use biblioteca::sched::{self, Scheduling};
 use serde_json::json;
 
 use biblioteca::launch::Service;
@@ -44,20 +45,15 @@ pub fn services_batch_scheduled(w: &mut World) {
         let pid = s.pid().unwrap();
         let mut policies = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let task = task.unwrap();
-            if task.file_name().to_string_lossy() == pid.to_string() {
-                continue;
+            let tid: i32 = task.unwrap().file_name().to_string_lossy().parse().unwrap();
+            if tid != pid as i32 {
+                policies.push(sched::of_thread(tid));
             }
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Field 41 (policy), counted after the parenthesized command name.
-            let after = &stat[stat.rfind(')').unwrap() + 1..];
-            let policy: u32 = after.split_whitespace().nth(38).unwrap().parse().unwrap();
-            policies.push(policy);
         }
         assert!(policies.len() >= 2, "{}: {policies:?}", s.name());
         assert!(
-            policies.iter().all(|&p| p == 3),
-            "{}: thread policies {policies:?} (3 = SCHED_BATCH)",
+            policies.iter().all(|&p| p == Some(Scheduling::Batch)),
+            "{}: thread policies {policies:?}",
             s.name()
         );
     }

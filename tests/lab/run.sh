@@ -260,18 +260,19 @@ units_active() {
 
 # Every thread of a service that serves (libzmq's I/O threads and the
 # storage workers included; not the main thread, which only waits for
-# signals) runs under SCHED_BATCH (policy 3, field 41 of /proc/TID/stat),
-# which the service sets itself at start through the units' seccomp filter.
+# signals) runs under SCHED_BATCH, which the service sets itself at start
+# through the units' seccomp filter.
 batch_scheduled() {
     local host=$1 unit=$2
     on "$host" "pid=\$(systemctl show -p MainPID --value $unit)
         n=0
         for t in /proc/\$pid/task/*; do
-            [ \"\${t##*/}\" = \"\$pid\" ] && continue
-            [ \"\$(cut -d')' -f2- \$t/stat | awk '{print \$39}')\" = 3 ] || exit 1
+            tid=\${t##*/}
+            [ \"\$tid\" = \"\$pid\" ] && continue
+            chrt -p \$tid | grep -q SCHED_BATCH || exit 1
             n=\$((n + 1))
         done
-        [ \$n -ge 3 ]"
+        [ \$n -ge 2 ]"
 }
 
 services_batch_scheduled() {
