@@ -10,9 +10,11 @@
 //! `SCHED_BATCH` a thread keeps its fair share of the CPU but gives up that
 //! wake-up preemption: it runs when the current thread blocks, which a busy
 //! backend does within microseconds (on its commit or its next read). Measured
-//! in docs/benchmark.md: more requests per second at 16 clients, tail latency
-//! at 10 clients unchanged. `normal` keeps the default policy, for a host
-//! where latency of an otherwise idle service matters more than throughput.
+//! in docs/benchmark.md (runs D and F): at light load a quarter less CPU per
+//! request in the services and lower latency; from 10 clients up the
+//! difference is within the noise of the machine it was measured on.
+//! `normal` keeps the kernel's default, for comparison or for a host where
+//! the services have cores to themselves.
 //!
 //! The policy is set on the calling thread at the start of a service's `run`,
 //! before it starts any thread, and every thread it starts inherits it
