@@ -36,34 +36,40 @@ pub enum Scheduling {
     Normal,
 }
 
-impl std::str::FromStr for Scheduling {
-    type Err = String;
+impl Scheduling {
+    const ALL: [Scheduling; 2] = [Scheduling::Batch, Scheduling::Normal];
 
-    /// The spelling of the configuration key, for command-line flags.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "batch" => Ok(Scheduling::Batch),
-            "normal" => Ok(Scheduling::Normal),
-            _ => Err(format!("{s:?}: expected batch or normal")),
-        }
-    }
-}
-
-impl std::fmt::Display for Scheduling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+    /// The configuration's spelling (what serde reads).
+    fn name(self) -> &'static str {
+        match self {
             Scheduling::Batch => "batch",
             Scheduling::Normal => "normal",
-        })
+        }
     }
-}
 
-impl Scheduling {
     fn policy(self) -> libc::c_int {
         match self {
             Scheduling::Batch => libc::SCHED_BATCH,
             Scheduling::Normal => libc::SCHED_OTHER,
         }
+    }
+}
+
+/// The configuration's spelling, for command-line flags.
+impl std::str::FromStr for Scheduling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scheduling::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("{s:?}: expected batch or normal"))
+    }
+}
+
+impl std::fmt::Display for Scheduling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -106,9 +112,7 @@ pub fn current() -> Option<Scheduling> {
 pub fn of_thread(tid: libc::pid_t) -> Option<Scheduling> {
     // SAFETY: a plain system call, no pointers.
     let policy = unsafe { libc::sched_getscheduler(tid) };
-    [Scheduling::Batch, Scheduling::Normal]
-        .into_iter()
-        .find(|s| s.policy() == policy)
+    Scheduling::ALL.into_iter().find(|s| s.policy() == policy)
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ struct Args {
     repeticiones: u32,
     /// The services' CPU scheduling policy: batch (their default) or normal
     /// (the kernel's default, for a baseline run).
-    #[arg(long, default_value = "batch")]
+    #[arg(long, default_value_t = Scheduling::default())]
     scheduling: Scheduling,
     /// Where the biblioteca-* binaries are (default: next to this one).
     #[arg(long)]
