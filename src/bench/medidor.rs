@@ -58,8 +58,8 @@ pub(super) struct Medidor<'a> {
 }
 
 impl Medidor<'_> {
-    /// One client count: every system `repeticiones` times, alternated, a
-    /// checkpoint before each run so none lands in the middle of one.
+    /// One client count: every system `repeticiones` times, alternated, each
+    /// run from freshly vacuumed and checkpointed tables ([`Self::preparar`]).
     pub(super) fn paso(
         &self,
         n: usize,
@@ -77,21 +77,21 @@ impl Medidor<'_> {
             } else {
                 String::new()
             };
-            self.checkpoint()?;
+            self.preparar()?;
             eprintln!("{n:>3} clients: pgbench{tag} ...");
             let antes = self.partes.ahora();
             let r = self.pgbench(n, opts.duracion, *run)?;
             cpu_pgb.push(self.cpu(&antes, r.transacciones));
             pgbs.push(r);
             eprintln!("{n:>3} clients: pipeline{tag} ...");
-            self.checkpoint()?;
+            self.preparar()?;
             let antes = self.partes.ahora();
             let r = self.nuestro(n, opts.duracion, *run, frontend)?;
             cpu_ours.push(self.cpu(&antes, r.peticiones));
             ours.push(r);
             if opts.almacenamiento {
                 *run += 1;
-                self.checkpoint()?;
+                self.preparar()?;
                 eprintln!("{n:>3} clients: storage manager alone{tag} ...");
                 let antes = self.partes.ahora();
                 let r = self.nuestro(n, opts.duracion, *run, storage)?;
@@ -152,7 +152,7 @@ impl Medidor<'_> {
     /// Autovacuum is off on the benchmark's cluster (see `super::run`): it
     /// would clean up after one system while the other is being measured,
     /// charging that system seconds of CPU it did not cause.
-    fn checkpoint(&self) -> Result<(), BenchError> {
+    fn preparar(&self) -> Result<(), BenchError> {
         if self.shutdown.is_triggered() {
             return Err(BenchError::Interrumpido);
         }

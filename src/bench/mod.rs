@@ -232,7 +232,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     crate::storage::seed(&stack.spec().storage_config(), opts.libros, EJEMPLARES)?;
     let primary = cluster.primary();
     primary.sql_as(SUPERUSER, APP_DB, "VACUUM ANALYZE")?;
-    // Vacuums run between measured runs instead (`Medidor::checkpoint`).
+    // Vacuums run between measured runs instead (`Medidor::preparar`).
     primary.sql_as(SUPERUSER, "postgres", "ALTER SYSTEM SET autovacuum = off")?;
     primary.sql_as(SUPERUSER, "postgres", "SELECT pg_reload_conf()")?;
     eprintln!(
