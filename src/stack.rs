@@ -309,6 +309,13 @@ impl Stack {
         Ok(&mut self.actors[last].1)
     }
 
+    /// Every service: the storage manager, the load manager, the actors.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        [&self.storage, &self.carga]
+            .into_iter()
+            .chain(self.actors.iter().map(|(_, s)| s))
+    }
+
     /// The first actor serving `op`.
     pub fn actor(&mut self, op: Operacion) -> Option<&mut Service> {
         self.actors

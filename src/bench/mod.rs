@@ -301,22 +301,12 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
 
 /// Peak RSS of each service, read while they still run.
 fn memoria(stack: &Stack) -> Vec<Memoria> {
-    let mut procs = vec![
-        (stack.storage.name().to_string(), stack.storage.pid()),
-        (stack.carga.name().to_string(), stack.carga.pid()),
-    ];
-    procs.extend(
-        stack
-            .actors
-            .iter()
-            .map(|(_, s)| (s.name().to_string(), s.pid())),
-    );
-    procs
-        .into_iter()
-        .filter_map(|(servicio, pid)| {
-            let vm_hwm_kb = maquina::vm_hwm_kb(pid?)?;
+    stack
+        .services()
+        .filter_map(|s| {
+            let vm_hwm_kb = maquina::vm_hwm_kb(s.pid()?)?;
             Some(Memoria {
-                servicio,
+                servicio: s.name().to_string(),
                 vm_hwm_kb,
             })
         })

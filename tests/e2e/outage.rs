@@ -17,9 +17,7 @@ fn has_line(m: &str, want: impl Fn(&str) -> bool) -> bool {
 }
 
 pub fn sd_notify_ready(w: &mut World) {
-    let mut services = vec![&w.stack.storage, &w.stack.carga];
-    services.extend(w.stack.actors.iter().map(|(_, a)| a));
-    for s in services {
+    for s in w.stack.services() {
         let msgs = s.messages();
         assert!(
             msgs.iter().any(|m| m.lines().any(|l| l == "READY=1")),
@@ -39,9 +37,7 @@ pub fn sd_notify_ready(w: &mut World) {
 /// signals) runs under SCHED_BATCH, the `scheduling` default: the storage
 /// workers, the socket threads and libzmq's I/O threads.
 pub fn services_batch_scheduled(w: &mut World) {
-    let mut services = vec![&w.stack.storage, &w.stack.carga];
-    services.extend(w.stack.actors.iter().map(|(_, a)| a));
-    for s in services {
+    for s in w.stack.services() {
         let pid = s.pid().unwrap();
         let mut policies = Vec::new();
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
