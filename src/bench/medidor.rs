@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::esqueleto::Esqueleto;
 use super::{cpu, pgbench, BenchError, CpuSistema, Fila, Nuestro, Opciones};
 use crate::client::load::{self, spec, Opciones as CargaOpciones};
 use crate::cluster::{Cluster, APP_DB, SUPERUSER};
@@ -25,7 +26,14 @@ fn mediana<T: Clone>(v: &[T], key: fn(&T) -> f64) -> Option<T> {
 
 /// The parts whose CPU time is counted: both PostgreSQL nodes, each service
 /// and the client (pgbench, or the load generator in this process).
-pub(super) fn partes(cluster: &Cluster, stack: &Stack) -> cpu::Partes {
+/// The skeleton's processes ([`Esqueleto`]) count under the load manager and
+/// the actors: only one system runs at a time, and the idle one's
+/// heartbeats are noise.
+pub(super) fn partes(
+    cluster: &Cluster,
+    stack: &Stack,
+    esqueleto: Option<&Esqueleto>,
+) -> cpu::Partes {
     let pids = |v: Vec<Option<u32>>| cpu::Parte::Procesos(v.into_iter().flatten().collect());
     let mut partes = cpu::Partes::new();
     for (nombre, nodo) in [
@@ -38,12 +46,35 @@ pub(super) fn partes(cluster: &Cluster, stack: &Stack) -> cpu::Partes {
     }
     partes
         .con("almacenamiento", pids(vec![stack.storage.pid()]))
-        .con("carga", pids(vec![stack.carga.pid()]))
+        .con(
+            "carga",
+            pids(vec![
+                stack.carga.pid(),
+                esqueleto.and_then(|e| e.carga.pid()),
+            ]),
+        )
         .con(
             "actors",
-            pids(stack.actors.iter().map(|(_, s)| s.pid()).collect()),
+            pids(
+                stack
+                    .actors
+                    .iter()
+                    .map(|(_, s)| s.pid())
+                    .chain([esqueleto.and_then(|e| e.actor.pid())])
+                    .collect(),
+            ),
         )
         .con("client", cpu::Parte::Este)
+}
+
+/// Where each system's load goes.
+pub(super) struct Destinos {
+    /// The load manager (the pipeline).
+    pub(super) frontend: String,
+    /// The storage manager's ROUTER (`--almacenamiento`).
+    pub(super) storage: Option<String>,
+    /// The skeleton's load manager (`--esqueleto`).
+    pub(super) esqueleto: Option<String>,
 }
 
 /// Runs the two systems against one cluster and stack.
@@ -65,11 +96,18 @@ impl Medidor<'_> {
         n: usize,
         opts: &Opciones,
         run: &mut u32,
-        frontend: &str,
-        storage: &str,
+        destinos: &Destinos,
     ) -> Result<Fila, BenchError> {
-        let (mut pgbs, mut ours, mut solos) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut cpu_pgb, mut cpu_ours, mut cpu_solo) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pgbs, mut ours) = (Vec::new(), Vec::new());
+        let (mut cpu_pgb, mut cpu_ours) = (Vec::new(), Vec::new());
+        // The optional systems: (name, endpoint, runs, CPU per run).
+        let mut extra: Vec<(&'static str, &str, Vec<Nuestro>, Vec<_>)> = [
+            ("storage alone", destinos.storage.as_deref()),
+            ("skeleton", destinos.esqueleto.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, ep)| Some((name, ep?, Vec::new(), Vec::new())))
+        .collect();
         for rep in 1..=opts.repeticiones {
             *run += 1;
             let tag = if opts.repeticiones > 1 {
@@ -86,17 +124,17 @@ impl Medidor<'_> {
             eprintln!("{n:>3} clients: pipeline{tag} ...");
             self.preparar()?;
             let antes = self.partes.ahora();
-            let r = self.nuestro(n, opts.duracion, *run, frontend)?;
+            let r = self.nuestro(n, opts.duracion, *run, &destinos.frontend)?;
             cpu_ours.push(self.cpu(&antes, r.peticiones));
             ours.push(r);
-            if opts.almacenamiento {
+            for (name, endpoint, runs, cpus) in &mut extra {
                 *run += 1;
                 self.preparar()?;
-                eprintln!("{n:>3} clients: storage manager alone{tag} ...");
+                eprintln!("{n:>3} clients: {name}{tag} ...");
                 let antes = self.partes.ahora();
-                let r = self.nuestro(n, opts.duracion, *run, storage)?;
-                cpu_solo.push(self.cpu(&antes, r.peticiones));
-                solos.push(r);
+                let r = self.nuestro(n, opts.duracion, *run, endpoint)?;
+                cpus.push(self.cpu(&antes, r.peticiones));
+                runs.push(r);
             }
         }
         let ratios = pgbs
@@ -118,12 +156,20 @@ impl Medidor<'_> {
                 partes: cpu::promedio(&cpu_ours),
             },
         ];
-        if !cpu_solo.is_empty() {
+        let mut medianas = Vec::new();
+        for (sistema, _, runs, cpus) in &extra {
             cpu.push(CpuSistema {
-                sistema: "storage alone",
-                partes: cpu::promedio(&cpu_solo),
+                sistema,
+                partes: cpu::promedio(cpus),
             });
+            medianas.push((*sistema, mediana(runs, |r| r.rps)));
         }
+        let de = |name: &str| {
+            medianas
+                .iter()
+                .find(|(s, _)| *s == name)
+                .and_then(|(_, m)| m.clone())
+        };
         Ok(Fila {
             clientes: n,
             ratio: if pgbench.tps > 0.0 {
@@ -132,7 +178,8 @@ impl Medidor<'_> {
                 0.0
             },
             ratios,
-            almacenamiento: mediana(&solos, |r| r.rps),
+            almacenamiento: de("storage alone"),
+            esqueleto: de("skeleton"),
             pgbench,
             nuestro,
             cpu,

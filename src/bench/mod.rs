@@ -16,6 +16,7 @@
 //! at the end, also on error or Ctrl-C.
 
 pub mod cpu;
+pub mod esqueleto;
 pub mod maquina;
 mod medidor;
 pub mod pgbench;
@@ -34,6 +35,7 @@ use crate::sched::Scheduling;
 use crate::shutdown::Shutdown;
 use crate::stack::{Stack, StackPorts, StackSpec};
 
+use esqueleto::Esqueleto;
 pub use maquina::Maquina;
 use medidor::Medidor;
 pub use tabla::{objetivos, tabla, Objetivo};
@@ -89,6 +91,9 @@ pub struct Opciones {
     pub repeticiones: u32,
     /// The services' CPU scheduling policy (to compare against `normal`).
     pub scheduling: Scheduling,
+    /// Also run the skeleton pipeline ([`esqueleto`]): forwarding-only load
+    /// manager and actor in front of the real storage manager.
+    pub esqueleto: bool,
 }
 
 /// Our pipeline at one client count.
@@ -112,6 +117,8 @@ pub struct Fila {
     pub nuestro: Nuestro,
     /// The same load sent straight to the storage manager (`--almacenamiento`).
     pub almacenamiento: Option<Nuestro>,
+    /// The same load through the skeleton pipeline (`--esqueleto`).
+    pub esqueleto: Option<Nuestro>,
     /// Our requests/s over pgbench's transactions/s (of the median runs).
     pub ratio: f64,
     /// The same ratio for each repetition, pgbench and ours run back to back.
@@ -229,6 +236,16 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     spec.bin_dir = opts.bin_dir.clone();
     spec.scheduling = opts.scheduling;
     let stack = Stack::start(spec)?;
+    let esqueleto = if opts.esqueleto {
+        Some(Esqueleto::arrancar(
+            &dir.path.join("esqueleto"),
+            opts.bin_dir.as_deref(),
+            &stack.ports().storage_endpoint(),
+            opts.scheduling,
+        )?)
+    } else {
+        None
+    };
     crate::storage::seed(&stack.spec().storage_config(), opts.libros, EJEMPLARES)?;
     let primary = cluster.primary();
     primary.sql_as(SUPERUSER, APP_DB, "VACUUM ANALYZE")?;
@@ -242,7 +259,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     );
     let pg_dir = dir.path.join("pgbench");
     cluster.primary().pg.make_dir(&pg_dir)?;
-    let partes = medidor::partes(&cluster, &stack);
+    let partes = medidor::partes(&cluster, &stack, esqueleto.as_ref());
     let medidor = Medidor {
         partes,
         cluster: &cluster,
@@ -259,9 +276,18 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
     // A REQ socket's ["", body] is what the storage ROUTER expects too.
     let storage = stack.ports().storage_endpoint();
     medidor.nuestro(calentar, CALENTAMIENTO, run, &frontend)?;
+    let destinos = medidor::Destinos {
+        frontend,
+        storage: opts.almacenamiento.then_some(storage),
+        esqueleto: esqueleto.as_ref().map(|e| e.frontend().to_string()),
+    };
+    if let Some(e) = &destinos.esqueleto {
+        // Also lets the forwarding actor's subscription settle.
+        medidor.nuestro(calentar, CALENTAMIENTO, run, e)?;
+    }
     let mut filas = Vec::new();
     for &n in &opts.clientes {
-        let fila = medidor.paso(n, opts, &mut run, &frontend, &storage)?;
+        let fila = medidor.paso(n, opts, &mut run, &destinos)?;
         let rango = match (
             fila.ratios.iter().copied().reduce(f64::min),
             fila.ratios.iter().copied().reduce(f64::max),
@@ -283,6 +309,7 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         filas.push(fila);
     }
     let memoria = memoria(&stack);
+    drop(esqueleto);
     drop(stack);
     drop(cluster);
     let objetivos = objetivos(&filas, &memoria, &pisos);

@@ -38,6 +38,11 @@ struct Args {
     /// pipeline's cost between the database tier and the ZeroMQ hops.
     #[arg(long)]
     almacenamiento: bool,
+    /// Also run the skeleton: a load manager and an actor that only forward
+    /// frames (biblioteca-esqueleto) in front of the real storage manager,
+    /// the ceiling for any pipeline of this shape here.
+    #[arg(long)]
+    esqueleto: bool,
     /// Runs of each system per client count, alternated (pgbench, ours, ...):
     /// the table shows the median run, CPU per request is averaged. Use 3 or
     /// more on a machine whose speed swings between runs.
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         almacenamiento: args.almacenamiento,
         repeticiones: args.repeticiones,
         scheduling: args.scheduling,
+        esqueleto: args.esqueleto,
     };
     let json = args.json;
     biblioteca::shutdown::run_with_signals(move |shutdown| {
