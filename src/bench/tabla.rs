@@ -348,7 +348,6 @@ mod tests {
         assert_eq!(o[0].medido, "50% (the ZeroMQ hops alone allow at most 83%)");
         assert_eq!(tabla_suelo(&[], &[]), "");
 
-        let mut f = f;
         f.esqueleto = Some(Nuestro {
             rps: 620.0,
             ..f.nuestro.clone()

@@ -1,0 +1,114 @@
+//! `biblioteca-bench` end to end: the real binary builds its own cluster
+//! (primary + synchronous standby) and services, runs every system it can
+//! measure for a short step, and reports figures that came from those runs.
+//! Nothing about speed is asserted (that is what the benchmark prints); what
+//! is asserted is that each system did real work without failures and that
+//! the report is consistent with itself.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
+}
+
+/// CPU per request of `parte` in system `sistema` of a row.
+fn cpu(fila: &Value, sistema: &str, parte: &str) -> f64 {
+    let s = fila["cpu"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["sistema"] == sistema)
+        .unwrap_or_else(|| panic!("no CPU figures for {sistema}: {fila}"));
+    s["partes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["parte"] == parte)
+        .and_then(|p| p["us_por_peticion"].as_f64())
+        .unwrap_or_else(|| panic!("no {parte} in {sistema}: {s}"))
+}
+
+#[test]
+fn the_benchmark_measures_every_system_it_is_asked_for() {
+    let out = Command::new(env!("CARGO_BIN_EXE_biblioteca-bench"))
+        .args([
+            "--clientes",
+            "2",
+            "--duracion",
+            "2s",
+            "--libros",
+            "50",
+            "--almacenamiento",
+            "--esqueleto",
+            "--json",
+        ])
+        .output()
+        .expect("run biblioteca-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+
+    let filas = r["filas"].as_array().expect("rows");
+    assert_eq!(filas.len(), 1, "{r}");
+    let f = &filas[0];
+    assert_eq!(f["clientes"], 2);
+    let pgb = num(f, &["pgbench", "tps"]);
+    assert!(pgb > 0.0, "pgbench did nothing: {f}");
+    for sistema in ["nuestro", "almacenamiento", "esqueleto"] {
+        assert!(
+            num(f, &[sistema, "rps"]) > 0.0,
+            "{sistema} did nothing: {f}"
+        );
+        assert!(num(f, &[sistema, "peticiones"]) > 0.0, "{f}");
+        assert_eq!(num(f, &[sistema, "fallos"]), 0.0, "{sistema} failed: {f}");
+        assert!(num(f, &[sistema, "p99_ms"]) >= num(f, &[sistema, "p50_ms"]));
+    }
+    let ratio = num(f, &["nuestro", "rps"]) / pgb;
+    assert!((num(f, &["ratio"]) - ratio).abs() < 1e-9, "{f}");
+
+    // Each system's work shows up in the processes that did it: the
+    // skeleton's own load manager and actor, not the real ones, are idle
+    // when the storage manager is driven alone.
+    let sistemas: Vec<&str> = f["cpu"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["sistema"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sistemas,
+        ["pgbench", "ours", "storage alone", "skeleton"],
+        "{f}"
+    );
+    for sistema in ["ours", "skeleton"] {
+        for parte in ["pg primary", "almacenamiento", "carga", "actors", "client"] {
+            assert!(cpu(f, sistema, parte) > 0.0, "{sistema}: no {parte} CPU");
+        }
+    }
+    assert!(cpu(f, "storage alone", "almacenamiento") > 0.0);
+    assert!(
+        cpu(f, "storage alone", "carga") < cpu(f, "ours", "carga") / 2.0,
+        "the load manager worked while nobody sent it anything: {f}"
+    );
+
+    let suelo = r["suelo"].as_array().expect("floor");
+    assert_eq!(suelo.len(), 1);
+    assert!(num(&suelo[0], &["us_por_salto"]) > 0.0);
+    let memoria = r["memoria"].as_array().expect("memory");
+    assert_eq!(memoria.len(), 5, "storage, load manager, 3 actors: {r}");
+    assert!(memoria.iter().all(|m| num(m, &["vm_hwm_kb"]) > 0.0));
+    let objetivos = r["objetivos"].as_array().expect("targets");
+    assert_eq!(objetivos.len(), 4);
+    // 16 clients were not run: that target is "not measured", never met.
+    assert_eq!(objetivos[0]["cumplido"], Value::Null, "{r}");
+}
