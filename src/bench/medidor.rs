@@ -158,6 +158,17 @@ impl Medidor<'_> {
         ];
         let mut medianas = Vec::new();
         for (sistema, _, runs, cpus) in &extra {
+            // Each run against the pgbench run of its own repetition.
+            let por_corrida: Vec<String> = runs
+                .iter()
+                .zip(&pgbs)
+                .filter(|(_, p)| p.tps > 0.0)
+                .map(|(r, p)| format!("{:.2}", r.rps / p.tps))
+                .collect();
+            eprintln!(
+                "{n:>3} clients: {sistema}/pgbench per run: {}",
+                por_corrida.join(", ")
+            );
             cpu.push(CpuSistema {
                 sistema,
                 partes: cpu::promedio(cpus),
