@@ -1,6 +1,6 @@
 //! One step of the benchmark: both systems (and optionally the storage
-//! manager alone) at one client count, repeated and alternated, with the CPU
-//! each part spent per request.
+//! manager alone and the skeleton pipeline) at one client count, repeated
+//! and alternated, with the CPU each part spent per request.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +156,6 @@ impl Medidor<'_> {
                 partes: cpu::promedio(&cpu_ours),
             },
         ];
-        let mut medianas = Vec::new();
         for (sistema, _, runs, cpus) in &extra {
             // Each run against the pgbench run of its own repetition.
             let por_corrida: Vec<String> = runs
@@ -173,13 +172,10 @@ impl Medidor<'_> {
                 sistema,
                 partes: cpu::promedio(cpus),
             });
-            medianas.push((*sistema, mediana(runs, |r| r.rps)));
         }
         let de = |name: &str| {
-            medianas
-                .iter()
-                .find(|(s, _)| *s == name)
-                .and_then(|(_, m)| m.clone())
+            let (_, _, runs, _) = extra.iter().find(|e| e.0 == name)?;
+            mediana(runs, |r| r.rps)
         };
         Ok(Fila {
             clientes: n,

@@ -12,8 +12,10 @@
 //! report adds the CPU time each part spent per request ([`cpu`]), the machine
 //! ([`maquina`]) and each service's peak RSS, and checks the targets
 //! against it and against the transport floor ([`suelo`]: what the ZeroMQ
-//! hops alone cost here, measured first). Everything is stopped and removed
-//! at the end, also on error or Ctrl-C.
+//! hops alone cost here, measured first) and, on request, against the
+//! skeleton pipeline ([`esqueleto`]: what this architecture at best reaches
+//! with the real database work). Everything is stopped and removed at the
+//! end, also on error or Ctrl-C.
 
 pub mod cpu;
 pub mod esqueleto;
