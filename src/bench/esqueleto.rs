@@ -241,7 +241,11 @@ where
             ida.0.as_poll_item(zmq::POLLIN),
             vuelta.0.as_poll_item(zmq::POLLIN),
         ];
-        zmq::poll(&mut items, POLL_MS).map_err(NetError::from)?;
+        match zmq::poll(&mut items, POLL_MS) {
+            // A signal (the stop request itself) interrupted the wait.
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => return Err(NetError::from(e).into()),
+        }
         pasar(&vuelta)?;
         pasar(&ida)?;
     }
