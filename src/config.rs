@@ -267,6 +267,10 @@ impl Validate for StorageConfig {
     }
 }
 
+/// Default of `request_lines_per_second`: every request of a demonstration
+/// or a light load, a readable sample of a heavy one.
+pub const REQUEST_LINES_PER_SECOND: u32 = 50;
+
 /// `biblioteca-carga`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -290,6 +294,9 @@ pub struct CargaConfig {
     /// CPU scheduling policy of the service's threads (`batch` or `normal`;
     /// see `sched`). Read at start.
     pub scheduling: Scheduling,
+    /// Request lines a second logged at `info`, the rest at `debug` and
+    /// summarized (see `request_log`); 0: every one at `info`.
+    pub request_lines_per_second: u32,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<CargaCurve>,
@@ -307,6 +314,7 @@ impl Default for CargaConfig {
             actor_timeout_ms: 3000,
             max_in_flight: 10_000,
             scheduling: Scheduling::default(),
+            request_lines_per_second: REQUEST_LINES_PER_SECOND,
             curve: None,
         }
     }
@@ -351,6 +359,8 @@ pub struct ActorConfig {
     /// CPU scheduling policy of the service's threads (`batch` or `normal`;
     /// see `sched`). Read at start.
     pub scheduling: Scheduling,
+    /// As for the load manager.
+    pub request_lines_per_second: u32,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<ActorCurve>,
@@ -367,6 +377,7 @@ impl Default for ActorConfig {
             max_in_flight: 64,
             heartbeat_ms: 1000,
             scheduling: Scheduling::default(),
+            request_lines_per_second: REQUEST_LINES_PER_SECOND,
             curve: None,
         }
     }

@@ -15,6 +15,8 @@
 //! - [`logging`], [`notify`]: tracing setup (journald or stderr) and sd-notify.
 //! - [`net`]: small ZeroMQ helpers shared by every socket thread.
 //! - [`sched`]: the CPU scheduling policy the services' threads run under.
+//! - [`request_log`]: per-request log lines, at most so many a second at
+//!   `info`, the rest at `debug` and summarized.
 //! - [`storage`]: the storage manager (ROUTER front-end, pooled workers, SQL).
 //! - [`carga`]: the load manager (client front-end, PUB to actors, outcomes).
 //! - [`actor`]: an actor serving one operation.
@@ -46,6 +48,7 @@ pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod protocol;
+pub mod request_log;
 pub mod sched;
 pub mod security;
 pub mod shutdown;

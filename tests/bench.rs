@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -37,6 +38,45 @@ fn cpu(fila: &Value, sistema: &str, parte: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {parte} in {sistema}: {s}"))
 }
 
+/// Removes what `--keep` left, however the test ends.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `--keep` leaves: the database's files with no server running on
+/// them, and the services' logs. Under load the actors log a sample of the
+/// requests at info and one line a second counting the rest.
+fn kept_run_is_stopped_and_logged(dir: &Path) {
+    for node in ["primary", "standby"] {
+        let data = dir.join("pg").join(node);
+        assert!(data.join("PG_VERSION").is_file(), "{} kept", data.display());
+        assert!(
+            !data.join("postmaster.pid").exists(),
+            "{node} still running after the bench ended"
+        );
+    }
+    let log = std::fs::read_to_string(dir.join("servicios").join("actor-prestamo.log"))
+        .expect("the loan actor's log");
+    let processed = log.lines().filter(|l| l.contains("processed")).count();
+    assert!(processed > 0, "no request line at all:\n{log}");
+    assert!(
+        log.contains("more requests in the last second"),
+        "no summary of the lines not shown:\n{processed} request lines"
+    );
+    // At most 50 a second at info; a wall-clock second can straddle two
+    // windows, so count per second of timestamp against twice that.
+    let mut per_second = std::collections::HashMap::<&str, usize>::new();
+    for l in log.lines().filter(|l| l.contains("processed")) {
+        *per_second.entry(l.get(..19).unwrap_or("")).or_default() += 1;
+    }
+    let busiest = per_second.values().max().copied().unwrap_or(0);
+    assert!(busiest <= 100, "{busiest} request lines in one second");
+}
+
 #[test]
 fn the_benchmark_measures_every_system_it_is_asked_for() {
     let out = Command::new(env!("CARGO_BIN_EXE_biblioteca-bench"))
@@ -50,11 +90,19 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
             "--almacenamiento",
             "--esqueleto",
             "--json",
+            "--keep",
         ])
         .output()
         .expect("run biblioteca-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
+    let kept = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("kept "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("--keep did not name the directory: {stderr}"));
+    let _cleanup = Cleanup(kept.clone());
+    kept_run_is_stopped_and_logged(&kept);
     let r: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
 

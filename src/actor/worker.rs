@@ -13,6 +13,8 @@ use crate::config::ActorConfig;
 use crate::net;
 use crate::notify;
 use crate::protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
+use crate::request_line;
+use crate::request_log::RequestLog;
 use crate::security::{Curve, Peer};
 use crate::shutdown::Shutdown;
 
@@ -37,6 +39,7 @@ pub(super) struct Actor {
     pending: Pendientes,
     timeout_rounds: u32,
     next_heartbeat: Instant,
+    request_log: RequestLog,
 }
 
 fn storage_socket(
@@ -85,6 +88,7 @@ impl Actor {
         Ok(Actor {
             ctx: ctx.clone(),
             pending: Pendientes::new(Duration::from_millis(cfg.storage_timeout_ms)),
+            request_log: RequestLog::new(cfg.request_lines_per_second, Instant::now()),
             cfg,
             curve,
             name,
@@ -116,6 +120,7 @@ impl Actor {
                     return Ok(());
                 }
             } else if now >= self.next_heartbeat {
+                self.request_log.roll(now);
                 self.heartbeat();
                 self.next_heartbeat = now + Duration::from_millis(self.cfg.heartbeat_ms);
             }
@@ -277,13 +282,14 @@ impl Actor {
     }
 
     /// Reports an outcome and logs it.
-    fn finish(&self, p: &Peticion, r: Respuesta, received: Instant, now: Instant) {
+    fn finish(&mut self, p: &Peticion, r: Respuesta, received: Instant, now: Instant) {
         let resultado = match r.error {
             Some(code) => code.as_str(),
             None if r.exito => "ok",
             None => "error",
         };
-        tracing::info!(
+        request_line!(
+            self.request_log.admit(now),
             id = p.id.as_deref(),
             isbn = p.isbn.as_str(),
             usuario = p.usuario.as_str(),

@@ -175,6 +175,28 @@ impl Drop for Directorio {
     }
 }
 
+/// The cluster, whose servers stop on every way out of the run; with
+/// `--keep` (its spec's `keep`) its files and logs stay behind, without a
+/// server still running on them.
+struct Detenido(Cluster);
+
+impl std::ops::Deref for Detenido {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for Detenido {
+    fn drop(&mut self) {
+        // Without `keep` the cluster's own drop stops and removes it.
+        if self.0.spec().keep {
+            let _ = self.0.stop();
+        }
+    }
+}
+
 /// Runs the benchmark; progress goes to stderr.
 pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> {
     if opts.clientes.is_empty() || opts.clientes.iter().any(|&c| c == 0 || c > 1000) {
@@ -216,13 +238,13 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         source,
     })?;
     let t0 = Instant::now();
-    let cluster = Cluster::create(ClusterSpec {
+    let cluster = Detenido(Cluster::create(ClusterSpec {
         dir: dir.path.join("pg"),
         primary_port: free_port()?,
         standby_port: free_port()?,
         synchronous: true,
         keep: opts.conservar,
-    })?;
+    })?);
     let ports = StackPorts {
         frontend: free_port()?,
         publisher: free_port()?,

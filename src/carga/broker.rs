@@ -21,6 +21,8 @@ use crate::notify;
 use crate::protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
 };
+use crate::request_line;
+use crate::request_log::RequestLog;
 use crate::shutdown::Shutdown;
 
 /// Messages taken from one socket before looking at the others (fairness).
@@ -42,6 +44,7 @@ pub(super) struct Broker {
     atendidas: u64,
     stopping: bool,
     next_sweep: Instant,
+    request_log: RequestLog,
 }
 
 fn ms_between(from: Instant, to: Instant) -> u64 {
@@ -82,6 +85,7 @@ impl Broker {
             atendidas: 0,
             stopping: false,
             next_sweep: now + SWEEP,
+            request_log: RequestLog::new(cfg.request_lines_per_second, now),
             cfg,
             s,
         }
@@ -394,7 +398,8 @@ impl Broker {
 
     fn answer_consulta(&mut self, c: Consulta, r: Respuesta, now: Instant) {
         let r = r.with_id(c.client_id.clone());
-        tracing::info!(
+        request_line!(
+            self.request_log.admit(now),
             id = c.client_id.as_deref(),
             operacion = c.operacion,
             isbn = c.isbn.as_str(),
@@ -473,8 +478,9 @@ impl Broker {
         }
     }
 
-    fn log_outcome(&self, p: &Peticion, r: &Respuesta, received: Instant, now: Instant) {
-        tracing::info!(
+    fn log_outcome(&mut self, p: &Peticion, r: &Respuesta, received: Instant, now: Instant) {
+        request_line!(
+            self.request_log.admit(now),
             id = r.id.as_deref().or(p.id.as_deref()),
             operacion = %p.operacion,
             isbn = p.isbn.as_str(),
@@ -486,6 +492,7 @@ impl Broker {
     }
 
     fn timers(&mut self, now: Instant) {
+        self.request_log.roll(now);
         let tick = self.inflight.tick(now);
         for (op, payload) in &tick.republish {
             let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
