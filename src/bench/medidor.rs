@@ -137,11 +137,7 @@ impl Medidor<'_> {
                 runs.push(r);
             }
         }
-        let ratios = pgbs
-            .iter()
-            .zip(&ours)
-            .map(|(p, o)| if p.tps > 0.0 { o.rps / p.tps } else { 0.0 })
-            .collect();
+        let ratios = pgbs.iter().zip(&ours).map(|(p, o)| o.ratio(p)).collect();
         let (Some(pgbench), Some(nuestro)) = (mediana(&pgbs, |r| r.tps), mediana(&ours, |r| r.rps))
         else {
             return Err(BenchError::Opciones("no run was measured".into()));
@@ -161,8 +157,7 @@ impl Medidor<'_> {
             let por_corrida: Vec<String> = runs
                 .iter()
                 .zip(&pgbs)
-                .filter(|(_, p)| p.tps > 0.0)
-                .map(|(r, p)| format!("{:.2}", r.rps / p.tps))
+                .map(|(r, p)| format!("{:.2}", r.ratio(p)))
                 .collect();
             eprintln!(
                 "{n:>3} clients: {sistema}/pgbench per run: {}",
@@ -179,11 +174,7 @@ impl Medidor<'_> {
         };
         Ok(Fila {
             clientes: n,
-            ratio: if pgbench.tps > 0.0 {
-                nuestro.rps / pgbench.tps
-            } else {
-                0.0
-            },
+            ratio: nuestro.ratio(&pgbench),
             ratios,
             almacenamiento: de("storage alone"),
             esqueleto: de("skeleton"),

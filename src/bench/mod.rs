@@ -111,6 +111,18 @@ pub struct Nuestro {
     pub p99_ms: f64,
 }
 
+impl Nuestro {
+    /// This run's requests/s over `pgbench`'s transactions/s (0 when pgbench
+    /// completed nothing).
+    pub fn ratio(&self, pgbench: &pgbench::Resultado) -> f64 {
+        if pgbench.tps > 0.0 {
+            self.rps / pgbench.tps
+        } else {
+            0.0
+        }
+    }
+}
+
 /// One client count, both systems.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fila {

@@ -48,10 +48,10 @@ pub fn objetivos(filas: &[Fila], memoria: &[Memoria], suelo: &[Suelo]) -> Vec<Ob
                         m * 100.0
                     ));
                 }
-                if let Some(e) = f.esqueleto.as_ref().filter(|_| f.pgbench.tps > 0.0) {
+                if let Some(e) = &f.esqueleto {
                     limites.push(format!(
                         "the skeleton reached {:.0}%",
-                        e.rps / f.pgbench.tps * 100.0
+                        e.ratio(&f.pgbench) * 100.0
                     ));
                 }
                 if limites.is_empty() {
@@ -184,11 +184,7 @@ fn tabla_extra(
     );
     for f in filas {
         if let Some(a) = de(f) {
-            let ratio = if f.pgbench.tps > 0.0 {
-                a.rps / f.pgbench.tps
-            } else {
-                0.0
-            };
+            let ratio = a.ratio(&f.pgbench);
             s.push_str(&format!(
                 "| {} | {:.0} | {:.2} | {:.2} | {} | {ratio:.2} |\n",
                 f.clientes, a.rps, a.p50_ms, a.p99_ms, a.fallos
