@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::protocol::Peticion;
+use biblioteca_protocol::Peticion;
 
 /// Tries (first send included) before a request is given up on.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -126,7 +126,7 @@ impl Pendientes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Operacion;
+    use biblioteca_protocol::Operacion;
 
     #[test]
     fn resends_then_gives_up() {

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use super::pending::{Pendientes, MAX_ATTEMPTS};
 use super::ActorError;
-use crate::config::ActorConfig;
-use crate::net;
-use crate::notify;
-use crate::protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
-use crate::request_line;
-use crate::request_log::RequestLog;
-use crate::security::{Curve, Peer};
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::config::ActorConfig;
+use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
+use biblioteca_runtime::net;
+use biblioteca_runtime::notify;
+use biblioteca_runtime::request_line;
+use biblioteca_runtime::request_log::RequestLog;
+use biblioteca_runtime::security::{Curve, Peer};
+use biblioteca_runtime::shutdown::Shutdown;
 
 const BATCH: usize = 256;
 const TICK: Duration = Duration::from_millis(100);
@@ -173,7 +173,7 @@ impl Actor {
             due = due.min(now + Duration::from_millis(10));
         }
         let d = due.saturating_duration_since(now);
-        (d.as_millis() as i64) + i64::from(d.subsec_nanos() % 1_000_000 != 0)
+        (d.as_millis() as i64) + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
     }
 
     fn send_report(&self, informe: &Informe) -> bool {

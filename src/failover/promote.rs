@@ -16,7 +16,7 @@ use super::pg::{self, Lsn, Probe, Role};
 use super::status::probe_all;
 use super::storage;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use crate::config::StorageConfig;
+use biblioteca_protocol::config::StorageConfig;
 
 #[derive(Debug, Clone, Default)]
 pub struct PromoteOptions {
@@ -132,7 +132,7 @@ fn pick_target<'a>(
             )
         })?;
         let p = find(probes, name);
-        if p.map_or(true, |p| !p.reachable()) {
+        if p.is_none_or(|p| !p.reachable()) {
             return Err(FailoverError::stuck(
                 format!("cannot promote {name}: it is unreachable"),
                 format!(
@@ -179,7 +179,7 @@ fn old_primary<'a>(
         .storage
         .config
         .as_deref()
-        .and_then(|path| crate::config::parse::<StorageConfig>(path).ok())
+        .and_then(|path| biblioteca_protocol::config::parse::<StorageConfig>(path).ok())
         .and_then(|s| s.database.primary().map(|n| n.name.clone()))
         .filter(|n| n != target);
     if let Some(name) = configured {
@@ -302,7 +302,7 @@ fn fence_old_primary(
     probe: Option<&Probe>,
     progress: &Progress,
 ) -> Result<()> {
-    if probe.map_or(true, |p| p.role != Role::Primary) {
+    if probe.is_none_or(|p| p.role != Role::Primary) {
         return Ok(());
     }
     if !old.managed() {

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{FailoverConfig, FailoverError, Progress, ReloadMethod, Result, StorageTarget};
-use crate::config::{parse_reader, NodeRole, StorageConfig};
-use crate::net;
-use crate::security::{Curve, Peer};
+use biblioteca_protocol::config::{parse_reader, NodeRole, StorageConfig};
+use biblioteca_runtime::net;
+use biblioteca_runtime::security::Load;
+use biblioteca_runtime::security::{Curve, Peer};
 
 /// What the storage manager says about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -360,7 +361,7 @@ role = "standby"
         std::fs::write(&path, CFG).unwrap();
         let backup = set_roles(&path, &[("standby", NodeRole::Primary)]).unwrap();
         assert_eq!(std::fs::read_to_string(&backup).unwrap(), CFG);
-        let now: StorageConfig = crate::config::parse(&path).unwrap();
+        let now: StorageConfig = biblioteca_protocol::config::parse(&path).unwrap();
         assert_eq!(now.database.primary().unwrap().name, "standby");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::fencing::Fencing;
 use super::StorageError;
-use crate::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
+use biblioteca_protocol::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
 
 pub type PgPool = r2d2::Pool<Manager>;
 

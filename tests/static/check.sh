@@ -176,7 +176,7 @@ check "ansible-lint --offline (profile production)" \
 
 # Renders every template for the example inventory, CURVE on (the default)
 # and off, and feeds each TOML to its binary: serde's deny_unknown_fields
-# makes --check-config reject any key that src/config.rs (or
+# makes --check-config reject any key that src/protocol/config.rs (or
 # src/failover/config.rs) does not know, and a [curve] section must load.
 # The role's credentials and public-key directories point at $WORK, filled
 # as site.yml would fill them: one key pair per kind, its public key copied
