@@ -3,7 +3,7 @@
 # .ci/setup-debian, and what CI runs):
 #   1. cargo test: unit tests and the suites against real PostgreSQL clusters,
 #      real ZeroMQ sockets and the real binaries (e2e, guide_python, chaos,
-#      failover, security, carga_actor, cluster);
+#      failover, security, load_manager, cluster);
 #   2. tests/static/check.sh: systemd-analyze verify/security, Nix parse/format/
 #      lint, ansible syntax-check/lint, rendered configs checked by the binaries;
 #   3. tests/lab/run.sh: the ansible roll-out onto systemd-nspawn lab hosts,

@@ -22,21 +22,21 @@ fn num(v: &Value, path: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("{path:?} is not a number in {v}"))
 }
 
-/// CPU per request of `parte` in system `sistema` of a row.
-fn cpu(fila: &Value, sistema: &str, parte: &str) -> f64 {
-    let s = fila["cpu"]
+/// CPU per request of `part` in system `system` of a row.
+fn cpu(row: &Value, system: &str, part: &str) -> f64 {
+    let s = row["cpu"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["sistema"] == sistema)
-        .unwrap_or_else(|| panic!("no CPU figures for {sistema}: {fila}"));
-    s["partes"]
+        .find(|c| c["system"] == system)
+        .unwrap_or_else(|| panic!("no CPU figures for {system}: {row}"));
+    s["parts"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["parte"] == parte)
-        .and_then(|p| p["us_por_peticion"].as_f64())
-        .unwrap_or_else(|| panic!("no {parte} in {sistema}: {s}"))
+        .find(|p| p["part"] == part)
+        .and_then(|p| p["us_per_request"].as_f64())
+        .unwrap_or_else(|| panic!("no {part} in {system}: {s}"))
 }
 
 /// Removes what `--keep` left, however the test ends.
@@ -107,22 +107,19 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
     let r: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
 
-    let filas = r["filas"].as_array().expect("rows");
-    assert_eq!(filas.len(), 1, "{r}");
-    let f = &filas[0];
-    assert_eq!(f["clientes"], 2);
+    let rows = r["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{r}");
+    let f = &rows[0];
+    assert_eq!(f["clients"], 2);
     let pgb = num(f, &["pgbench", "tps"]);
     assert!(pgb > 0.0, "pgbench did nothing: {f}");
-    for sistema in ["nuestro", "almacenamiento", "esqueleto"] {
-        assert!(
-            num(f, &[sistema, "rps"]) > 0.0,
-            "{sistema} did nothing: {f}"
-        );
-        assert!(num(f, &[sistema, "peticiones"]) > 0.0, "{f}");
-        assert_eq!(num(f, &[sistema, "fallos"]), 0.0, "{sistema} failed: {f}");
-        assert!(num(f, &[sistema, "p99_ms"]) >= num(f, &[sistema, "p50_ms"]));
+    for system in ["ours", "storage_alone", "skeleton"] {
+        assert!(num(f, &[system, "rps"]) > 0.0, "{system} did nothing: {f}");
+        assert!(num(f, &[system, "requests"]) > 0.0, "{f}");
+        assert_eq!(num(f, &[system, "failures"]), 0.0, "{system} failed: {f}");
+        assert!(num(f, &[system, "p99_ms"]) >= num(f, &[system, "p50_ms"]));
     }
-    let ratio = num(f, &["nuestro", "rps"]) / pgb;
+    let ratio = num(f, &["ours", "rps"]) / pgb;
     assert!((num(f, &["ratio"]) - ratio).abs() < 1e-9, "{f}");
 
     // Each system's work shows up in the processes that did it: the
@@ -132,16 +129,16 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| c["sistema"].as_str().unwrap())
+        .map(|c| c["system"].as_str().unwrap())
         .collect();
     assert_eq!(
         sistemas,
         ["pgbench", "ours", "storage alone", "skeleton"],
         "{f}"
     );
-    for sistema in ["ours", "skeleton"] {
-        for parte in ["pg primary", "almacenamiento", "carga", "actors", "client"] {
-            assert!(cpu(f, sistema, parte) > 0.0, "{sistema}: no {parte} CPU");
+    for system in ["ours", "skeleton"] {
+        for part in ["pg primary", "almacenamiento", "carga", "actors", "client"] {
+            assert!(cpu(f, system, part) > 0.0, "{system}: no {part} CPU");
         }
     }
     assert!(cpu(f, "storage alone", "almacenamiento") > 0.0);
@@ -150,14 +147,14 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
         "the load manager worked while nobody sent it anything: {f}"
     );
 
-    let suelo = r["suelo"].as_array().expect("floor");
-    assert_eq!(suelo.len(), 1);
-    assert!(num(&suelo[0], &["us_por_salto"]) > 0.0);
-    let memoria = r["memoria"].as_array().expect("memory");
-    assert_eq!(memoria.len(), 5, "storage, load manager, 3 actors: {r}");
-    assert!(memoria.iter().all(|m| num(m, &["vm_hwm_kb"]) > 0.0));
-    let objetivos = r["objetivos"].as_array().expect("targets");
-    assert_eq!(objetivos.len(), 4);
+    let floor = r["floor"].as_array().expect("floor");
+    assert_eq!(floor.len(), 1);
+    assert!(num(&floor[0], &["us_per_hop"]) > 0.0);
+    let memory = r["memory"].as_array().expect("memory");
+    assert_eq!(memory.len(), 5, "storage, load manager, 3 actors: {r}");
+    assert!(memory.iter().all(|m| num(m, &["vm_hwm_kb"]) > 0.0));
+    let targets = r["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 4);
     // 16 clients were not run: that target is "not measured", never met.
-    assert_eq!(objetivos[0]["cumplido"], Value::Null, "{r}");
+    assert_eq!(targets[0]["met"], Value::Null, "{r}");
 }

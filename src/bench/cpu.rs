@@ -14,24 +14,24 @@ use serde::Serialize;
 
 /// The processes of one part of the system.
 #[derive(Debug, Clone)]
-pub enum Parte {
+pub enum Part {
     /// A PostgreSQL node: the postmaster and everything under it.
     Postgres(i32),
     /// Service processes, each counted with its threads.
-    Procesos(Vec<u32>),
+    Processes(Vec<u32>),
     /// This process (the load generator runs in it) and its waited-for children.
-    Este,
+    OwnProcess,
 }
 
 /// CPU seconds of each named part at one moment.
 #[derive(Debug, Clone, Default)]
-pub struct Instantanea(Vec<(String, f64)>);
+pub struct Snapshot(Vec<(String, f64)>);
 
 /// CPU time per request of one part, in microseconds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CostoParte {
-    pub parte: String,
-    pub us_por_peticion: f64,
+pub struct PartCost {
+    pub part: String,
+    pub us_per_request: f64,
 }
 
 /// Clock ticks per second of `/proc/PID/stat` times.
@@ -55,111 +55,111 @@ fn stat(pid: &str) -> Option<(i32, u64, u64)> {
 }
 
 /// Every process's parent, for finding a postmaster's children.
-fn padres() -> Vec<(i32, u64)> {
+fn parents() -> Vec<(i32, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| {
         let name = e.ok()?.file_name().into_string().ok()?;
         name.parse::<i32>().ok()?;
-        let (ppid, propio, _) = stat(&name)?;
-        Some((ppid, propio))
+        let (ppid, own, _) = stat(&name)?;
+        Some((ppid, own))
     })
     .collect()
 }
 
-impl Parte {
-    fn ticks(&self, tabla: &[(i32, u64)]) -> u64 {
+impl Part {
+    fn ticks(&self, table: &[(i32, u64)]) -> u64 {
         match self {
-            Parte::Postgres(pm) => {
-                let (_, propio, hijos_muertos) = stat(&pm.to_string()).unwrap_or_default();
-                let vivos: u64 = tabla
+            Part::Postgres(pm) => {
+                let (_, own, reaped_children) = stat(&pm.to_string()).unwrap_or_default();
+                let alive: u64 = table
                     .iter()
                     .filter(|(ppid, _)| ppid == pm)
                     .map(|(_, t)| t)
                     .sum();
-                propio + hijos_muertos + vivos
+                own + reaped_children + alive
             }
-            Parte::Procesos(pids) => pids
+            Part::Processes(pids) => pids
                 .iter()
                 .filter_map(|p| stat(&p.to_string()))
                 .map(|(_, t, _)| t)
                 .sum(),
-            Parte::Este => stat("self").map_or(0, |(_, t, c)| t + c),
+            Part::OwnProcess => stat("self").map_or(0, |(_, t, c)| t + c),
         }
     }
 }
 
 /// The parts to watch, by name.
 #[derive(Debug, Clone, Default)]
-pub struct Partes(Vec<(String, Parte)>);
+pub struct Parts(Vec<(String, Part)>);
 
-impl Partes {
-    pub fn new() -> Partes {
-        Partes(Vec::new())
+impl Parts {
+    pub fn new() -> Parts {
+        Parts(Vec::new())
     }
 
-    pub fn con(mut self, nombre: &str, parte: Parte) -> Partes {
-        self.0.push((nombre.to_string(), parte));
+    pub fn with(mut self, name: &str, part: Part) -> Parts {
+        self.0.push((name.to_string(), part));
         self
     }
 
-    pub fn ahora(&self) -> Instantanea {
-        let tabla = padres();
+    pub fn now_snapshot(&self) -> Snapshot {
+        let table = parents();
         let hz = ticks();
-        Instantanea(
+        Snapshot(
             self.0
                 .iter()
-                .map(|(n, p)| (n.clone(), p.ticks(&tabla) as f64 / hz))
+                .map(|(n, p)| (n.clone(), p.ticks(&table) as f64 / hz))
                 .collect(),
         )
     }
 }
 
-impl Instantanea {
+impl Snapshot {
     /// Microseconds of CPU per request of each part between `self` and
-    /// `despues`, in the order the parts were named, plus the total.
-    pub fn por_peticion(&self, despues: &Instantanea, peticiones: u64) -> Vec<CostoParte> {
-        if peticiones == 0 {
+    /// `after`, in the order the parts were named, plus the total.
+    pub fn per_request(&self, after: &Snapshot, requests: u64) -> Vec<PartCost> {
+        if requests == 0 {
             return Vec::new();
         }
-        let mut out: Vec<CostoParte> = self
+        let mut out: Vec<PartCost> = self
             .0
             .iter()
-            .filter_map(|(n, antes)| {
-                let (_, ahora) = despues.0.iter().find(|(m, _)| m == n)?;
-                let d = ahora - antes;
-                Some(CostoParte {
-                    parte: n.clone(),
-                    us_por_peticion: d.max(0.0) * 1e6 / peticiones as f64,
+            .filter_map(|(n, before)| {
+                let (_, now_snapshot) = after.0.iter().find(|(m, _)| m == n)?;
+                let d = now_snapshot - before;
+                Some(PartCost {
+                    part: n.clone(),
+                    us_per_request: d.max(0.0) * 1e6 / requests as f64,
                 })
             })
             .collect();
-        let total = out.iter().map(|c| c.us_por_peticion).sum();
-        out.push(CostoParte {
-            parte: "total".into(),
-            us_por_peticion: total,
+        let total = out.iter().map(|c| c.us_per_request).sum();
+        out.push(PartCost {
+            part: "total".into(),
+            us_per_request: total,
         });
         out
     }
 }
 
 /// The mean cost of each part over several runs (parts as in the first run).
-pub fn promedio(corridas: &[Vec<CostoParte>]) -> Vec<CostoParte> {
-    let Some(primera) = corridas.first() else {
+pub fn average(runs: &[Vec<PartCost>]) -> Vec<PartCost> {
+    let Some(first) = runs.first() else {
         return Vec::new();
     };
-    primera
+    first
         .iter()
         .map(|c| {
-            let valores: Vec<f64> = corridas
+            let values: Vec<f64> = runs
                 .iter()
-                .filter_map(|r| r.iter().find(|d| d.parte == c.parte))
-                .map(|d| d.us_por_peticion)
+                .filter_map(|r| r.iter().find(|d| d.part == c.part))
+                .map(|d| d.us_per_request)
                 .collect();
-            CostoParte {
-                parte: c.parte.clone(),
-                us_por_peticion: valores.iter().sum::<f64>() / valores.len().max(1) as f64,
+            PartCost {
+                part: c.part.clone(),
+                us_per_request: values.iter().sum::<f64>() / values.len().max(1) as f64,
             }
         })
         .collect()
@@ -171,8 +171,8 @@ mod tests {
 
     #[test]
     fn this_process_is_charged_for_the_work_it_does() {
-        let partes = Partes::new().con("yo", Parte::Este);
-        let antes = partes.ahora();
+        let parts = Parts::new().with("yo", Part::OwnProcess);
+        let before = parts.now_snapshot();
         // 50 ms of this process's CPU (not of wall time, which a loaded
         // machine stretches): at 100 ticks/s that is several ticks.
         let cpu = || {
@@ -186,28 +186,28 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
         assert_ne!(x, 42);
-        let costos = antes.por_peticion(&partes.ahora(), 1000);
-        let yo = costos.iter().find(|c| c.parte == "yo").unwrap();
+        let costs = before.per_request(&parts.now_snapshot(), 1000);
+        let me = costs.iter().find(|c| c.part == "yo").unwrap();
         // 50 ms over 1000 requests is 50 us each; allow for tick rounding.
         assert!(
-            yo.us_por_peticion >= 20.0 && yo.us_por_peticion <= 200.0,
-            "{costos:?}"
+            me.us_per_request >= 20.0 && me.us_per_request <= 200.0,
+            "{costs:?}"
         );
-        assert_eq!(costos.last().unwrap().parte, "total");
+        assert_eq!(costs.last().unwrap().part, "total");
     }
 
     #[test]
     fn mean_over_runs() {
-        let c = |p: &str, us: f64| CostoParte {
-            parte: p.into(),
-            us_por_peticion: us,
+        let c = |p: &str, us: f64| PartCost {
+            part: p.into(),
+            us_per_request: us,
         };
-        let m = promedio(&[
+        let m = average(&[
             vec![c("a", 10.0), c("total", 10.0)],
             vec![c("a", 30.0), c("total", 30.0)],
         ]);
         assert_eq!(m, vec![c("a", 20.0), c("total", 20.0)]);
-        assert!(promedio(&[]).is_empty());
+        assert!(average(&[]).is_empty());
     }
 
     #[test]

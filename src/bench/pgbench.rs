@@ -38,7 +38,7 @@ pub enum PgbenchError {
     Cluster(#[from] biblioteca_cluster::ClusterError),
 }
 
-/// The pgbench script. Variables: `libros` (catalogue size), `run` (keeps
+/// The pgbench script. Variables: `books` (catalogue size), `run` (keeps
 /// request ids and users of successive runs apart), `fase` and `seq`
 /// (both start at 0, set with `-D`).
 pub fn script() -> String {
@@ -66,33 +66,33 @@ SELECT biblioteca_devolucion({id}, {isbn}, {usuario}, 1)::text;
 
 /// One pgbench run.
 #[derive(Debug, Clone)]
-pub struct Corrida<'a> {
+pub struct PgbenchRun<'a> {
     pub pg: &'a PgBin,
     /// Owned by the PostgreSQL user: script, logs and pgbench's cwd.
     pub dir: &'a Path,
     pub port: u16,
-    pub clientes: usize,
-    pub duracion: Duration,
-    pub libros: u64,
+    pub clients: usize,
+    pub duration: Duration,
+    pub books: u64,
     /// Distinguishes this run's ids and users from earlier runs.
     pub run: u32,
 }
 
 /// What pgbench reported, plus percentiles from its per-transaction log.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Resultado {
-    pub transacciones: u64,
-    pub fallidas: u64,
+pub struct PgbenchResult {
+    pub transactions: u64,
+    pub failed_requests: u64,
     pub tps: f64,
-    pub latencia_media_ms: f64,
+    pub mean_latency_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// Clients pgbench aborted (an SQL error ends a client).
-    pub abortado: bool,
+    pub aborted: bool,
 }
 
-impl Corrida<'_> {
-    pub fn ejecutar(&self) -> Result<Resultado, PgbenchError> {
+impl PgbenchRun<'_> {
+    pub fn run(&self) -> Result<PgbenchResult, PgbenchError> {
         let path = self.dir.join("prestamo.sql");
         std::fs::write(&path, script()).map_err(|source| PgbenchError::Io {
             path: path.clone(),
@@ -106,13 +106,13 @@ impl Corrida<'_> {
         cmd.args(["-h", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .args(["-U", APP_USER, "-n", "-M", "prepared", "-c"])
-            .arg(self.clientes.to_string())
+            .arg(self.clients.to_string())
             .arg("-j")
-            .arg(self.clientes.clamp(1, 2).to_string())
+            .arg(self.clients.clamp(1, 2).to_string())
             .arg("-T")
-            .arg(self.duracion.as_secs().max(1).to_string())
+            .arg(self.duration.as_secs().max(1).to_string())
             .args(["-D", "fase=0", "-D", "seq=0", "-D"])
-            .arg(format!("libros={}", self.libros))
+            .arg(format!("libros={}", self.books))
             .arg("-D")
             .arg(format!("run={}", self.run))
             .arg("--log")
@@ -123,7 +123,7 @@ impl Corrida<'_> {
         let out = cmd.output().map_err(PgbenchError::Spawn)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut r = match parse_resumen(&stdout) {
+        let mut r = match parse_summary(&stdout) {
             Ok(r) => r,
             Err(_) if !out.status.success() => {
                 return Err(PgbenchError::Failed {
@@ -133,8 +133,8 @@ impl Corrida<'_> {
             }
             Err(e) => return Err(e),
         };
-        r.abortado = !out.status.success() || stderr.contains("aborted");
-        if r.abortado {
+        r.aborted = !out.status.success() || stderr.contains("aborted");
+        if r.aborted {
             tracing::warn!(stderr = %tail(&stderr, 10), "pgbench aborted clients");
         }
         let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -147,7 +147,7 @@ impl Corrida<'_> {
                 path: e.path(),
                 source,
             })?;
-            registrar_log(&text, &mut hist);
+            log_to(&text, &mut hist);
         }
         let _ = std::fs::remove_dir_all(&logs);
         if !hist.is_empty() {
@@ -164,21 +164,21 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// The summary pgbench prints at the end of a run.
-pub fn parse_resumen(stdout: &str) -> Result<Resultado, PgbenchError> {
-    let mut r = Resultado::default();
+pub fn parse_summary(stdout: &str) -> Result<PgbenchResult, PgbenchError> {
+    let mut r = PgbenchResult::default();
     let mut tps = None;
     for line in stdout.lines().map(str::trim) {
         if let Some(v) = line.strip_prefix("number of transactions actually processed:") {
-            r.transacciones = primer_numero(v).unwrap_or(0.0) as u64;
+            r.transactions = first_number(v).unwrap_or(0.0) as u64;
         } else if let Some(v) = line.strip_prefix("number of failed transactions:") {
-            r.fallidas = primer_numero(v).unwrap_or(0.0) as u64;
+            r.failed_requests = first_number(v).unwrap_or(0.0) as u64;
         } else if let Some(v) = line.strip_prefix("latency average =") {
-            r.latencia_media_ms = primer_numero(v).unwrap_or(0.0);
+            r.mean_latency_ms = first_number(v).unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("tps =") {
             // Older pgbench prints two tps lines; the one without the
             // connection time is what we compare.
             if tps.is_none() || v.contains("without") {
-                tps = primer_numero(v);
+                tps = first_number(v);
             }
         }
     }
@@ -186,13 +186,13 @@ pub fn parse_resumen(stdout: &str) -> Result<Resultado, PgbenchError> {
     Ok(r)
 }
 
-fn primer_numero(s: &str) -> Option<f64> {
+fn first_number(s: &str) -> Option<f64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
 /// Adds the latencies of a `--log` file (`client tx time_us script epoch us`;
 /// failed or skipped transactions have a word instead of a time).
-pub fn registrar_log(text: &str, hist: &mut Histogram<u64>) {
+pub fn log_to(text: &str, hist: &mut Histogram<u64>) {
     for line in text.lines() {
         let Some(us) = line.split_whitespace().nth(2) else {
             continue;
@@ -207,7 +207,7 @@ pub fn registrar_log(text: &str, hist: &mut Histogram<u64>) {
 mod tests {
     use super::*;
 
-    const SALIDA_PG15: &str = "pgbench (15.8 (Debian 15.8-0+deb12u1))
+    const OUTPUT_PG15: &str = "pgbench (15.8 (Debian 15.8-0+deb12u1))
 transaction type: /tmp/x/prestamo.sql
 scaling factor: 1
 query mode: prepared
@@ -224,21 +224,21 @@ tps = 2061.593190 (without initial connection time)
 
     #[test]
     fn parses_the_pgbench_summary() {
-        let r = parse_resumen(SALIDA_PG15).unwrap();
-        assert_eq!(r.transacciones, 41234);
-        assert_eq!(r.fallidas, 0);
+        let r = parse_summary(OUTPUT_PG15).unwrap();
+        assert_eq!(r.transactions, 41234);
+        assert_eq!(r.failed_requests, 0);
         assert!((r.tps - 2061.593190).abs() < 1e-6);
-        assert!((r.latencia_media_ms - 7.761).abs() < 1e-9);
+        assert!((r.mean_latency_ms - 7.761).abs() < 1e-9);
         let old = "tps = 10.5 (including connections establishing)\n\
                    tps = 11.5 (excluding connections establishing)\n";
-        assert!((parse_resumen(old).unwrap().tps - 10.5).abs() < 1e-9);
-        assert!(parse_resumen("pgbench: error: connection refused").is_err());
+        assert!((parse_summary(old).unwrap().tps - 10.5).abs() < 1e-9);
+        assert!(parse_summary("pgbench: error: connection refused").is_err());
     }
 
     #[test]
     fn reads_latencies_from_the_transaction_log() {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-        registrar_log(
+        log_to(
             "0 1 1500 0 1700000000 1\n0 2 2500 0 1700000000 2\n1 1 failed 0 1700000000 3\n\n",
             &mut h,
         );

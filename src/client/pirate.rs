@@ -83,7 +83,7 @@ pub fn new_request_id() -> String {
 }
 
 /// The request as it goes on the wire. A `consulta` without user omits the
-/// field: the protocol rejects an empty `usuario`.
+/// field: the protocol rejects an empty `user`.
 pub fn encode(p: &Peticion) -> Vec<u8> {
     if !p.usuario.is_empty() {
         return p.to_bytes();
@@ -168,7 +168,7 @@ impl Client {
         }
     }
 
-    /// Sends a frame as is (`status`, `resultado`, hand-written JSON).
+    /// Sends a frame as is (`status`, `result`, hand-written JSON).
     pub fn raw(&mut self, frame: &[u8]) -> Result<Respuesta, ClientError> {
         match self.exchange(frame)? {
             Some(r) => Ok(r),
@@ -341,8 +341,7 @@ mod tests {
                     return;
                 }
                 let env = Envelope::split(s.recv_multipart(0).unwrap()).unwrap();
-                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap()
-                else {
+                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap() else {
                     panic!("not an operation")
                 };
                 let _ = tx.send((env.route[0].clone(), p.clone()));

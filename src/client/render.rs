@@ -2,17 +2,17 @@
 //!
 //! `--json` prints the wire reply instead; this module only decides how a
 //! [`Respuesta`] reads as text: a mark, the operation, the message, the error
-//! code and a short summary of `datos`.
+//! code and a short summary of `data`.
 
 use serde_json::Value;
 
 use biblioteca_protocol::Respuesta;
 
-/// Longest `datos` summary before it is cut with an ellipsis.
-const MAX_DATOS: usize = 160;
+/// Longest `data` summary before it is cut with an ellipsis.
+const MAX_DATA: usize = 160;
 
 /// `✓ prestamo: message [k=v, ..] (id ..)` or `✗ prestamo: Code: message (id ..)`.
-pub fn linea(r: &Respuesta) -> String {
+pub fn line(r: &Respuesta) -> String {
     let mut out = String::new();
     out.push_str(if r.exito { "✓ " } else { "✗ " });
     if !r.operacion.is_empty() {
@@ -24,10 +24,10 @@ pub fn linea(r: &Respuesta) -> String {
         out.push_str(": ");
     }
     out.push_str(&r.mensaje);
-    let datos = datos(&r.datos);
-    if !datos.is_empty() {
+    let data = data(&r.datos);
+    if !data.is_empty() {
         out.push_str(" [");
-        out.push_str(&datos);
+        out.push_str(&data);
         out.push(']');
     }
     if let Some(id) = &r.id {
@@ -39,20 +39,20 @@ pub fn linea(r: &Respuesta) -> String {
 }
 
 /// `k=v` pairs for an object (nested values as compact JSON), cut to a bound.
-pub fn datos(v: &Value) -> String {
+pub fn data(v: &Value) -> String {
     let text = match v {
         Value::Null => String::new(),
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| format!("{k}={}", escalar(v)))
+            .map(|(k, v)| format!("{k}={}", scale(v)))
             .collect::<Vec<_>>()
             .join(", "),
-        other => escalar(other),
+        other => scale(other),
     };
-    cortar(&text, MAX_DATOS)
+    cut(&text, MAX_DATA)
 }
 
-fn escalar(v: &Value) -> String {
+fn scale(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -60,7 +60,7 @@ fn escalar(v: &Value) -> String {
     }
 }
 
-fn cortar(s: &str, max: usize) -> String {
+fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
@@ -84,19 +84,19 @@ mod tests {
         )
         .with_id(Some("s-1".into()));
         assert_eq!(
-            linea(&ok),
+            line(&ok),
             "✓ prestamo: Préstamo registrado [ejemplares=2, isbn=978-0134685991] (id s-1)"
         );
         let err = Respuesta::error("devolucion", CodigoError::PrestamoNoEncontrado, "no loan");
-        assert_eq!(linea(&err), "✗ devolucion: PrestamoNoEncontrado: no loan");
+        assert_eq!(line(&err), "✗ devolucion: PrestamoNoEncontrado: no loan");
     }
 
     #[test]
     fn long_datos_are_cut() {
         let long = json!({"x": "y".repeat(500)});
-        let s = datos(&long);
-        assert_eq!(s.chars().count(), MAX_DATOS);
+        let s = data(&long);
+        assert_eq!(s.chars().count(), MAX_DATA);
         assert!(s.ends_with('…'));
-        assert_eq!(datos(&json!([1, 2])), "[1,2]");
+        assert_eq!(data(&json!([1, 2])), "[1,2]");
     }
 }

@@ -9,25 +9,25 @@ use serde::Serialize;
 
 /// Latency samples in milliseconds.
 #[derive(Debug, Clone, Default)]
-pub struct Latencias {
+pub struct Latencies {
     ms: Vec<f64>,
     sorted: bool,
 }
 
 /// The numbers printed at the end of a batch (milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Resumen {
-    pub muestras: usize,
-    pub media: f64,
-    pub desviacion: f64,
+pub struct Summary {
+    pub samples: usize,
+    pub mean: f64,
+    pub stddev: f64,
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
 }
 
-impl Latencias {
-    pub fn new() -> Latencias {
-        Latencias::default()
+impl Latencies {
+    pub fn new() -> Latencies {
+        Latencies::default()
     }
 
     pub fn push(&mut self, d: Duration) {
@@ -77,11 +77,11 @@ impl Latencias {
         self.ms.get(rank.clamp(1, n) - 1).copied()
     }
 
-    pub fn resumen(&mut self) -> Option<Resumen> {
-        Some(Resumen {
-            muestras: self.len(),
-            media: self.mean()?,
-            desviacion: self.stddev()?,
+    pub fn summary(&mut self) -> Option<Summary> {
+        Some(Summary {
+            samples: self.len(),
+            mean: self.mean()?,
+            stddev: self.stddev()?,
             p50: self.percentile(50.0)?,
             p99: self.percentile(99.0)?,
             max: self.percentile(100.0)?,
@@ -89,12 +89,12 @@ impl Latencias {
     }
 }
 
-impl std::fmt::Display for Resumen {
+impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "latency ms: mean {:.2}, stddev {:.2}, p50 {:.2}, p99 {:.2}, max {:.2} ({} samples)",
-            self.media, self.desviacion, self.p50, self.p99, self.max, self.muestras
+            self.mean, self.stddev, self.p50, self.p99, self.max, self.samples
         )
     }
 }
@@ -103,8 +103,8 @@ impl std::fmt::Display for Resumen {
 mod tests {
     use super::*;
 
-    fn of(xs: &[f64]) -> Latencias {
-        let mut l = Latencias::new();
+    fn of(xs: &[f64]) -> Latencies {
+        let mut l = Latencies::new();
         for x in xs {
             l.push_ms(*x);
         }
@@ -113,11 +113,11 @@ mod tests {
 
     #[test]
     fn empty_has_no_summary() {
-        let mut l = Latencias::new();
+        let mut l = Latencies::new();
         assert!(l.is_empty());
         assert_eq!(l.mean(), None);
         assert_eq!(l.percentile(50.0), None);
-        assert!(l.resumen().is_none());
+        assert!(l.summary().is_none());
     }
 
     #[test]
@@ -142,8 +142,8 @@ mod tests {
         assert_eq!(l.mean(), Some(5.0));
         assert_eq!(l.stddev(), Some(2.0));
         l.push(Duration::from_millis(5));
-        let r = l.resumen().unwrap();
-        assert_eq!(r.muestras, 9);
+        let r = l.summary().unwrap();
+        assert_eq!(r.samples, 9);
         assert_eq!(r.max, 9.0);
         assert!(r.to_string().contains("p99 9.00"));
     }

@@ -3,7 +3,7 @@
 //! Each service is asked `{"operacion":"status"}` on its own thread with its
 //! own single-try client, so the whole table takes at most one timeout and an
 //! unreachable service shows as down instead of hanging the command. The
-//! services' `datos` fields are read leniently (several spellings accepted) so
+//! services' `data` fields are read leniently (several spellings accepted) so
 //! the table keeps working while their status replies evolve.
 
 use std::time::Duration;
@@ -18,15 +18,15 @@ use biblioteca_runtime::security::ClientCurve;
 
 /// A service to ask: a display name and its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Servicio {
-    pub nombre: String,
+pub struct Service {
+    pub name: String,
     pub endpoint: String,
 }
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fila {
-    pub servicio: String,
+pub struct StatusRow {
+    pub service: String,
     pub endpoint: String,
     pub up: bool,
     pub uptime: Option<String>,
@@ -35,29 +35,29 @@ pub struct Fila {
     pub actors: Option<String>,
     pub db_node: Option<String>,
     /// Why the service is down, or its message when it answered.
-    pub nota: String,
+    pub note: String,
 }
 
 /// Asks every service in parallel; rows come back in the order given.
-pub fn consultar(ctx: &zmq::Context, servicios: &[Servicio], timeout: Duration) -> Vec<Fila> {
-    consultar_con(ctx, servicios, timeout, None)
+pub fn query(ctx: &zmq::Context, services: &[Service], timeout: Duration) -> Vec<StatusRow> {
+    query_with(ctx, services, timeout, None)
 }
 
-/// [`consultar`] with the client's CURVE keys (`[curve]` of its configuration).
-pub fn consultar_con(
+/// [`query`] with the client's CURVE keys (`[curve]` of its configuration).
+pub fn query_with(
     ctx: &zmq::Context,
-    servicios: &[Servicio],
+    services: &[Service],
     timeout: Duration,
     curve: Option<&ClientCurve>,
-) -> Vec<Fila> {
-    let handles: Vec<_> = servicios
+) -> Vec<StatusRow> {
+    let handles: Vec<_> = services
         .iter()
         .cloned()
         .map(|s| {
             let ctx = ctx.clone();
             let curve = curve.cloned();
             let handle = std::thread::Builder::new()
-                .name(format!("status-{}", s.nombre))
+                .name(format!("status-{}", s.name))
                 .spawn({
                     let s = s.clone();
                     move || ask(ctx, &s, timeout, curve)
@@ -74,14 +74,14 @@ pub fn consultar_con(
                     .unwrap_or_else(|_| Err(ClientError::Config("status thread failed".into()))),
                 Err(e) => Err(ClientError::Config(format!("cannot start thread: {e}"))),
             };
-            fila(&s, result)
+            row(&s, result)
         })
         .collect()
 }
 
 fn ask(
     ctx: zmq::Context,
-    s: &Servicio,
+    s: &Service,
     timeout: Duration,
     curve: Option<ClientCurve>,
 ) -> Result<Respuesta, ClientError> {
@@ -95,9 +95,9 @@ fn ask(
 }
 
 /// Turns one service's answer (or silence) into a row.
-pub fn fila(s: &Servicio, result: Result<Respuesta, ClientError>) -> Fila {
-    let mut row = Fila {
-        servicio: s.nombre.clone(),
+pub fn row(s: &Service, result: Result<Respuesta, ClientError>) -> StatusRow {
+    let mut row = StatusRow {
+        service: s.name.clone(),
         endpoint: s.endpoint.clone(),
         up: false,
         uptime: None,
@@ -105,45 +105,45 @@ pub fn fila(s: &Servicio, result: Result<Respuesta, ClientError>) -> Fila {
         in_flight: None,
         actors: None,
         db_node: None,
-        nota: String::new(),
+        note: String::new(),
     };
     match result {
-        Err(ClientError::NoReply { .. }) => row.nota = "no reply".into(),
-        Err(e) => row.nota = e.to_string(),
+        Err(ClientError::NoReply { .. }) => row.note = "no reply".into(),
+        Err(e) => row.note = e.to_string(),
         Ok(r) => {
             let d = &r.datos;
             row.up = r.exito;
-            row.uptime = campo(d, &["uptime_s", "uptime_secs", "uptime"]).map(|v| match v {
-                Value::Number(n) => n.as_f64().map(duracion).unwrap_or_else(|| n.to_string()),
-                other => texto(other),
+            row.uptime = field(d, &["uptime_s", "uptime_secs", "uptime"]).map(|v| match v {
+                Value::Number(n) => n.as_f64().map(duration).unwrap_or_else(|| n.to_string()),
+                other => text(other),
             });
-            row.served = campo(
+            row.served = field(
                 d,
                 &["atendidas", "served", "peticiones", "requests", "servidas"],
             )
-            .map(texto);
-            row.in_flight = campo(d, &["en_curso", "en_vuelo", "in_flight"]).map(texto);
-            row.actors = campo(d, &["actores", "actors"]).map(actores);
-            row.db_node = campo(d, &["nodo", "db_node", "node", "primario", "database"]).map(texto);
-            row.nota = r.mensaje;
+            .map(text);
+            row.in_flight = field(d, &["en_curso", "en_vuelo", "in_flight"]).map(text);
+            row.actors = field(d, &["actores", "actors"]).map(actors);
+            row.db_node = field(d, &["nodo", "db_node", "node", "primario", "database"]).map(text);
+            row.note = r.mensaje;
         }
     }
     row
 }
 
-fn campo<'a>(d: &'a Value, names: &[&str]) -> Option<&'a Value> {
+fn field<'a>(d: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names
         .iter()
         .find_map(|n| d.get(*n))
         .filter(|v| !v.is_null())
 }
 
-fn texto(v: &Value) -> String {
+fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| format!("{k}={}", texto(v)))
+            .map(|(k, v)| format!("{k}={}", text(v)))
             .collect::<Vec<_>>()
             .join(" "),
         other => other.to_string(),
@@ -151,26 +151,26 @@ fn texto(v: &Value) -> String {
 }
 
 /// Actors as `prestamo:2 devolucion:1`, whatever shape the service used.
-fn actores(v: &Value) -> String {
+fn actors(v: &Value) -> String {
     match v {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {
                 Value::Array(a) => format!("{k}:{}", a.len()),
                 Value::Object(o) if o.contains_key("vivos") => {
-                    format!("{k}:{}", o.get("vivos").map(texto).unwrap_or_default())
+                    format!("{k}:{}", o.get("vivos").map(text).unwrap_or_default())
                 }
-                other => format!("{k}:{}", texto(other)),
+                other => format!("{k}:{}", text(other)),
             })
             .collect::<Vec<_>>()
             .join(" "),
-        Value::Array(a) => a.iter().map(texto).collect::<Vec<_>>().join(" "),
-        other => texto(other),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(" "),
+        other => text(other),
     }
 }
 
 /// `3d04h`, `1h02m`, `5m07s`, `42s`.
-pub fn duracion(secs: f64) -> String {
+pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
     if d > 0 {
@@ -185,7 +185,7 @@ pub fn duracion(secs: f64) -> String {
 }
 
 /// The rows as an aligned text table.
-pub fn tabla(filas: &[Fila]) -> String {
+pub fn table(rows: &[StatusRow]) -> String {
     let header = [
         "SERVICE",
         "ENDPOINT",
@@ -198,11 +198,11 @@ pub fn tabla(filas: &[Fila]) -> String {
         "NOTE",
     ];
     let dash = || "-".to_string();
-    let rows: Vec<[String; 9]> = filas
+    let rows: Vec<[String; 9]> = rows
         .iter()
         .map(|f| {
             [
-                f.servicio.clone(),
+                f.service.clone(),
                 f.endpoint.clone(),
                 if f.up { "up" } else { "down" }.to_string(),
                 f.uptime.clone().unwrap_or_else(dash),
@@ -210,7 +210,7 @@ pub fn tabla(filas: &[Fila]) -> String {
                 f.in_flight.clone().unwrap_or_else(dash),
                 f.actors.clone().unwrap_or_else(dash),
                 f.db_node.clone().unwrap_or_else(dash),
-                f.nota.clone(),
+                f.note.clone(),
             ]
         })
         .collect();
@@ -241,9 +241,9 @@ mod tests {
     use biblioteca_runtime::net;
     use serde_json::json;
 
-    fn svc(n: &str, ep: &str) -> Servicio {
-        Servicio {
-            nombre: n.into(),
+    fn svc(n: &str, ep: &str) -> Service {
+        Service {
+            name: n.into(),
             endpoint: ep.into(),
         }
     }
@@ -257,7 +257,7 @@ mod tests {
                    "actores": {"prestamo": 2, "devolucion": ["a", "b", "c"],
                                "renovacion": {"vivos": 0, "ultimo_latido_ms": null}}}),
         );
-        let f = fila(&svc("carga", "tcp://x:1"), Ok(r));
+        let f = row(&svc("carga", "tcp://x:1"), Ok(r));
         assert!(f.up);
         assert_eq!(f.uptime.as_deref(), Some("1h02m"));
         assert_eq!(f.served.as_deref(), Some("10"));
@@ -266,7 +266,7 @@ mod tests {
             f.actors.as_deref(),
             Some("devolucion:3 prestamo:2 renovacion:0")
         );
-        let down = fila(
+        let down = row(
             &svc("almacenamiento", "tcp://y:2"),
             Err(ClientError::NoReply {
                 endpoints: "tcp://y:2".into(),
@@ -274,13 +274,13 @@ mod tests {
             }),
         );
         assert!(!down.up);
-        let t = tabla(&[f, down]);
+        let t = table(&[f, down]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("SERVICE"));
         assert!(lines[2].contains("down") && lines[2].contains("no reply"));
-        assert_eq!(duracion(42.0), "42s");
-        assert_eq!(duracion(90_000.0), "1d01h");
+        assert_eq!(duration(42.0), "42s");
+        assert_eq!(duration(90_000.0), "1d01h");
     }
 
     #[test]
@@ -301,7 +301,7 @@ mod tests {
         };
         ready_rx.recv().unwrap();
         let started = std::time::Instant::now();
-        let rows = consultar(
+        let rows = query(
             &ctx,
             &[
                 svc("carga", "tcp://127.0.0.1:27442"),

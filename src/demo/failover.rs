@@ -20,13 +20,13 @@ use biblioteca_protocol::{CodigoError, Operacion};
 use biblioteca_stack::launch::find_binary;
 
 fn counts(node: &Node) -> Option<(i64, i64)> {
-    let libros = node.sql("SELECT COUNT(*) FROM libros").ok()?.parse().ok()?;
-    let prestamos = node
+    let books = node.sql("SELECT COUNT(*) FROM libros").ok()?.parse().ok()?;
+    let loans = node
         .sql("SELECT COUNT(*) FROM prestamos")
         .ok()?
         .parse()
         .ok()?;
-    Some((libros, prestamos))
+    Some((books, loans))
 }
 
 /// The node the storage manager says it writes to, asked as the operator
@@ -141,7 +141,7 @@ pub fn run(n: &mut Narrator, demo: &Demo) {
         r.exito,
         describe(&r),
     );
-    let estado = standby
+    let state = standby
         .sql(&format!(
             "SELECT estado FROM prestamos WHERE usuario='{user}'"
         ))
@@ -149,8 +149,8 @@ pub fn run(n: &mut Narrator, demo: &Demo) {
     n.check(
         "6.3",
         "the loan is on the new primary",
-        estado == "ACTIVO",
-        format!("estado = {estado}"),
+        state == "ACTIVO",
+        format!("estado = {state}"),
     );
 
     n.section("Part 7: final figures (new primary)");

@@ -62,7 +62,7 @@ pub struct DemoConfig {
     pub bin_dir: Option<PathBuf>,
     /// Security on: CURVE keys in `claves/`, scram passwords
     /// in `secretos/` and `pgpass`.
-    pub seguro: bool,
+    pub secure: bool,
 }
 
 impl Default for DemoConfig {
@@ -76,7 +76,7 @@ impl Default for DemoConfig {
             ports: StackPorts::default(),
             asynchronous: false,
             bin_dir: None,
-            seguro: false,
+            secure: false,
         }
     }
 }
@@ -132,7 +132,7 @@ impl Demo {
             &cluster.standby().conninfo("app", "library"),
         );
         spec.bin_dir = config.bin_dir.clone();
-        let passwords = if config.seguro {
+        let passwords = if config.secure {
             let passwords = cluster.require_passwords()?;
             let keys = HostKeys::generate(&dir.join("claves"))?;
             println!(

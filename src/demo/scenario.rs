@@ -117,11 +117,11 @@ impl Requester {
 pub fn describe(r: &Respuesta) -> String {
     match (&r.error, r.exito) {
         (_, true) => {
-            let datos = biblioteca_client::render::datos(&r.datos);
-            if datos.is_empty() {
+            let data = biblioteca_client::render::data(&r.datos);
+            if data.is_empty() {
                 format!("exito: true, {}", r.mensaje)
             } else {
-                format!("exito: true, {datos}")
+                format!("exito: true, {data}")
             }
         }
         (Some(code), false) => format!("exito: false, {code}: {}", r.mensaje),
@@ -208,12 +208,12 @@ fn part2(n: &mut Narrator, req: &mut Requester, primary: &Node, standby: &Node) 
         describe(&r),
     );
     let loan = format!("SELECT estado FROM prestamos WHERE usuario='{user}' AND isbn='{isbn}' ORDER BY id DESC LIMIT 1");
-    let estado = sql(primary, &loan);
+    let state = sql(primary, &loan);
     n.check(
         "2.4",
         "the loan is ACTIVO on the primary",
-        estado == "ACTIVO",
-        format!("estado = {estado}"),
+        state == "ACTIVO",
+        format!("estado = {state}"),
     );
     let after = int(primary, &stock_query(isbn));
     let decremented = matches!((before, after), (Some(b), Some(a)) if a == b - 1);
@@ -262,12 +262,12 @@ fn part2(n: &mut Narrator, req: &mut Requester, primary: &Node, standby: &Node) 
 
     let r = req.send(Operacion::Devolucion, isbn, user);
     n.check("2.9", "devolucion", r.exito, describe(&r));
-    let estado = sql(primary, &loan);
+    let state = sql(primary, &loan);
     n.check(
         "2.9",
         "the loan is DEVUELTO",
-        estado == "DEVUELTO",
-        format!("estado = {estado}"),
+        state == "DEVUELTO",
+        format!("estado = {state}"),
     );
     let restored = int(primary, &stock_query(isbn));
     n.check(

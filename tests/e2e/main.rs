@@ -16,9 +16,9 @@
 mod common;
 
 mod bad_input;
-mod carga;
 mod guide;
 mod idempotency;
+mod load_generator;
 mod outage;
 
 use biblioteca_protocol::Operacion;
@@ -53,7 +53,7 @@ fn main() {
             ("actor_down_then_retry", outage::actor_down_then_retry),
             (
                 "load_generator_agrees_with_the_database",
-                carga::load_generator_agrees_with_the_database,
+                load_generator::load_generator_agrees_with_the_database,
             ),
         ],
     )

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use biblioteca_bench::{self as bench, Opciones};
+use biblioteca_bench::{self as bench, BenchOptions};
 use biblioteca_client::load::spec;
 use biblioteca_runtime::sched::Scheduling;
 
@@ -20,14 +20,18 @@ use biblioteca_runtime::sched::Scheduling;
 #[command(name = "biblioteca-bench", version)]
 struct Args {
     /// Client counts, comma-separated (10 is there for the p99 target).
-    #[arg(long, value_delimiter = ',', default_value = "1,4,10,16,64")]
-    clientes: Vec<usize>,
+    #[arg(
+        long = "clientes",
+        value_delimiter = ',',
+        default_value = "1,4,10,16,64"
+    )]
+    clients: Vec<usize>,
     /// Duration of each step (each system, each client count), e.g. 20s.
-    #[arg(long, default_value = "20s", value_parser = spec::duracion)]
-    duracion: std::time::Duration,
+    #[arg(long = "duracion", default_value = "20s", value_parser = spec::duration)]
+    duration: std::time::Duration,
     /// Books in the generated catalogue.
-    #[arg(long, default_value_t = 1000)]
-    libros: u64,
+    #[arg(long = "libros", default_value_t = 1000)]
+    books: u64,
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -36,18 +40,18 @@ struct Args {
     keep: bool,
     /// Also send the same load straight to the storage manager, to split the
     /// pipeline's cost between the database tier and the ZeroMQ hops.
-    #[arg(long)]
-    almacenamiento: bool,
+    #[arg(long = "almacenamiento")]
+    storage_alone: bool,
     /// Also run the skeleton: a load manager and an actor that only forward
     /// frames (biblioteca-esqueleto) in front of the real storage manager,
     /// the ceiling for any pipeline of this shape here.
-    #[arg(long)]
-    esqueleto: bool,
+    #[arg(long = "esqueleto")]
+    skeleton: bool,
     /// Runs of each system per client count, alternated (pgbench, ours, ...):
     /// the table shows the median run, CPU per request is averaged. Use 3 or
     /// more on a machine whose speed swings between runs.
-    #[arg(long, default_value_t = 1)]
-    repeticiones: u32,
+    #[arg(long = "repeticiones", default_value_t = 1)]
+    repetitions: u32,
     /// The services' CPU scheduling policy: batch (their default) or normal
     /// (the kernel's default, for a baseline run).
     #[arg(long, default_value_t = Scheduling::default())]
@@ -60,16 +64,16 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     biblioteca_runtime::logging::init("biblioteca-bench");
     let args = Args::parse();
-    let opts = Opciones {
-        clientes: args.clientes,
-        duracion: args.duracion,
-        libros: args.libros,
+    let opts = BenchOptions {
+        clients: args.clients,
+        duration: args.duration,
+        books: args.books,
         bin_dir: args.bin_dir,
-        conservar: args.keep,
-        almacenamiento: args.almacenamiento,
-        repeticiones: args.repeticiones,
+        keep: args.keep,
+        storage_alone: args.storage_alone,
+        repetitions: args.repetitions,
         scheduling: args.scheduling,
-        esqueleto: args.esqueleto,
+        skeleton: args.skeleton,
     };
     let json = args.json;
     biblioteca_runtime::shutdown::run_with_signals(move |shutdown| {
@@ -77,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
-            println!("{}", bench::tabla(&report));
+            println!("{}", bench::table(&report));
         }
         Ok(())
     })

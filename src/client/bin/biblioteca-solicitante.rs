@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use biblioteca_client::archivo::{self, Evento};
-use biblioteca_client::load::spec::{self, Espera, Mezcla};
-use biblioteca_client::load::{self, csv, grafico, Avance, Informe, Opciones};
-use biblioteca_client::status::{self, Servicio};
+use biblioteca_client::load::spec::{self, Mix, ThinkTime};
+use biblioteca_client::load::{self, chart, csv, LoadOptions, LoadReport, Progress};
+use biblioteca_client::request_file::{self, Event};
+use biblioteca_client::status::{self, Service};
 use biblioteca_client::{render, Client, ClientError};
 use biblioteca_protocol::config::{self, ClientConfig, Validate};
 use biblioteca_protocol::{Operacion, Peticion, Respuesta};
@@ -97,7 +97,8 @@ enum Command {
         id: Option<String>,
     },
     /// Look up the stored outcome of a request by its id (asks the storage manager).
-    Resultado {
+    #[command(name = "resultado")]
+    Lookup {
         /// The request id (as printed by a request or its error).
         id: String,
         /// Storage-manager endpoint.
@@ -106,13 +107,15 @@ enum Command {
     },
     /// Send a file of requests: `OPERACION ISBN USUARIO` per line (# comments;
     /// PRES, DEVO, RENO, CONS short forms), then print a summary.
-    Archivo {
+    #[command(name = "archivo")]
+    File {
         /// The request file.
         file: PathBuf,
     },
     /// Generate load: concurrent virtual clients with coherent per-user
     /// sequences; prints a latency/throughput report per operation.
-    Carga(CargaArgs),
+    #[command(name = "carga")]
+    Load(LoadArgs),
     /// Show the health of the load manager(s) and the storage manager in one table.
     Status {
         /// Storage-manager endpoint.
@@ -122,47 +125,47 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-struct CargaArgs {
+struct LoadArgs {
     /// Concurrent virtual clients (each has one REQ socket: one request in flight).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    clientes: usize,
+    #[arg(long = "clientes", value_name = "N", default_value_t = 4)]
+    clients: usize,
     /// Run this long, e.g. 30s, 2m (default 1m unless --peticiones is given).
-    #[arg(long, value_name = "D", value_parser = spec::duracion)]
-    duracion: Option<Duration>,
+    #[arg(long = "duracion", value_name = "D", value_parser = spec::duration)]
+    duration: Option<Duration>,
     /// Stop after this many requests in total.
-    #[arg(long, value_name = "N")]
-    peticiones: Option<u64>,
+    #[arg(long = "peticiones", value_name = "N")]
+    requests: Option<u64>,
     /// Closed loop: think time between a reply and the next request, e.g. 0.5s..2s.
-    #[arg(long, value_name = "MIN..MAX", value_parser = spec::espera)]
-    espera: Option<Espera>,
+    #[arg(long = "espera", value_name = "MIN..MAX", value_parser = spec::think)]
+    think: Option<ThinkTime>,
     /// Open loop: total request rate across clients, e.g. 500/s (latency counts from the scheduled send time).
-    #[arg(long, value_name = "R/s", value_parser = spec::tasa, conflicts_with = "espera")]
-    tasa: Option<f64>,
+    #[arg(long = "tasa", value_name = "R/s", value_parser = spec::rate, conflicts_with = "think")]
+    rate: Option<f64>,
     /// Operation mix by weight.
-    #[arg(long, value_name = "OP=W,..", value_parser = Mezcla::parse,
+    #[arg(long = "mezcla", value_name = "OP=W,..", value_parser = Mix::parse,
           default_value = "prestamo=40,devolucion=40,renovacion=20")]
-    mezcla: Mezcla,
+    mix: Mix,
     /// Catalogue size, as seeded by `biblioteca-almacenamiento seed --libros N`
     /// (default: the guide's four books).
-    #[arg(long, value_name = "N")]
-    libros: Option<u64>,
+    #[arg(long = "libros", value_name = "N")]
+    books: Option<u64>,
     /// Virtual users per virtual client.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    usuarios: usize,
+    #[arg(long = "usuarios", value_name = "N", default_value_t = 4)]
+    users: usize,
     /// Write Locust-style PREFIX_stats.csv and PREFIX_stats_history.csv.
     #[arg(long, value_name = "PREFIX")]
     csv: Option<PathBuf>,
     /// Draw throughput and latency percentiles over time into FILE.svg or FILE.png
     /// (the extension picks the format).
-    #[arg(long, value_name = "FILE.svg|FILE.png")]
-    grafico: Option<PathBuf>,
+    #[arg(long = "grafico", value_name = "FILE.svg|FILE.png")]
+    chart: Option<PathBuf>,
     /// Run 4, 6 and 10 clients for 2 minutes each (--duracion shortens) and print one table;
     /// with --grafico, one chart of the three steps (FILE) and one per step (FILE_4c...).
-    #[arg(long)]
-    experimento: bool,
+    #[arg(long = "experimento")]
+    experiment: bool,
     /// Seed of the request sequences (default: random).
-    #[arg(long, value_name = "N")]
-    semilla: Option<u64>,
+    #[arg(long = "semilla", value_name = "N")]
+    seed: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -208,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let Some(command) = &cli.command else {
         anyhow::bail!("no command given; see --help");
     };
-    let peticion = |operacion, isbn: &str, usuario: &str, id: &Option<String>| Peticion {
+    let request = |operacion, isbn: &str, usuario: &str, id: &Option<String>| Peticion {
         operacion,
         isbn: isbn.to_string(),
         usuario: usuario.to_string(),
@@ -218,32 +221,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prestamo(w) => single(
             &cli,
             cfg,
-            peticion(Operacion::Prestamo, &w.isbn, &w.usuario, &w.id),
+            request(Operacion::Prestamo, &w.isbn, &w.usuario, &w.id),
         ),
         Command::Devolucion(w) => single(
             &cli,
             cfg,
-            peticion(Operacion::Devolucion, &w.isbn, &w.usuario, &w.id),
+            request(Operacion::Devolucion, &w.isbn, &w.usuario, &w.id),
         ),
         Command::Renovacion(w) => single(
             &cli,
             cfg,
-            peticion(Operacion::Renovacion, &w.isbn, &w.usuario, &w.id),
+            request(Operacion::Renovacion, &w.isbn, &w.usuario, &w.id),
         ),
         Command::Consulta { isbn, usuario, id } => single(
             &cli,
             cfg,
-            peticion(
+            request(
                 Operacion::Consulta,
                 isbn,
                 usuario.as_deref().unwrap_or_default(),
                 id,
             ),
         ),
-        Command::Resultado { id, storage } => resultado(&cli, cfg, id, storage),
-        Command::Archivo { file } => file_run(&cli, cfg, file),
+        Command::Lookup { id, storage } => lookup(&cli, cfg, id, storage),
+        Command::File { file } => file_run(&cli, cfg, file),
         Command::Status { storage } => status_table(&cli, &cfg, storage),
-        Command::Carga(args) => carga(&cli, cfg, args),
+        Command::Load(args) => load_run(&cli, cfg, args),
     }
 }
 
@@ -260,7 +263,7 @@ fn print_reply(cli: &Cli, r: &Respuesta) -> anyhow::Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string(r)?);
     } else {
-        println!("{}", render::linea(r));
+        println!("{}", render::line(r));
     }
     Ok(())
 }
@@ -283,12 +286,7 @@ fn single(cli: &Cli, cfg: ClientConfig, p: Peticion) -> anyhow::Result<ExitCode>
     report(cli, client.request(&p))
 }
 
-fn resultado(
-    cli: &Cli,
-    mut cfg: ClientConfig,
-    id: &str,
-    storage: &str,
-) -> anyhow::Result<ExitCode> {
+fn lookup(cli: &Cli, mut cfg: ClientConfig, id: &str, storage: &str) -> anyhow::Result<ExitCode> {
     cfg.endpoints = vec![storage.to_string()];
     let mut client = Client::new(cfg)?;
     let frame = serde_json::to_vec(&serde_json::json!({"operacion": "resultado", "id": id}))?;
@@ -298,49 +296,49 @@ fn resultado(
 fn file_run(cli: &Cli, cfg: ClientConfig, file: &PathBuf) -> anyhow::Result<ExitCode> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let lineas = archivo::parse(&text);
+    let lines = request_file::parse(&text);
     let mut client = Client::new(cfg)?;
     let json = cli.json;
-    let mut balance = archivo::enviar(&mut client, &lineas, |evento| match evento {
-        Evento::Respuesta {
-            linea,
-            respuesta,
-            latencia,
+    let mut balance = request_file::send(&mut client, &lines, |event| match event {
+        Event::Reply {
+            line,
+            reply,
+            latency,
         } => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"linea": linea.numero, "latencia_ms": ms(latencia), "respuesta": respuesta})
+                    serde_json::json!({"line": line.number, "latency_ms": ms(latency), "respuesta": reply})
                 );
             } else {
                 println!(
                     "line {:>4} {:>8.1} ms  {}",
-                    linea.numero,
-                    ms(latencia),
-                    render::linea(respuesta)
+                    line.number,
+                    ms(latency),
+                    render::line(reply)
                 );
             }
         }
-        Evento::Fallo { linea, error } => {
+        Event::Failure { line, error } => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"linea": linea.numero, "error": error.to_string(), "id": error.request_id()})
+                    serde_json::json!({"line": line.number, "error": error.to_string(), "id": error.request_id()})
                 );
             } else {
-                println!("line {:>4}              ? {}", linea.numero, error);
+                println!("line {:>4}              ? {}", line.number, error);
             }
         }
-        Evento::Invalida(bad) => {
+        Event::Invalid(bad) => {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"linea": bad.numero, "invalida": bad.motivo})
+                    serde_json::json!({"line": bad.number, "invalid": bad.reason})
                 );
             } else {
                 println!(
                     "line {:>4}              ✗ malformed: {}",
-                    bad.numero, bad.motivo
+                    bad.number, bad.reason
                 );
             }
         }
@@ -348,12 +346,12 @@ fn file_run(cli: &Cli, cfg: ClientConfig, file: &PathBuf) -> anyhow::Result<Exit
     if json {
         println!("{}", serde_json::to_string(&balance.to_json())?);
     } else {
-        println!("{}", balance.texto());
+        println!("{}", balance.text());
     }
-    let unknown = balance.errores.contains_key(archivo::SIN_RESPUESTA);
+    let unknown = balance.errors.contains_key(request_file::NO_REPLY);
     Ok(if unknown {
         ExitCode::from(2)
-    } else if balance.total_errores() > 0 {
+    } else if balance.total_errors() > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -369,132 +367,127 @@ fn status_table(cli: &Cli, cfg: &ClientConfig, storage: &str) -> anyhow::Result<
         cli.timeout_ms
             .unwrap_or(cfg.timeout_ms.min(STATUS_TIMEOUT_MS)),
     );
-    let mut servicios: Vec<Servicio> = cfg
+    let mut services: Vec<Service> = cfg
         .endpoints
         .iter()
-        .map(|ep| Servicio {
-            nombre: "carga".into(),
+        .map(|ep| Service {
+            name: "carga".into(),
             endpoint: ep.clone(),
         })
         .collect();
-    servicios.push(Servicio {
-        nombre: "almacenamiento".into(),
+    services.push(Service {
+        name: "almacenamiento".into(),
         endpoint: storage.to_string(),
     });
     let started = Instant::now();
-    let filas = status::consultar_con(
-        &zmq::Context::new(),
-        &servicios,
-        timeout,
-        cfg.curve.as_ref(),
-    );
+    let rows = status::query_with(&zmq::Context::new(), &services, timeout, cfg.curve.as_ref());
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "status collected"
     );
     if cli.json {
-        println!("{}", serde_json::to_string(&filas)?);
+        println!("{}", serde_json::to_string(&rows)?);
     } else {
-        println!("{}", status::tabla(&filas));
+        println!("{}", status::table(&rows));
     }
-    Ok(if filas.iter().all(|f| f.up) {
+    Ok(if rows.iter().all(|f| f.up) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-fn carga(cli: &Cli, cfg: ClientConfig, a: &CargaArgs) -> anyhow::Result<ExitCode> {
-    let parar = Arc::new(AtomicBool::new(false));
+fn load_run(cli: &Cli, cfg: ClientConfig, a: &LoadArgs) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
         // A second signal while stopping kills the process as usual.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, parar.clone())?;
-        signal_hook::flag::register(sig, parar.clone())?;
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())?;
+        signal_hook::flag::register(sig, stop.clone())?;
     }
-    let semilla = match a.semilla {
+    let seed = match a.seed {
         Some(s) => s,
         None => {
             let id = biblioteca_client::new_request_id();
             u64::from_str_radix(id.trim_start_matches("s-"), 16)?
         }
     };
-    let base = Opciones {
-        cliente: cfg,
-        clientes: a.clientes,
-        duracion: match (a.duracion, a.peticiones) {
+    let base = LoadOptions {
+        client: cfg,
+        clients: a.clients,
+        duration: match (a.duration, a.requests) {
             (None, None) => Some(Duration::from_secs(60)),
             (d, _) => d,
         },
-        peticiones: a.peticiones,
-        espera: a.espera,
-        tasa: a.tasa,
-        mezcla: a.mezcla.clone(),
-        catalogo: spec::catalogo(a.libros),
-        usuarios: a.usuarios,
-        prefijo: load::prefijo_nuevo(),
-        semilla,
+        requests: a.requests,
+        think: a.think,
+        rate: a.rate,
+        mix: a.mix.clone(),
+        catalogue: spec::catalogue(a.books),
+        users: a.users,
+        prefix: load::fresh_prefix(),
+        seed,
     };
     let ctx = zmq::Context::new();
-    if !a.experimento {
-        let informe = una_carga(&base, &ctx, &parar)?;
-        salidas(cli, a, &informe, "")?;
+    if !a.experiment {
+        let report = one_load(&base, &ctx, &stop)?;
+        outputs(cli, a, &report, "")?;
         if !cli.json {
-            println!("{}", informe.texto());
+            println!("{}", report.text());
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut informes = Vec::new();
-    for n in load::EXPERIMENTO {
-        if parar.load(Ordering::SeqCst) {
+    let mut reports = Vec::new();
+    for n in load::EXPERIMENT {
+        if stop.load(Ordering::SeqCst) {
             break;
         }
-        let opts = Opciones {
-            clientes: n,
-            duracion: Some(a.duracion.unwrap_or(load::EXPERIMENTO_DURACION)),
-            prefijo: format!("{}-n{n}", base.prefijo),
+        let opts = LoadOptions {
+            clients: n,
+            duration: Some(a.duration.unwrap_or(load::EXPERIMENT_DURATION)),
+            prefix: format!("{}-n{n}", base.prefix),
             ..base.clone()
         };
         eprintln!("experiment: {n} clients");
-        let informe = una_carga(&opts, &ctx, &parar)?;
-        salidas(cli, a, &informe, &format!("_{n}c"))?;
-        informes.push(informe);
+        let report = one_load(&opts, &ctx, &stop)?;
+        outputs(cli, a, &report, &format!("_{n}c"))?;
+        reports.push(report);
     }
-    if let Some(file) = &a.grafico {
-        grafico::dibujar_experimento(&informes, file)?;
+    if let Some(file) = &a.chart {
+        chart::draw_experiment(&reports, file)?;
         eprintln!("wrote {}", file.display());
     }
     if cli.json {
-        println!("{}", serde_json::json!({ "experimento": informes }));
+        println!("{}", serde_json::json!({ "experimento": reports }));
     } else {
-        println!("{}", load::tabla_experimento(&informes));
+        println!("{}", load::experiment_table(&reports));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn una_carga(
-    opts: &Opciones,
+fn one_load(
+    opts: &LoadOptions,
     ctx: &zmq::Context,
-    parar: &Arc<AtomicBool>,
-) -> anyhow::Result<Informe> {
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<LoadReport> {
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!("{} clients starting", opts.clientes));
-    let informe = load::ejecutar(opts, ctx, parar, |a: &Avance| {
+    bar.set_message(format!("{} clients starting", opts.clients));
+    let report = load::run(opts, ctx, stop, |a: &Progress| {
         bar.set_message(a.to_string());
         bar.tick();
     });
     bar.finish_and_clear();
-    Ok(informe?)
+    Ok(report?)
 }
 
 /// CSV files and the chart of one run (`suffix` tells experiment steps apart).
-fn salidas(cli: &Cli, a: &CargaArgs, informe: &Informe, suffix: &str) -> anyhow::Result<()> {
+fn outputs(cli: &Cli, a: &LoadArgs, report: &LoadReport, suffix: &str) -> anyhow::Result<()> {
     if let Some(prefix) = &a.csv {
         let mut p = prefix.as_os_str().to_os_string();
         p.push(suffix);
-        let (s, h) = csv::escribir(informe, &PathBuf::from(p))?;
+        let (s, h) = csv::write(report, &PathBuf::from(p))?;
         eprintln!("wrote {} and {}", s.display(), h.display());
     }
-    if let Some(file) = &a.grafico {
+    if let Some(file) = &a.chart {
         let path = if suffix.is_empty() {
             file.clone()
         } else {
@@ -502,11 +495,11 @@ fn salidas(cli: &Cli, a: &CargaArgs, informe: &Informe, suffix: &str) -> anyhow:
             let ext = file.extension().unwrap_or_default().to_string_lossy();
             file.with_file_name(format!("{stem}{suffix}.{ext}"))
         };
-        grafico::dibujar(informe, &path)?;
+        chart::draw(report, &path)?;
         eprintln!("wrote {}", path.display());
     }
     if cli.json && suffix.is_empty() {
-        println!("{}", serde_json::to_string(informe)?);
+        println!("{}", serde_json::to_string(report)?);
     }
     Ok(())
 }

@@ -5,10 +5,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::informe::{FilaOp, Informe};
+use super::report::{LoadReport, OperationRow};
 
 /// The request "type" column; Locust puts the HTTP method there.
-const TIPO: &str = "ZMQ";
+const KIND: &str = "ZMQ";
 
 const STATS_HEADER: &str = "Type,Name,Request Count,Failure Count,Median Response Time,\
 Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,\
@@ -20,7 +20,7 @@ Total Median Response Time,Total Average Response Time,Total Min Response Time,\
 Total Max Response Time,Total Average Content Size";
 
 /// `PREFIX_stats.csv` and `PREFIX_stats_history.csv`.
-pub fn rutas(prefix: &Path) -> (PathBuf, PathBuf) {
+pub fn paths(prefix: &Path) -> (PathBuf, PathBuf) {
     let with = |suffix: &str| {
         let mut s = prefix.as_os_str().to_os_string();
         s.push(suffix);
@@ -29,28 +29,28 @@ pub fn rutas(prefix: &Path) -> (PathBuf, PathBuf) {
     (with("_stats.csv"), with("_stats_history.csv"))
 }
 
-pub fn stats(informe: &Informe, mut w: impl Write) -> std::io::Result<()> {
+pub fn stats(report: &LoadReport, mut w: impl Write) -> std::io::Result<()> {
     writeln!(w, "{STATS_HEADER}")?;
-    for f in &informe.operaciones {
-        fila(&mut w, TIPO, f, informe.duracion_s)?;
+    for f in &report.operations {
+        row(&mut w, KIND, f, report.duration_s)?;
     }
-    fila(&mut w, "", &informe.total, informe.duracion_s)
+    row(&mut w, "", &report.total, report.duration_s)
 }
 
-fn fila(w: &mut impl Write, tipo: &str, f: &FilaOp, secs: f64) -> std::io::Result<()> {
+fn row(w: &mut impl Write, kind: &str, f: &OperationRow, secs: f64) -> std::io::Result<()> {
     let fails_s = if secs > 0.0 {
-        f.fallos as f64 / secs
+        f.failures as f64 / secs
     } else {
         0.0
     };
     writeln!(
         w,
-        "{tipo},{},{},{},{:.3},{:.3},{:.3},{:.3},0,{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
+        "{kind},{},{},{},{:.3},{:.3},{:.3},{:.3},0,{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
         f.operacion,
-        f.peticiones,
-        f.fallos,
+        f.requests,
+        f.failures,
         f.p50_ms,
-        f.media_ms,
+        f.mean_ms,
         f.min_ms,
         f.max_ms,
         f.rps,
@@ -69,56 +69,56 @@ fn fila(w: &mut impl Write, tipo: &str, f: &FilaOp, secs: f64) -> std::io::Resul
     )
 }
 
-pub fn history(informe: &Informe, mut w: impl Write) -> std::io::Result<()> {
+pub fn history(report: &LoadReport, mut w: impl Write) -> std::io::Result<()> {
     writeln!(w, "{HISTORY_HEADER}")?;
-    for p in &informe.serie {
+    for p in &report.series {
         // Only p50/p90/p99 are kept per second; Locust writes N/A for gaps too.
         writeln!(
             w,
             "{},{},,Aggregated,{:.3},{:.3},{:.3},N/A,N/A,N/A,{:.3},N/A,N/A,{:.3},N/A,N/A,N/A,{},{},N/A,N/A,N/A,N/A,0",
-            informe.inicio_unix + p.t_s,
-            informe.clientes,
+            report.start_unix + p.t_s,
+            report.clients,
             p.rps,
-            p.fallos_s,
+            p.failures_s,
             p.p50_ms,
             p.p90_ms,
             p.p99_ms,
-            p.total_peticiones,
-            p.total_fallos
+            p.total_requests,
+            p.total_failures
         )?;
     }
     Ok(())
 }
 
 /// Writes both files next to `prefix`.
-pub fn escribir(informe: &Informe, prefix: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
-    let (a, b) = rutas(prefix);
-    stats(informe, std::io::BufWriter::new(std::fs::File::create(&a)?))?;
-    history(informe, std::io::BufWriter::new(std::fs::File::create(&b)?))?;
+pub fn write(report: &LoadReport, prefix: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let (a, b) = paths(prefix);
+    stats(report, std::io::BufWriter::new(std::fs::File::create(&a)?))?;
+    history(report, std::io::BufWriter::new(std::fs::File::create(&b)?))?;
     Ok((a, b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::informe::{Agregado, Muestra};
+    use crate::load::report::{Aggregate, Sample};
     use biblioteca_protocol::Operacion;
     use std::time::Duration;
 
     #[test]
     fn files_have_locust_columns() {
-        let mut a = Agregado::new().unwrap();
+        let mut a = Aggregate::new().unwrap();
         for i in 0..10u64 {
             a.record(
-                &Muestra {
+                &Sample {
                     operacion: Operacion::Prestamo,
-                    latencia: Some(Duration::from_millis(5)),
-                    fallo: (i == 0).then_some("PrestamoActivo"),
+                    latency: Some(Duration::from_millis(5)),
+                    failure: (i == 0).then_some("PrestamoActivo"),
                 },
                 Duration::from_millis(300 * i),
             );
         }
-        let r = a.informe(2, 1_700_000_000, Duration::from_secs(3));
+        let r = a.report(2, 1_700_000_000, Duration::from_secs(3));
         let mut out = Vec::new();
         stats(&r, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -138,7 +138,7 @@ mod tests {
             .nth(1)
             .unwrap()
             .starts_with("1700000001,2,,Aggregated,"));
-        let (s, h) = rutas(Path::new("/tmp/run1"));
+        let (s, h) = paths(Path::new("/tmp/run1"));
         assert_eq!(s, Path::new("/tmp/run1_stats.csv"));
         assert_eq!(h, Path::new("/tmp/run1_stats_history.csv"));
     }

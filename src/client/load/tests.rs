@@ -1,6 +1,6 @@
 //! Load runs against an in-memory fake load manager on a real ROUTER socket.
 
-use super::informe::SIN_RESPUESTA;
+use super::report::NO_REPLY;
 use super::*;
 use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
 use biblioteca_runtime::net::{self, Envelope};
@@ -65,24 +65,24 @@ fn fake_library(endpoint: &'static str) -> thread::JoinHandle<u64> {
     h
 }
 
-fn opts(endpoint: &str) -> Opciones {
-    Opciones {
-        cliente: ClientConfig {
+fn opts(endpoint: &str) -> LoadOptions {
+    LoadOptions {
+        client: ClientConfig {
             endpoints: vec![endpoint.into()],
             timeout_ms: 2000,
             retries: 2,
             curve: None,
         },
-        clientes: 3,
-        duracion: None,
-        peticiones: None,
-        espera: None,
-        tasa: None,
-        mezcla: Mezcla::default(),
-        catalogo: spec::catalogo(Some(20)),
-        usuarios: 3,
-        prefijo: prefijo_nuevo(),
-        semilla: 1,
+        clients: 3,
+        duration: None,
+        requests: None,
+        think: None,
+        rate: None,
+        mix: Mix::default(),
+        catalogue: spec::catalogue(Some(20)),
+        users: 3,
+        prefix: fresh_prefix(),
+        seed: 1,
     }
 }
 
@@ -91,17 +91,17 @@ fn closed_loop_sends_exactly_the_requested_count_coherently() {
     let ep = "tcp://127.0.0.1:27461";
     let server = fake_library(ep);
     let mut o = opts(ep);
-    o.peticiones = Some(300);
-    let parar = Arc::new(AtomicBool::new(false));
-    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| {}).unwrap();
-    assert_eq!(r.total.peticiones, 300);
-    assert_eq!(r.clientes, 3);
-    let ops: Vec<&str> = r.operaciones.iter().map(|f| f.operacion.as_str()).collect();
+    o.requests = Some(300);
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = run(&o, &zmq::Context::new(), &stop, |_| {}).unwrap();
+    assert_eq!(r.total.requests, 300);
+    assert_eq!(r.clients, 3);
+    let ops: Vec<&str> = r.operations.iter().map(|f| f.operacion.as_str()).collect();
     assert_eq!(ops, ["devolucion", "prestamo", "renovacion"]);
     assert!(r
-        .operaciones
+        .operations
         .iter()
-        .all(|f| !f.fallos_por_codigo.contains_key("PrestamoNoEncontrado")));
+        .all(|f| !f.failures_by_code.contains_key("PrestamoNoEncontrado")));
     assert!(r.total.p50_ms > 0.0 && r.total.max_ms >= r.total.p99_ms);
     assert_eq!(server.join().unwrap(), 0, "incoherent requests");
 }
@@ -111,14 +111,14 @@ fn more_clients_than_one_context_has_sockets() {
     let ep = "tcp://127.0.0.1:27465";
     let server = fake_library(ep);
     let mut o = opts(ep);
-    o.clientes = POR_CONTEXTO + 200;
-    o.usuarios = 1;
-    o.peticiones = Some(3000);
-    let parar = Arc::new(AtomicBool::new(false));
-    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| {}).unwrap();
-    assert_eq!(r.total.peticiones, 3000);
+    o.clients = PER_CONTEXT + 200;
+    o.users = 1;
+    o.requests = Some(3000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = run(&o, &zmq::Context::new(), &stop, |_| {}).unwrap();
+    assert_eq!(r.total.requests, 3000);
     // Every request answered: the only failures are third renewals.
-    let codes = &r.total.fallos_por_codigo;
+    let codes = &r.total.failures_by_code;
     assert!(codes.keys().all(|c| c == "LimiteRenovaciones"), "{codes:?}");
     assert_eq!(server.join().unwrap(), 0, "incoherent requests");
 }
@@ -128,21 +128,21 @@ fn open_loop_keeps_the_rate_and_stops_on_time() {
     let ep = "tcp://127.0.0.1:27462";
     let server = fake_library(ep);
     let mut o = opts(ep);
-    o.clientes = 2;
-    o.tasa = Some(100.0);
-    o.duracion = Some(Duration::from_millis(1500));
-    let parar = Arc::new(AtomicBool::new(false));
-    let mut avances = 0;
+    o.clients = 2;
+    o.rate = Some(100.0);
+    o.duration = Some(Duration::from_millis(1500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut progress = 0;
     let started = Instant::now();
-    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| avances += 1).unwrap();
+    let r = run(&o, &zmq::Context::new(), &stop, |_| progress += 1).unwrap();
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(
-        (130..=152).contains(&r.total.peticiones),
+        (130..=152).contains(&r.total.requests),
         "{}",
-        r.total.peticiones
+        r.total.requests
     );
-    assert!(avances >= 1);
-    assert!(!r.serie.is_empty());
+    assert!(progress >= 1);
+    assert!(!r.series.is_empty());
     server.join().unwrap();
 }
 
@@ -151,25 +151,25 @@ fn stop_flag_and_think_time_end_a_run_early() {
     let ep = "tcp://127.0.0.1:27463";
     let server = fake_library(ep);
     let mut o = opts(ep);
-    o.duracion = Some(Duration::from_secs(60));
-    o.espera = Some(spec::espera("10ms..20ms").unwrap());
-    let parar = Arc::new(AtomicBool::new(false));
+    o.duration = Some(Duration::from_secs(60));
+    o.think = Some(spec::think("10ms..20ms").unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
     let stopper = {
-        let parar = parar.clone();
+        let stop = stop.clone();
         thread::spawn(move || {
             thread::sleep(Duration::from_millis(600));
-            parar.store(true, Ordering::SeqCst);
+            stop.store(true, Ordering::SeqCst);
         })
     };
     let started = Instant::now();
-    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| {}).unwrap();
+    let r = run(&o, &zmq::Context::new(), &stop, |_| {}).unwrap();
     stopper.join().unwrap();
     assert!(started.elapsed() < Duration::from_secs(3));
     // 3 clients at ~15 ms per cycle for ~0.6 s.
     assert!(
-        (30..=200).contains(&r.total.peticiones),
+        (30..=200).contains(&r.total.requests),
         "{}",
-        r.total.peticiones
+        r.total.requests
     );
     server.join().unwrap();
 }
@@ -177,18 +177,18 @@ fn stop_flag_and_think_time_end_a_run_early() {
 #[test]
 fn unreachable_manager_counts_unknown_outcomes_and_bad_options_are_rejected() {
     let mut o = opts("tcp://127.0.0.1:27464");
-    o.cliente.timeout_ms = 100;
-    o.cliente.retries = 1;
-    o.clientes = 1;
-    o.peticiones = Some(2);
-    let parar = Arc::new(AtomicBool::new(false));
-    let r = ejecutar(&o, &zmq::Context::new(), &parar, |_| {}).unwrap();
-    assert_eq!(r.total.fallos_por_codigo[SIN_RESPUESTA], 2);
+    o.client.timeout_ms = 100;
+    o.client.retries = 1;
+    o.clients = 1;
+    o.requests = Some(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = run(&o, &zmq::Context::new(), &stop, |_| {}).unwrap();
+    assert_eq!(r.total.failures_by_code[NO_REPLY], 2);
     let mut bad = opts("tcp://127.0.0.1:27464");
-    assert!(ejecutar(&bad, &zmq::Context::new(), &parar, |_| {}).is_err());
-    bad.peticiones = Some(1);
-    bad.tasa = Some(1.0);
-    bad.espera = spec::espera("1s").ok();
-    assert!(matches!(bad.validate(), Err(LoadError::Opciones(_))));
-    assert!(tabla_experimento(&[r]).contains("CLIENTS"));
+    assert!(run(&bad, &zmq::Context::new(), &stop, |_| {}).is_err());
+    bad.requests = Some(1);
+    bad.rate = Some(1.0);
+    bad.think = spec::think("1s").ok();
+    assert!(matches!(bad.validate(), Err(LoadError::Options(_))));
+    assert!(experiment_table(&[r]).contains("CLIENTS"));
 }

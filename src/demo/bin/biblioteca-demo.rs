@@ -39,8 +39,8 @@ struct Args {
     /// DATA_DIR/claves), scram-sha-256 passwords for the database roles
     /// (DATA_DIR/secretos, DATA_DIR/pgpass). The Python guide clients speak
     /// plaintext and are refused.
-    #[arg(long)]
-    seguro: bool,
+    #[arg(long = "seguro")]
+    secure: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         ports: StackPorts::default(),
         asynchronous: args.asynchronous,
         bin_dir: args.bin_dir,
-        seguro: args.seguro,
+        secure: args.secure,
     };
     biblioteca_runtime::shutdown::run_with_signals(move |shutdown| {
         demo::run(config, shutdown).context("biblioteca-demo failed")

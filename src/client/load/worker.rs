@@ -10,7 +10,7 @@
 //! them all.
 //!
 //! Closed loop: the next request starts when the reply has arrived (plus the
-//! think time, `espera`). Open loop (`tasa`): each client sends on a fixed
+//! think time, `think`). Open loop (`rate`): each client sends on a fixed
 //! schedule and latency counts from the *scheduled* time, so a slow system is
 //! not hidden by clients that fell behind (coordinated omission).
 
@@ -18,183 +18,183 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use super::informe::{Muestra, SIN_RESPUESTA};
-use super::usuario::{Rng, Usuario};
-use super::{Lote, Opciones, LOTE, RESPUESTA_INVALIDA, TICK};
+use super::report::{Sample, NO_REPLY};
+use super::user::{Rng, User};
+use super::{Batch, LoadOptions, BATCH, INVALID_REPLY, TICK};
 use crate::pirate::{encode, new_request_id, Client, ClientError, InFlight};
 use biblioteca_protocol::Peticion;
 
 /// Where one virtual client is.
-enum Estado {
+enum State {
     /// Its next request starts at this time.
-    Listo(Instant),
+    Ready(Instant),
     /// A request is out: which, the try in flight, and when it was due.
-    Esperando {
+    Waiting {
         p: Peticion,
         /// Which of the client's users sent it.
         u: usize,
-        vuelo: InFlight,
-        programado: Instant,
+        in_flight: InFlight,
+        scheduled: Instant,
     },
     /// No more requests (duration over, count reached, or stopped).
-    Hecho,
+    Done,
 }
 
 /// One virtual client: its socket, its users, its schedule.
 struct Virtual {
     client: Client,
-    usuarios: Vec<Usuario>,
+    users: Vec<User>,
     rng: Rng,
-    estado: Estado,
+    state: State,
     /// Open loop: the time between two requests of this client.
-    intervalo: Option<Duration>,
+    interval: Option<Duration>,
 }
 
 /// The virtual clients `ks` of a run, on the calling thread.
-pub(super) struct Hilo {
+pub(super) struct LoadThread {
     pub(super) ks: Vec<usize>,
-    pub(super) opts: Opciones,
-    pub(super) inicio: Instant,
-    pub(super) contador: Arc<AtomicU64>,
-    pub(super) parar: Arc<AtomicBool>,
-    pub(super) tx: mpsc::Sender<Lote>,
+    pub(super) opts: LoadOptions,
+    pub(super) start: Instant,
+    pub(super) counter: Arc<AtomicU64>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) tx: mpsc::Sender<Batch>,
 }
 
-impl Hilo {
+impl LoadThread {
     pub(super) fn run(self, ctx: zmq::Context) -> Result<(), ClientError> {
         let o = &self.opts;
-        let intervalo = o
-            .tasa
-            .map(|r| Duration::from_secs_f64(o.clientes as f64 / r));
+        let interval = o
+            .rate
+            .map(|r| Duration::from_secs_f64(o.clients as f64 / r));
         let mut vs = Vec::with_capacity(self.ks.len());
         // Clients start staggered over one interval (open loop) or one
         // longest think time, so arrivals spread evenly instead of every
         // client's first request landing at once.
-        let escalonado = intervalo.or(o.espera.map(|e| e.max)).unwrap_or_default();
+        let stagger = interval.or(o.think.map(|e| e.max)).unwrap_or_default();
         for &k in &self.ks {
-            let primero = self.inicio + escalonado.mul_f64(k as f64 / o.clientes as f64);
+            let first_due = self.start + stagger.mul_f64(k as f64 / o.clients as f64);
             vs.push(Virtual {
-                client: Client::with_context(ctx.clone(), o.cliente.clone())?,
-                usuarios: (0..o.usuarios)
-                    .map(|u| Usuario::new(format!("{}-c{k}-u{u}", o.prefijo)))
+                client: Client::with_context(ctx.clone(), o.client.clone())?,
+                users: (0..o.users)
+                    .map(|u| User::new(format!("{}-c{k}-u{u}", o.prefix)))
                     .collect(),
-                rng: Rng::new(o.semilla ^ (k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f)),
-                estado: Estado::Listo(primero),
-                intervalo,
+                rng: Rng::new(o.seed ^ (k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f)),
+                state: State::Ready(first_due),
+                interval,
             });
         }
-        let mut lote = Lote::new();
-        let mut entregado = Instant::now();
-        let result = self.bucle(&mut vs, &mut lote, &mut entregado);
-        if !lote.is_empty() {
-            let _ = self.tx.send(lote);
+        let mut batch = Batch::new();
+        let mut delivered = Instant::now();
+        let result = self.event_loop(&mut vs, &mut batch, &mut delivered);
+        if !batch.is_empty() {
+            let _ = self.tx.send(batch);
         }
         result
     }
 
-    fn bucle(
+    fn event_loop(
         &self,
         vs: &mut [Virtual],
-        lote: &mut Lote,
-        entregado: &mut Instant,
+        batch: &mut Batch,
+        delivered: &mut Instant,
     ) -> Result<(), ClientError> {
-        let fin = self.opts.duracion.map(|d| self.inicio + d);
+        let end = self.opts.duration.map(|d| self.start + d);
         loop {
             let now = Instant::now();
-            let cerrar = self.parar.load(Ordering::SeqCst) || fin.is_some_and(|f| now >= f);
+            let closing = self.stop.load(Ordering::SeqCst) || end.is_some_and(|f| now >= f);
             for v in vs.iter_mut() {
-                match v.estado {
-                    Estado::Listo(_) if cerrar => v.estado = Estado::Hecho,
-                    Estado::Listo(t) if t <= now => self.empezar(v, t)?,
+                match v.state {
+                    State::Ready(_) if closing => v.state = State::Done,
+                    State::Ready(t) if t <= now => self.start(v, t)?,
                     _ => {}
                 }
             }
-            if vs.iter().all(|v| matches!(v.estado, Estado::Hecho)) {
+            if vs.iter().all(|v| matches!(v.state, State::Done)) {
                 return Ok(());
             }
-            for i in esperar(vs, now)? {
+            for i in wait_ready(vs, now)? {
                 let Some(v) = vs.get_mut(i) else {
                     continue;
                 };
-                if let Some(m) = self.atender(v)? {
-                    lote.push((self.inicio.elapsed(), m));
+                if let Some(m) = self.attend(v)? {
+                    batch.push((self.start.elapsed(), m));
                 }
             }
-            if entregado.elapsed() >= LOTE && !lote.is_empty() {
-                if self.tx.send(std::mem::take(lote)).is_err() {
+            if delivered.elapsed() >= BATCH && !batch.is_empty() {
+                if self.tx.send(std::mem::take(batch)).is_err() {
                     return Ok(());
                 }
-                *entregado = Instant::now();
+                *delivered = Instant::now();
             }
         }
     }
 
-    /// Starts the next request of `v`, due at `programado`.
-    fn empezar(&self, v: &mut Virtual, programado: Instant) -> Result<(), ClientError> {
-        if let Some(n) = self.opts.peticiones {
-            if self.contador.fetch_add(1, Ordering::SeqCst) >= n {
-                v.estado = Estado::Hecho;
+    /// Starts the next request of `v`, due at `scheduled`.
+    fn start(&self, v: &mut Virtual, scheduled: Instant) -> Result<(), ClientError> {
+        if let Some(n) = self.opts.requests {
+            if self.counter.fetch_add(1, Ordering::SeqCst) >= n {
+                v.state = State::Done;
                 return Ok(());
             }
         }
-        let u = v.rng.below(v.usuarios.len());
-        let Some(usuario) = v.usuarios.get(u) else {
-            v.estado = Estado::Hecho;
+        let u = v.rng.below(v.users.len());
+        let Some(user) = v.users.get(u) else {
+            v.state = State::Done;
             return Ok(());
         };
-        let mut p = usuario.siguiente(&mut v.rng, &self.opts.mezcla, &self.opts.catalogo);
+        let mut p = user.next_request(&mut v.rng, &self.opts.mix, &self.opts.catalogue);
         // The id is fixed before the first try, so every retry carries it.
         p.id = Some(new_request_id());
         // Closed loop: latency counts from the send, not from when it was due.
-        let programado = if v.intervalo.is_some() {
-            programado
+        let scheduled = if v.interval.is_some() {
+            scheduled
         } else {
             Instant::now()
         };
-        let vuelo = v.client.begin(encode(&p))?;
-        v.estado = Estado::Esperando {
+        let in_flight = v.client.begin(encode(&p))?;
+        v.state = State::Waiting {
             p,
             u,
-            vuelo,
-            programado,
+            in_flight,
+            scheduled,
         };
         Ok(())
     }
 
     /// A reply arrived or a deadline passed: the sample, if the request ended.
-    fn atender(&self, v: &mut Virtual) -> Result<Option<Muestra>, ClientError> {
-        let Estado::Esperando { vuelo, .. } = &mut v.estado else {
+    fn attend(&self, v: &mut Virtual) -> Result<Option<Sample>, ClientError> {
+        let State::Waiting { in_flight, .. } = &mut v.state else {
             return Ok(None);
         };
-        let respuesta = match v.client.receive() {
+        let reply = match v.client.receive() {
             Ok(Some(r)) => Ok(r),
-            Ok(None) if Instant::now() < vuelo.deadline() => return Ok(None),
+            Ok(None) if Instant::now() < in_flight.deadline() => return Ok(None),
             Ok(None) => {
-                if v.client.expire(vuelo)? {
+                if v.client.expire(in_flight)? {
                     return Ok(None);
                 }
                 Err(None)
             }
-            Err(ClientError::MalformedReply { .. }) => Err(Some(RESPUESTA_INVALIDA)),
+            Err(ClientError::MalformedReply { .. }) => Err(Some(INVALID_REPLY)),
             Err(e) => return Err(e),
         };
-        let Estado::Esperando {
-            p, u, programado, ..
-        } = std::mem::replace(&mut v.estado, Estado::Hecho)
+        let State::Waiting {
+            p, u, scheduled, ..
+        } = std::mem::replace(&mut v.state, State::Done)
         else {
             return Ok(None);
         };
-        let latencia = programado.elapsed();
-        let usuario = v.usuarios.get_mut(u);
-        let muestra = match respuesta {
+        let latency = scheduled.elapsed();
+        let user = v.users.get_mut(u);
+        let sample = match reply {
             Ok(r) => {
-                if let Some(u) = usuario {
-                    u.observar(&p, Some(&r));
+                if let Some(u) = user {
+                    u.observe(&p, Some(&r));
                 }
-                Muestra {
+                Sample {
                     operacion: p.operacion,
-                    latencia: Some(latencia),
-                    fallo: if r.exito {
+                    latency: Some(latency),
+                    failure: if r.exito {
                         None
                     } else {
                         Some(r.error.map(|c| c.as_str()).unwrap_or("SinCodigo"))
@@ -203,31 +203,31 @@ impl Hilo {
             }
             // Every try went unanswered: the outcome is unknown.
             Err(None) => {
-                if let Some(u) = usuario {
-                    u.observar(&p, None);
+                if let Some(u) = user {
+                    u.observe(&p, None);
                 }
-                Muestra {
+                Sample {
                     operacion: p.operacion,
-                    latencia: None,
-                    fallo: Some(SIN_RESPUESTA),
+                    latency: None,
+                    failure: Some(NO_REPLY),
                 }
             }
-            Err(Some(code)) => Muestra {
+            Err(Some(code)) => Sample {
                 operacion: p.operacion,
-                latencia: Some(latencia),
-                fallo: Some(code),
+                latency: Some(latency),
+                failure: Some(code),
             },
         };
-        v.estado = Estado::Listo(self.siguiente(v, programado));
-        Ok(Some(muestra))
+        v.state = State::Ready(self.next_request(v, scheduled));
+        Ok(Some(sample))
     }
 
     /// When `v`'s next request is due.
-    fn siguiente(&self, v: &mut Virtual, programado: Instant) -> Instant {
-        if let Some(i) = v.intervalo {
-            return programado + i;
+    fn next_request(&self, v: &mut Virtual, scheduled: Instant) -> Instant {
+        if let Some(i) = v.interval {
+            return scheduled + i;
         }
-        match self.opts.espera {
+        match self.opts.think {
             Some(e) => {
                 let think = e.min + (e.max.saturating_sub(e.min)).mul_f64(v.rng.unit());
                 Instant::now() + think
@@ -239,50 +239,50 @@ impl Hilo {
 
 /// Waits for a reply on any waiting client's socket, a deadline, or the
 /// next due start; returns the clients that need attention.
-fn esperar(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
-    let mut hasta = now + TICK;
-    let mut quien = Vec::new();
+fn wait_ready(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
+    let mut until = now + TICK;
+    let mut who = Vec::new();
     let mut items = Vec::new();
     for (i, v) in vs.iter().enumerate() {
-        match &v.estado {
-            Estado::Listo(t) => hasta = hasta.min(*t),
-            Estado::Esperando { vuelo, .. } => {
-                hasta = hasta.min(vuelo.deadline());
+        match &v.state {
+            State::Ready(t) => until = until.min(*t),
+            State::Waiting { in_flight, .. } => {
+                until = until.min(in_flight.deadline());
                 match v.client.socket() {
                     Some(s) => {
                         items.push(s.as_poll_item(zmq::POLLIN));
-                        quien.push(i);
+                        who.push(i);
                     }
                     // No socket (a send failed): only the deadline matters.
-                    None => hasta = now,
+                    None => until = now,
                 }
             }
-            Estado::Hecho => {}
+            State::Done => {}
         }
     }
-    let d = hasta.saturating_duration_since(now);
+    let d = until.saturating_duration_since(now);
     // Round up so a deadline under a millisecond away does not spin.
     let ms = d.as_millis() as i64 + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     match zmq::poll(&mut items, ms) {
         Ok(_) | Err(zmq::Error::EINTR) => {}
         Err(e) => return Err(e.into()),
     }
-    let mut atender = vec![false; vs.len()];
-    for (i, it) in quien.iter().zip(&items) {
+    let mut attend = vec![false; vs.len()];
+    for (i, it) in who.iter().zip(&items) {
         if it.is_readable() {
-            if let Some(a) = atender.get_mut(*i) {
+            if let Some(a) = attend.get_mut(*i) {
                 *a = true;
             }
         }
     }
     // Expired tries too (one that is also readable gets its reply first).
     let now = Instant::now();
-    for (a, v) in atender.iter_mut().zip(vs) {
-        if let Estado::Esperando { vuelo, .. } = &v.estado {
-            *a |= vuelo.deadline() <= now;
+    for (a, v) in attend.iter_mut().zip(vs) {
+        if let State::Waiting { in_flight, .. } = &v.state {
+            *a |= in_flight.deadline() <= now;
         }
     }
-    Ok(atender
+    Ok(attend
         .iter()
         .enumerate()
         .filter(|(_, a)| **a)

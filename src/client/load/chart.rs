@@ -13,18 +13,18 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::register_font;
 
-use super::informe::{FilaOp, Informe, Punto};
+use super::report::{LoadReport, OperationRow, Point};
 use biblioteca_protocol::Operacion;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw {path}: {reason}")]
-pub struct GraficoError {
+pub struct ChartError {
     pub path: String,
     pub reason: String,
 }
 
 /// Where a font is looked for when `BIBLIOTECA_FONT` is not set.
-const FUENTES: [&str; 4] = [
+const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -33,117 +33,117 @@ const FUENTES: [&str; 4] = [
 
 /// The chart formats, chosen by the file's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Formato {
+pub enum ChartFormat {
     Svg,
     Png,
 }
 
-impl Formato {
-    pub fn de(path: &Path) -> Option<Formato> {
+impl ChartFormat {
+    pub fn from_path(path: &Path) -> Option<ChartFormat> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
-            "svg" => Some(Formato::Svg),
-            "png" => Some(Formato::Png),
+            "svg" => Some(ChartFormat::Svg),
+            "png" => Some(ChartFormat::Png),
             _ => None,
         }
     }
 }
 
 /// One run: throughput and failures per second, latency percentiles per second.
-pub fn dibujar(informe: &Informe, path: &Path) -> Result<(), GraficoError> {
-    let serie = &informe.serie;
-    let por_segundo = |f: fn(&Punto) -> f64| serie.iter().map(|p| (p.t_s as f64, f(p))).collect();
+pub fn draw(report: &LoadReport, path: &Path) -> Result<(), ChartError> {
+    let series = &report.series;
+    let per_second = |f: fn(&Point) -> f64| series.iter().map(|p| (p.t_s as f64, f(p))).collect();
     let title = format!(
         "{} clients: {} requests, {:.1} req/s, {} failures",
-        informe.clientes, informe.total.peticiones, informe.total.rps, informe.total.fallos
+        report.clients, report.total.requests, report.total.rps, report.total.failures
     );
-    let arriba = Panel {
+    let top_panel = Panel {
         caption: title,
         x_desc: "seconds",
         y_desc: "requests/s",
-        lineas: vec![
-            Linea::new("req/s", BLUE, por_segundo(|p| p.rps)),
-            Linea::new("failures/s", RED, por_segundo(|p| p.fallos_s)),
+        lines: vec![
+            Line::new("req/s", BLUE, per_second(|p| p.rps)),
+            Line::new("failures/s", RED, per_second(|p| p.failures_s)),
         ],
-        barras: Vec::new(),
-        leyenda: SeriesLabelPosition::UpperRight,
+        bars: Vec::new(),
+        legend: SeriesLabelPosition::UpperRight,
     };
-    let abajo = Panel {
+    let bottom_panel = Panel {
         caption: "latency per second".into(),
         x_desc: "seconds",
         y_desc: "ms",
-        lineas: vec![
-            Linea::new("p50", GREEN, por_segundo(|p| p.p50_ms)),
-            Linea::new("p90", NARANJA, por_segundo(|p| p.p90_ms)),
-            Linea::new("p99", RED, por_segundo(|p| p.p99_ms)),
+        lines: vec![
+            Line::new("p50", GREEN, per_second(|p| p.p50_ms)),
+            Line::new("p90", ORANGE, per_second(|p| p.p90_ms)),
+            Line::new("p99", RED, per_second(|p| p.p99_ms)),
         ],
-        barras: Vec::new(),
-        leyenda: SeriesLabelPosition::UpperRight,
+        bars: Vec::new(),
+        legend: SeriesLabelPosition::UpperRight,
     };
-    dos_paneles(path, &arriba, &abajo)
+    two_panels(path, &top_panel, &bottom_panel)
 }
 
 /// The course experiment: throughput, and loan latency (mean with one
 /// standard deviation either side, and p99), against the number of clients.
-pub fn dibujar_experimento(informes: &[Informe], path: &Path) -> Result<(), GraficoError> {
-    let prestamo = |r: &Informe| -> FilaOp {
-        r.operaciones
+pub fn draw_experiment(reports: &[LoadReport], path: &Path) -> Result<(), ChartError> {
+    let prestamo = |r: &LoadReport| -> OperationRow {
+        r.operations
             .iter()
             .find(|o| o.operacion == Operacion::Prestamo.as_str())
             .unwrap_or(&r.total)
             .clone()
     };
-    let por_clientes = |f: &dyn Fn(&Informe) -> f64| -> Vec<(f64, f64)> {
-        informes.iter().map(|r| (r.clientes as f64, f(r))).collect()
+    let per_client_count = |f: &dyn Fn(&LoadReport) -> f64| -> Vec<(f64, f64)> {
+        reports.iter().map(|r| (r.clients as f64, f(r))).collect()
     };
-    let arriba = Panel {
+    let top_panel = Panel {
         caption: "throughput by number of clients".into(),
         x_desc: "clients",
         y_desc: "requests/s",
-        lineas: vec![Linea::new("req/s", BLUE, por_clientes(&|r| r.total.rps))],
-        barras: Vec::new(),
+        lines: vec![Line::new("req/s", BLUE, per_client_count(&|r| r.total.rps))],
+        bars: Vec::new(),
         // The x axis starts at 0 clients: the left side is empty.
-        leyenda: SeriesLabelPosition::UpperLeft,
+        legend: SeriesLabelPosition::UpperLeft,
     };
-    let abajo = Panel {
+    let bottom_panel = Panel {
         caption: "loan latency: mean ± 1 stddev, p99".into(),
         x_desc: "clients",
         y_desc: "ms",
-        lineas: vec![
-            Linea::new("mean", GREEN, por_clientes(&|r| prestamo(r).media_ms)),
-            Linea::new("p99", RED, por_clientes(&|r| prestamo(r).p99_ms)),
+        lines: vec![
+            Line::new("mean", GREEN, per_client_count(&|r| prestamo(r).mean_ms)),
+            Line::new("p99", RED, per_client_count(&|r| prestamo(r).p99_ms)),
         ],
-        barras: informes
+        bars: reports
             .iter()
             .map(|r| {
                 let f = prestamo(r);
-                let x = r.clientes as f64;
+                let x = r.clients as f64;
                 (
                     x,
-                    (f.media_ms - f.desviacion_ms).max(0.0),
-                    f.media_ms + f.desviacion_ms,
+                    (f.mean_ms - f.stddev_ms).max(0.0),
+                    f.mean_ms + f.stddev_ms,
                 )
             })
             .collect(),
-        leyenda: SeriesLabelPosition::UpperLeft,
+        legend: SeriesLabelPosition::UpperLeft,
     };
-    dos_paneles(path, &arriba, &abajo)
+    two_panels(path, &top_panel, &bottom_panel)
 }
 
-const TAMANO: (u32, u32) = (1000, 720);
+const SIZE: (u32, u32) = (1000, 720);
 
 /// Registers the label font once per process; the error says how to get one.
-fn fuente() -> Result<(), &'static String> {
-    static FUENTE: OnceLock<Result<(), String>> = OnceLock::new();
-    FUENTE.get_or_init(cargar_fuente).as_ref().map(|_| ())
+fn font() -> Result<(), &'static String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(load_font).as_ref().map(|_| ())
 }
 
-fn cargar_fuente() -> Result<(), String> {
-    let candidatas: Vec<PathBuf> = match std::env::var_os("BIBLIOTECA_FONT") {
+fn load_font() -> Result<(), String> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("BIBLIOTECA_FONT") {
         Some(p) => vec![PathBuf::from(p)],
-        None => FUENTES.iter().map(PathBuf::from).collect(),
+        None => FONTS.iter().map(PathBuf::from).collect(),
     };
-    for p in &candidatas {
+    for p in &candidates {
         let Ok(bytes) = std::fs::read(p) else {
             continue;
         };
@@ -155,7 +155,7 @@ fn cargar_fuente() -> Result<(), String> {
     Err(format!(
         "no font for the chart labels (looked at {}); install fonts-dejavu-core or set \
          BIBLIOTECA_FONT to a .ttf file",
-        candidatas
+        candidates
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
@@ -164,18 +164,18 @@ fn cargar_fuente() -> Result<(), String> {
 }
 
 /// A named series of (x, y) points.
-struct Linea {
+struct Line {
     label: &'static str,
     color: RGBColor,
-    puntos: Vec<(f64, f64)>,
+    points: Vec<(f64, f64)>,
 }
 
-impl Linea {
-    fn new(label: &'static str, color: RGBColor, puntos: Vec<(f64, f64)>) -> Linea {
-        Linea {
+impl Line {
+    fn new(label: &'static str, color: RGBColor, points: Vec<(f64, f64)>) -> Line {
+        Line {
             label,
             color,
-            puntos,
+            points,
         }
     }
 }
@@ -185,59 +185,59 @@ struct Panel {
     caption: String,
     x_desc: &'static str,
     y_desc: &'static str,
-    lineas: Vec<Linea>,
-    barras: Vec<(f64, f64, f64)>,
-    leyenda: SeriesLabelPosition,
+    lines: Vec<Line>,
+    bars: Vec<(f64, f64, f64)>,
+    legend: SeriesLabelPosition,
 }
 
-const NARANJA: RGBColor = RGBColor(230, 140, 0);
+const ORANGE: RGBColor = RGBColor(230, 140, 0);
 
 fn err(e: &dyn std::fmt::Display) -> String {
     e.to_string()
 }
 
 /// Two panels, one above the other, in the format the extension asks for.
-fn dos_paneles(path: &Path, arriba: &Panel, abajo: &Panel) -> Result<(), GraficoError> {
-    let fail = |reason: String| GraficoError {
+fn two_panels(path: &Path, top_panel: &Panel, bottom_panel: &Panel) -> Result<(), ChartError> {
+    let fail = |reason: String| ChartError {
         path: path.display().to_string(),
         reason,
     };
-    let formato =
-        Formato::de(path).ok_or_else(|| fail("the file name must end in .svg or .png".into()))?;
-    fuente().map_err(|e| fail(e.clone()))?;
-    match formato {
-        Formato::Svg => dibujar_en(
-            SVGBackend::new(path, TAMANO).into_drawing_area(),
-            arriba,
-            abajo,
+    let format = ChartFormat::from_path(path)
+        .ok_or_else(|| fail("the file name must end in .svg or .png".into()))?;
+    font().map_err(|e| fail(e.clone()))?;
+    match format {
+        ChartFormat::Svg => draw_on(
+            SVGBackend::new(path, SIZE).into_drawing_area(),
+            top_panel,
+            bottom_panel,
         ),
-        Formato::Png => dibujar_en(
-            BitMapBackend::new(path, TAMANO).into_drawing_area(),
-            arriba,
-            abajo,
+        ChartFormat::Png => draw_on(
+            BitMapBackend::new(path, SIZE).into_drawing_area(),
+            top_panel,
+            bottom_panel,
         ),
     }
     .map_err(fail)
 }
 
-fn dibujar_en<DB: DrawingBackend>(
+fn draw_on<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    arriba: &Panel,
-    abajo: &Panel,
+    top_panel: &Panel,
+    bottom_panel: &Panel,
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (top, bottom) = root.split_vertically(TAMANO.1 / 2);
-    panel(&top, arriba)?;
-    panel(&bottom, abajo)?;
+    let (top, bottom) = root.split_vertically(SIZE.1 / 2);
+    panel(&top, top_panel)?;
+    panel(&bottom, bottom_panel)?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
 
 fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result<(), String> {
-    let xs = p.lineas.iter().flat_map(|l| l.puntos.iter().map(|q| q.0));
-    let ys = p.lineas.iter().flat_map(|l| l.puntos.iter().map(|q| q.1));
+    let xs = p.lines.iter().flat_map(|l| l.points.iter().map(|q| q.0));
+    let ys = p.lines.iter().flat_map(|l| l.points.iter().map(|q| q.1));
     let xmax = xs.fold(1.0, f64::max);
-    let ymax = ys.chain(p.barras.iter().map(|b| b.2)).fold(1.0, f64::max) * 1.1;
+    let ymax = ys.chain(p.bars.iter().map(|b| b.2)).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(area)
         .caption(&p.caption, ("sans-serif", 18))
         .margin(12)
@@ -251,20 +251,20 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result
         .y_desc(p.y_desc)
         .draw()
         .map_err(|e| err(&e))?;
-    for l in &p.lineas {
+    for l in &p.lines {
         let color = l.color;
         chart
             .draw_series(LineSeries::new(
-                l.puntos.iter().copied(),
+                l.points.iter().copied(),
                 color.stroke_width(2),
             ))
             .map_err(|e| err(&e))?
             .label(l.label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    if !p.barras.is_empty() {
+    if !p.bars.is_empty() {
         chart
-            .draw_series(p.barras.iter().map(|&(x, low, high)| {
+            .draw_series(p.bars.iter().map(|&(x, low, high)| {
                 ErrorBar::new_vertical(x, low, (low + high) / 2.0, high, BLACK.stroke_width(1), 10)
             }))
             .map_err(|e| err(&e))?
@@ -273,7 +273,7 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result
     }
     chart
         .configure_series_labels()
-        .position(p.leyenda.clone())
+        .position(p.legend.clone())
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -284,23 +284,23 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::informe::{Agregado, Muestra};
+    use crate::load::report::{Aggregate, Sample};
     use biblioteca_protocol::Operacion;
     use std::time::Duration;
 
-    fn informe() -> Informe {
-        let mut a = Agregado::new().unwrap();
+    fn report() -> LoadReport {
+        let mut a = Aggregate::new().unwrap();
         for i in 0..300u64 {
             a.record(
-                &Muestra {
+                &Sample {
                     operacion: Operacion::Prestamo,
-                    latencia: Some(Duration::from_micros(2000 + 37 * i)),
-                    fallo: None,
+                    latency: Some(Duration::from_micros(2000 + 37 * i)),
+                    failure: None,
                 },
                 Duration::from_millis(10 * i),
             );
         }
-        a.informe(4, 0, Duration::from_secs(3))
+        a.report(4, 0, Duration::from_secs(3))
     }
 
     fn temp(ext: &str) -> std::path::PathBuf {
@@ -308,9 +308,9 @@ mod tests {
     }
 
     /// The bytes of a run chart drawn into a temporary file of this extension.
-    fn dibujado(ext: &str) -> Vec<u8> {
+    fn drawn(ext: &str) -> Vec<u8> {
         let path = temp(ext);
-        dibujar(&informe(), &path).unwrap();
+        draw(&report(), &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         bytes
@@ -318,13 +318,13 @@ mod tests {
 
     #[test]
     fn writes_an_svg() {
-        let svg = String::from_utf8(dibujado("svg")).unwrap();
+        let svg = String::from_utf8(drawn("svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("p99") && svg.contains("requests/s"));
     }
 
     #[test]
     fn writes_a_png_with_drawn_lines() {
-        let bytes = dibujado("png");
+        let bytes = drawn("png");
         assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
         // IHDR: width and height, big-endian, at offsets 16 and 20.
         assert_eq!(&bytes[16..24], &[0, 0, 3, 232, 0, 0, 2, 208]);
@@ -338,15 +338,15 @@ mod tests {
 
     #[test]
     fn draws_the_experiment_chart() {
-        let informes: Vec<Informe> = [4, 6, 10]
+        let reports: Vec<LoadReport> = [4, 6, 10]
             .iter()
-            .map(|&n| Informe {
-                clientes: n,
-                ..informe()
+            .map(|&n| LoadReport {
+                clients: n,
+                ..report()
             })
             .collect();
         let path = temp("exp.svg");
-        dibujar_experimento(&informes, &path).unwrap();
+        draw_experiment(&reports, &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.contains("loan latency") && svg.contains("stddev") && svg.contains("clients"));
@@ -354,8 +354,11 @@ mod tests {
 
     #[test]
     fn other_extensions_are_refused() {
-        let e = dibujar(&informe(), Path::new("/tmp/chart.jpg")).unwrap_err();
+        let e = draw(&report(), Path::new("/tmp/chart.jpg")).unwrap_err();
         assert!(e.reason.contains(".svg or .png"), "{e}");
-        assert_eq!(Formato::de(Path::new("a/B.PNG")), Some(Formato::Png));
+        assert_eq!(
+            ChartFormat::from_path(Path::new("a/B.PNG")),
+            Some(ChartFormat::Png)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! measured with nothing but ZeroMQ, and the best ratio any pipeline of this
 //! shape could reach against pgbench here.
 //!
-//! A request through the pipeline crosses [`SALTOS`] TCP hops (client → load
+//! A request through the pipeline crosses [`HOPS`] TCP hops (client → load
 //! manager → actor → storage manager → actor → load manager → client), and
 //! with libzmq each one wakes the sender's I/O thread, the receiver's I/O
 //! thread and the receiving application thread. That work does not depend on
@@ -20,59 +20,59 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cpu::{Parte, Partes};
+use super::cpu::{Part, Parts};
 use biblioteca_runtime::net::{self, NetError};
 use biblioteca_stack::launch::free_port;
 
 /// TCP hops one write request makes through the pipeline.
-pub const SALTOS: u32 = 6;
+pub const HOPS: u32 = 6;
 /// The size of a typical loan request on the wire.
-const CUERPO: usize = 160;
+const BODY: usize = 160;
 const POLL_MS: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SueloError {
+pub enum FloorError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
     Launch(#[from] biblioteca_stack::launch::LaunchError),
     #[error(transparent)]
-    Ficheros(#[from] biblioteca_client::load::LoadError),
+    Files(#[from] biblioteca_client::load::LoadError),
     #[error("the echo thread: {0}")]
-    Hilo(std::io::Error),
+    Thread(std::io::Error),
     #[error("no round trip completed in {0:?}")]
-    SinDatos(Duration),
+    NoData(Duration),
 }
 
 /// The transport floor at one number of requests in flight.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Suelo {
-    pub en_vuelo: usize,
-    pub idas_y_vueltas: u64,
+pub struct Floor {
+    pub in_flight: usize,
+    pub round_trips: u64,
     /// CPU microseconds per hop, both ends together.
-    pub us_por_salto: f64,
+    pub us_per_hop: f64,
 }
 
-impl Suelo {
-    /// CPU per request of [`SALTOS`] hops.
-    pub fn us_por_peticion(&self) -> f64 {
-        self.us_por_salto * f64::from(SALTOS)
+impl Floor {
+    /// CPU per request of [`HOPS`] hops.
+    pub fn us_per_request(&self) -> f64 {
+        self.us_per_hop * f64::from(HOPS)
     }
 
     /// The best ours/pgbench ratio on 2 busy cores when a pgbench
     /// transaction costs `pgbench_us` of CPU: the database work plus the hops
     /// and nothing else (no service work, no extra database cost, a client
     /// as cheap as pgbench's).
-    pub fn mejor_ratio(&self, pgbench_us: f64) -> f64 {
+    pub fn best_ratio(&self, pgbench_us: f64) -> f64 {
         if pgbench_us <= 0.0 {
             return 0.0;
         }
-        pgbench_us / (pgbench_us + self.us_por_peticion())
+        pgbench_us / (pgbench_us + self.us_per_request())
     }
 }
 
 /// Echoes every message on `router` until `stop`.
-fn eco(router: &zmq::Socket, stop: &AtomicBool) -> Result<(), NetError> {
+fn echo(router: &zmq::Socket, stop: &AtomicBool) -> Result<(), NetError> {
     while !stop.load(Ordering::Relaxed) {
         let mut items = [router.as_poll_item(zmq::POLLIN)];
         zmq::poll(&mut items, POLL_MS)?;
@@ -83,37 +83,37 @@ fn eco(router: &zmq::Socket, stop: &AtomicBool) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Measures `en_vuelo` request/reply pairs kept in flight for `duracion`
+/// Measures `in_flight` request/reply pairs kept in flight for `duration`
 /// (after a short warm-up).
-pub fn medir(en_vuelo: usize, duracion: Duration) -> Result<Suelo, SueloError> {
+pub fn measure(in_flight: usize, duration: Duration) -> Result<Floor, FloorError> {
     // Both ends' sockets live in this process: twice a load run's files.
-    biblioteca_client::load::abrir_ficheros(2 * en_vuelo)?;
+    biblioteca_client::load::raise_file_limit(2 * in_flight)?;
     let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
-    let ctx_eco = zmq::Context::new();
-    let router = net::socket(&ctx_eco, zmq::ROUTER)?;
+    let ctx_echo = zmq::Context::new();
+    let router = net::socket(&ctx_echo, zmq::ROUTER)?;
     net::bind(&router, &endpoint)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let hilo = {
+    let worker = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("bench-eco".into())
-            .spawn(move || eco(&router, &stop))
-            .map_err(SueloError::Hilo)?
+            .spawn(move || echo(&router, &stop))
+            .map_err(FloorError::Thread)?
     };
-    let resultado = clientes(en_vuelo, duracion, &endpoint);
+    let result = clients(in_flight, duration, &endpoint);
     stop.store(true, Ordering::Relaxed);
-    let eco = hilo.join();
-    let suelo = resultado?;
-    match eco {
+    let echo = worker.join();
+    let floor = result?;
+    match echo {
         Ok(r) => r?,
-        Err(_) => return Err(SueloError::Hilo(std::io::Error::other("panicked"))),
+        Err(_) => return Err(FloorError::Thread(std::io::Error::other("panicked"))),
     }
-    Ok(suelo)
+    Ok(floor)
 }
 
-fn clientes(en_vuelo: usize, duracion: Duration, endpoint: &str) -> Result<Suelo, SueloError> {
+fn clients(in_flight: usize, duration: Duration, endpoint: &str) -> Result<Floor, FloorError> {
     let ctx = zmq::Context::new();
-    let n = en_vuelo.max(1);
+    let n = in_flight.max(1);
     let socks = (0..n)
         .map(|_| {
             let s = net::socket(&ctx, zmq::REQ)?;
@@ -121,42 +121,42 @@ fn clientes(en_vuelo: usize, duracion: Duration, endpoint: &str) -> Result<Suelo
             Ok(s)
         })
         .collect::<Result<Vec<_>, NetError>>()?;
-    let cuerpo = [b'x'; CUERPO];
+    let body = [b'x'; BODY];
     for s in &socks {
-        s.send(&cuerpo[..], 0).map_err(NetError::from)?;
+        s.send(&body[..], 0).map_err(NetError::from)?;
     }
-    let calentamiento = (duracion / 5).min(Duration::from_millis(500));
-    let contar = |hasta: Instant| -> Result<u64, SueloError> {
-        let mut hechas = 0;
-        while Instant::now() < hasta {
+    let warm_up = (duration / 5).min(Duration::from_millis(500));
+    let count = |until: Instant| -> Result<u64, FloorError> {
+        let mut done = 0;
+        while Instant::now() < until {
             let mut items: Vec<zmq::PollItem> =
                 socks.iter().map(|s| s.as_poll_item(zmq::POLLIN)).collect();
             zmq::poll(&mut items, POLL_MS).map_err(NetError::from)?;
             for (item, s) in items.iter().zip(&socks) {
                 if item.is_readable() && net::try_recv(s)?.is_some() {
-                    hechas += 1;
-                    s.send(&cuerpo[..], 0).map_err(NetError::from)?;
+                    done += 1;
+                    s.send(&body[..], 0).map_err(NetError::from)?;
                 }
             }
         }
-        Ok(hechas)
+        Ok(done)
     };
-    contar(Instant::now() + calentamiento)?;
-    let proceso = Partes::new().con("zeromq", Parte::Este);
-    let antes = proceso.ahora();
-    let hechas = contar(Instant::now() + duracion)?;
-    if hechas == 0 {
-        return Err(SueloError::SinDatos(duracion));
+    count(Instant::now() + warm_up)?;
+    let process = Parts::new().with("zeromq", Part::OwnProcess);
+    let before = process.now_snapshot();
+    let done = count(Instant::now() + duration)?;
+    if done == 0 {
+        return Err(FloorError::NoData(duration));
     }
     // Two hops per round trip; the first part is this process.
-    let us_por_salto = antes
-        .por_peticion(&proceso.ahora(), 2 * hechas)
+    let us_per_hop = before
+        .per_request(&process.now_snapshot(), 2 * done)
         .first()
-        .map_or(0.0, |c| c.us_por_peticion);
-    Ok(Suelo {
-        en_vuelo: n,
-        idas_y_vueltas: hechas,
-        us_por_salto,
+        .map_or(0.0, |c| c.us_per_request);
+    Ok(Floor {
+        in_flight: n,
+        round_trips: done,
+        us_per_hop,
     })
 }
 
@@ -166,23 +166,23 @@ mod tests {
 
     #[test]
     fn measures_round_trips_and_their_cpu() {
-        let s = medir(4, Duration::from_millis(400)).expect("floor");
-        assert_eq!(s.en_vuelo, 4);
-        assert!(s.idas_y_vueltas > 10, "{s:?}");
+        let s = measure(4, Duration::from_millis(400)).expect("floor");
+        assert_eq!(s.in_flight, 4);
+        assert!(s.round_trips > 10, "{s:?}");
         // A hop costs something, and far less than a millisecond.
-        assert!(s.us_por_salto > 0.0 && s.us_por_salto < 1000.0, "{s:?}");
-        assert!((s.us_por_peticion() - 6.0 * s.us_por_salto).abs() < 1e-9);
+        assert!(s.us_per_hop > 0.0 && s.us_per_hop < 1000.0, "{s:?}");
+        assert!((s.us_per_request() - 6.0 * s.us_per_hop).abs() < 1e-9);
     }
 
     #[test]
     fn best_ratio_adds_only_the_hops() {
-        let s = Suelo {
-            en_vuelo: 16,
-            idas_y_vueltas: 1,
-            us_por_salto: 25.0,
+        let s = Floor {
+            in_flight: 16,
+            round_trips: 1,
+            us_per_hop: 25.0,
         };
         // 350 / (350 + 150)
-        assert!((s.mejor_ratio(350.0) - 0.7).abs() < 1e-9);
-        assert_eq!(s.mejor_ratio(0.0), 0.0);
+        assert!((s.best_ratio(350.0) - 0.7).abs() < 1e-9);
+        assert_eq!(s.best_ratio(0.0), 0.0);
     }
 }

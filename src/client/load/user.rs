@@ -1,17 +1,17 @@
 //! Virtual users with coherent request sequences.
 //!
 //! A user only returns or renews a book it holds, and holds at most
-//! [`MAX_PRESTAMOS`] at a time, so a run exercises the business rules instead
+//! [`MAX_LOANS`] at a time, so a run exercises the business rules instead
 //! of producing a wall of `PrestamoNoEncontrado`. What a user holds is learned
 //! from the replies; an unknown outcome is assumed applied, and the next reply
 //! about that book corrects the belief either way.
 
 use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
-use super::spec::Mezcla;
+use super::spec::Mix;
 
 /// Loans one virtual user holds at most; beyond it a loan becomes a return.
-pub const MAX_PRESTAMOS: usize = 3;
+pub const MAX_LOANS: usize = 3;
 
 /// splitmix64: fast, seedable, good enough to pick books and think times.
 #[derive(Debug, Clone)]
@@ -46,61 +46,60 @@ impl Rng {
 
 /// One virtual user and the books it believes it holds.
 #[derive(Debug, Clone)]
-pub struct Usuario {
-    pub nombre: String,
-    prestados: Vec<String>,
+pub struct User {
+    pub name: String,
+    held: Vec<String>,
 }
 
-impl Usuario {
-    pub fn new(nombre: String) -> Usuario {
-        Usuario {
-            nombre,
-            prestados: Vec::new(),
+impl User {
+    pub fn new(name: String) -> User {
+        User {
+            name,
+            held: Vec::new(),
         }
     }
 
-    pub fn prestados(&self) -> &[String] {
-        &self.prestados
+    pub fn held(&self) -> &[String] {
+        &self.held
     }
 
     /// The next request: the mix decides, what the user holds constrains.
-    pub fn siguiente(&self, rng: &mut Rng, mezcla: &Mezcla, catalogo: &[String]) -> Peticion {
-        let mut op = mezcla.elegir(rng.next_u64());
-        if matches!(op, Operacion::Devolucion | Operacion::Renovacion) && self.prestados.is_empty()
-        {
+    pub fn next_request(&self, rng: &mut Rng, mix: &Mix, catalogue: &[String]) -> Peticion {
+        let mut op = mix.pick(rng.next_u64());
+        if matches!(op, Operacion::Devolucion | Operacion::Renovacion) && self.held.is_empty() {
             op = Operacion::Prestamo;
         }
-        if op == Operacion::Prestamo && self.prestados.len() >= MAX_PRESTAMOS {
+        if op == Operacion::Prestamo && self.held.len() >= MAX_LOANS {
             op = Operacion::Devolucion;
         }
         let isbn = match op {
             Operacion::Devolucion | Operacion::Renovacion => {
-                self.prestados[rng.below(self.prestados.len())].clone()
+                self.held[rng.below(self.held.len())].clone()
             }
-            Operacion::Prestamo => self.libro_no_prestado(rng, catalogo),
-            Operacion::Consulta => catalogo[rng.below(catalogo.len())].clone(),
+            Operacion::Prestamo => self.book_not_held(rng, catalogue),
+            Operacion::Consulta => catalogue[rng.below(catalogue.len())].clone(),
         };
         Peticion {
             operacion: op,
             isbn,
-            usuario: self.nombre.clone(),
+            usuario: self.name.clone(),
             id: None,
         }
     }
 
-    fn libro_no_prestado(&self, rng: &mut Rng, catalogo: &[String]) -> String {
+    fn book_not_held(&self, rng: &mut Rng, catalogue: &[String]) -> String {
         // A few random draws; a small catalogue may be entirely held already.
         for _ in 0..8 {
-            let isbn = &catalogo[rng.below(catalogo.len())];
-            if !self.prestados.contains(isbn) {
+            let isbn = &catalogue[rng.below(catalogue.len())];
+            if !self.held.contains(isbn) {
                 return isbn.clone();
             }
         }
-        catalogo[rng.below(catalogo.len())].clone()
+        catalogue[rng.below(catalogue.len())].clone()
     }
 
     /// Updates what the user holds from a reply (`None`: outcome unknown).
-    pub fn observar(&mut self, p: &Peticion, r: Option<&Respuesta>) {
+    pub fn observe(&mut self, p: &Peticion, r: Option<&Respuesta>) {
         let code = r.and_then(|r| r.error);
         let exito = r.map(|r| r.exito);
         let holds = match (p.operacion, exito, code) {
@@ -111,8 +110,8 @@ impl Usuario {
             _ => None,
         };
         match holds {
-            Some(true) if !self.prestados.contains(&p.isbn) => self.prestados.push(p.isbn.clone()),
-            Some(false) => self.prestados.retain(|i| i != &p.isbn),
+            Some(true) if !self.held.contains(&p.isbn) => self.held.push(p.isbn.clone()),
+            Some(false) => self.held.retain(|i| i != &p.isbn),
             _ => {}
         }
     }
@@ -121,7 +120,7 @@ impl Usuario {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::spec::catalogo;
+    use crate::load::spec::catalogue;
     use serde_json::Value;
 
     fn ok(op: Operacion) -> Respuesta {
@@ -140,29 +139,29 @@ mod tests {
 
     #[test]
     fn sequences_are_coherent() {
-        let cat = catalogo(Some(50));
-        let mix = Mezcla::parse("prestamo=1,devolucion=1,renovacion=1").unwrap();
+        let cat = catalogue(Some(50));
+        let mix = Mix::parse("prestamo=1,devolucion=1,renovacion=1").unwrap();
         let mut rng = Rng::new(42);
-        let mut u = Usuario::new("u".into());
+        let mut u = User::new("u".into());
         // A user without loans can only borrow.
         assert_eq!(
-            u.siguiente(&mut rng, &mix, &cat).operacion,
+            u.next_request(&mut rng, &mix, &cat).operacion,
             Operacion::Prestamo
         );
         for _ in 0..500 {
-            let p = u.siguiente(&mut rng, &mix, &cat);
+            let p = u.next_request(&mut rng, &mix, &cat);
             match p.operacion {
-                Operacion::Prestamo => assert!(!u.prestados().contains(&p.isbn)),
-                _ => assert!(u.prestados().contains(&p.isbn), "{p:?}"),
+                Operacion::Prestamo => assert!(!u.held().contains(&p.isbn)),
+                _ => assert!(u.held().contains(&p.isbn), "{p:?}"),
             }
-            u.observar(&p, Some(&ok(p.operacion)));
-            assert!(u.prestados().len() <= MAX_PRESTAMOS);
+            u.observe(&p, Some(&ok(p.operacion)));
+            assert!(u.held().len() <= MAX_LOANS);
         }
     }
 
     #[test]
     fn replies_correct_beliefs() {
-        let mut u = Usuario::new("u".into());
+        let mut u = User::new("u".into());
         let p = |op, isbn: &str| Peticion {
             operacion: op,
             isbn: isbn.into(),
@@ -170,30 +169,30 @@ mod tests {
             id: None,
         };
         let err = |op: Operacion, c| Respuesta::error(op.as_str(), c, "x");
-        u.observar(&p(Operacion::Prestamo, "a"), None);
-        u.observar(
+        u.observe(&p(Operacion::Prestamo, "a"), None);
+        u.observe(
             &p(Operacion::Prestamo, "b"),
             Some(&err(
                 Operacion::Prestamo,
                 CodigoError::SinEjemplaresDisponibles,
             )),
         );
-        u.observar(
+        u.observe(
             &p(Operacion::Prestamo, "c"),
             Some(&err(Operacion::Prestamo, CodigoError::PrestamoActivo)),
         );
-        assert_eq!(u.prestados(), ["a", "c"]);
-        u.observar(
+        assert_eq!(u.held(), ["a", "c"]);
+        u.observe(
             &p(Operacion::Renovacion, "a"),
             Some(&err(
                 Operacion::Renovacion,
                 CodigoError::PrestamoNoEncontrado,
             )),
         );
-        u.observar(
+        u.observe(
             &p(Operacion::Devolucion, "c"),
             Some(&ok(Operacion::Devolucion)),
         );
-        assert!(u.prestados().is_empty());
+        assert!(u.held().is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! rest of one) and blank lines are skipped. Operations may be written in full
 //! or in the short forms `PRES`, `DEVO`, `RENO`, `CONS` (any case); `consulta`
 //! may omit the user. A malformed line is reported with its number and counted
-//! as an error, and the rest of the file is still sent. [`enviar`] runs a parsed
+//! as an error, and the rest of the file is still sent. [`send`] runs a parsed
 //! file through a [`Client`] and tallies the outcome.
 
 use std::collections::BTreeMap;
@@ -13,32 +13,32 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::pirate::{Client, ClientError};
-use crate::stats::{self, Latencias};
+use crate::stats::{self, Latencies};
 use biblioteca_protocol::{validate_isbn, validate_usuario, Operacion, Peticion, Respuesta};
 
 /// Label under which requests without a reply are counted.
-pub const SIN_RESPUESTA: &str = "SinRespuesta";
+pub const NO_REPLY: &str = "SinRespuesta";
 /// Label under which malformed lines are counted.
-pub const LINEA_INVALIDA: &str = "LineaInvalida";
+pub const INVALID_LINE: &str = "LineaInvalida";
 
 /// A well-formed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Linea {
+pub struct Line {
     /// 1-based line number in the file.
-    pub numero: usize,
-    pub peticion: Peticion,
+    pub number: usize,
+    pub request: Peticion,
 }
 
 /// A line that could not be turned into a request, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {numero}: {motivo}")]
-pub struct LineaInvalida {
-    pub numero: usize,
-    pub motivo: String,
+#[error("line {number}: {reason}")]
+pub struct InvalidLine {
+    pub number: usize,
+    pub reason: String,
 }
 
 /// Every non-blank, non-comment line of `text`, parsed, in file order.
-pub fn parse(text: &str) -> Vec<Result<Linea, LineaInvalida>> {
+pub fn parse(text: &str) -> Vec<Result<Line, InvalidLine>> {
     text.lines()
         .enumerate()
         .filter_map(|(i, raw)| {
@@ -47,11 +47,11 @@ pub fn parse(text: &str) -> Vec<Result<Linea, LineaInvalida>> {
             if fields.is_empty() {
                 return None;
             }
-            let numero = i + 1;
+            let number = i + 1;
             Some(
                 parse_fields(&fields)
-                    .map(|peticion| Linea { numero, peticion })
-                    .map_err(|motivo| LineaInvalida { numero, motivo }),
+                    .map(|request| Line { number, request })
+                    .map_err(|reason| InvalidLine { number, reason }),
             )
         })
         .collect()
@@ -65,8 +65,8 @@ fn parse_fields(fields: &[&str]) -> Result<Peticion, String> {
              or PRES, DEVO, RENO, CONS"
         )
     })?;
-    let (isbn, usuario) = match (fields.get(1), fields.get(2), fields.len()) {
-        (Some(isbn), Some(usuario), 3) => (*isbn, *usuario),
+    let (isbn, user) = match (fields.get(1), fields.get(2), fields.len()) {
+        (Some(isbn), Some(user), 3) => (*isbn, *user),
         (Some(isbn), None, 2) if operacion == Operacion::Consulta => (*isbn, ""),
         _ => {
             return Err(format!(
@@ -76,138 +76,138 @@ fn parse_fields(fields: &[&str]) -> Result<Peticion, String> {
         }
     };
     validate_isbn(isbn).map_err(|e| e.0)?;
-    if !usuario.is_empty() {
-        validate_usuario(usuario).map_err(|e| e.0)?;
+    if !user.is_empty() {
+        validate_usuario(user).map_err(|e| e.0)?;
     }
     Ok(Peticion {
         operacion,
         isbn: isbn.to_string(),
-        usuario: usuario.to_string(),
+        usuario: user.to_string(),
         id: None,
     })
 }
 
 /// What happened to one line, handed to the caller as it happens.
 #[derive(Debug)]
-pub enum Evento<'a> {
-    Respuesta {
-        linea: &'a Linea,
-        respuesta: &'a Respuesta,
-        latencia: Duration,
+pub enum Event<'a> {
+    Reply {
+        line: &'a Line,
+        reply: &'a Respuesta,
+        latency: Duration,
     },
-    Fallo {
-        linea: &'a Linea,
+    Failure {
+        line: &'a Line,
         error: &'a ClientError,
     },
-    Invalida(&'a LineaInvalida),
+    Invalid(&'a InvalidLine),
 }
 
 /// Totals of a file run.
 #[derive(Debug, Clone, Default)]
-pub struct Balance {
+pub struct Tally {
     /// Requests sent (malformed lines are not sent).
-    pub enviadas: usize,
+    pub sent: usize,
     pub ok: usize,
-    /// Failures by error code, plus [`SIN_RESPUESTA`] and [`LINEA_INVALIDA`].
-    pub errores: BTreeMap<String, usize>,
+    /// Failures by error code, plus [`NO_REPLY`] and [`INVALID_LINE`].
+    pub errors: BTreeMap<String, usize>,
     /// Latencies of the requests that got a reply.
-    pub latencias: Latencias,
+    pub latencies: Latencies,
 }
 
 /// The balance as printed with `--json`.
 #[derive(Debug, Clone, Serialize)]
-pub struct BalanceJson {
-    pub enviadas: usize,
+pub struct TallyJson {
+    pub sent: usize,
     pub ok: usize,
-    pub errores: BTreeMap<String, usize>,
-    pub latencia_ms: Option<stats::Resumen>,
+    pub errors: BTreeMap<String, usize>,
+    pub latency_ms: Option<stats::Summary>,
 }
 
-impl Balance {
-    pub fn total_errores(&self) -> usize {
-        self.errores.values().sum()
+impl Tally {
+    pub fn total_errors(&self) -> usize {
+        self.errors.values().sum()
     }
 
     fn error(&mut self, label: &str) {
-        *self.errores.entry(label.to_string()).or_default() += 1;
+        *self.errors.entry(label.to_string()).or_default() += 1;
     }
 
-    pub fn to_json(&mut self) -> BalanceJson {
-        BalanceJson {
-            enviadas: self.enviadas,
+    pub fn to_json(&mut self) -> TallyJson {
+        TallyJson {
+            sent: self.sent,
             ok: self.ok,
-            errores: self.errores.clone(),
-            latencia_ms: self.latencias.resumen(),
+            errors: self.errors.clone(),
+            latency_ms: self.latencies.summary(),
         }
     }
 
     /// Two lines: counts, then latency.
-    pub fn texto(&mut self) -> String {
-        let errores = if self.errores.is_empty() {
+    pub fn text(&mut self) -> String {
+        let errors = if self.errors.is_empty() {
             String::new()
         } else {
             format!(
                 " ({})",
-                self.errores
+                self.errors
                     .iter()
                     .map(|(k, v)| format!("{k} {v}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             )
         };
-        let latencia = match self.latencias.resumen() {
+        let latency = match self.latencies.summary() {
             Some(r) => r.to_string(),
             None => "latency ms: no replies".to_string(),
         };
         format!(
             "sent {}, ok {}, errors {}{}\n{}",
-            self.enviadas,
+            self.sent,
             self.ok,
-            self.total_errores(),
-            errores,
-            latencia
+            self.total_errors(),
+            errors,
+            latency
         )
     }
 }
 
 /// Sends every well-formed line in order, one at a time, and tallies.
-pub fn enviar(
+pub fn send(
     client: &mut Client,
-    lineas: &[Result<Linea, LineaInvalida>],
-    mut on_evento: impl FnMut(Evento<'_>),
-) -> Balance {
-    let mut balance = Balance::default();
-    for entry in lineas {
-        let linea = match entry {
+    lines: &[Result<Line, InvalidLine>],
+    mut on_event: impl FnMut(Event<'_>),
+) -> Tally {
+    let mut balance = Tally::default();
+    for entry in lines {
+        let line = match entry {
             Ok(l) => l,
             Err(bad) => {
-                balance.error(LINEA_INVALIDA);
-                on_evento(Evento::Invalida(bad));
+                balance.error(INVALID_LINE);
+                on_event(Event::Invalid(bad));
                 continue;
             }
         };
-        balance.enviadas += 1;
+        balance.sent += 1;
         let started = Instant::now();
-        match client.request(&linea.peticion) {
-            Ok(respuesta) => {
-                let latencia = started.elapsed();
-                balance.latencias.push(latencia);
-                if respuesta.exito {
+        match client.request(&line.request) {
+            Ok(reply) => {
+                let latency = started.elapsed();
+                balance.latencies.push(latency);
+                if reply.exito {
                     balance.ok += 1;
                 } else {
-                    let code = respuesta.error.map(|c| c.as_str()).unwrap_or("SinCodigo");
+                    let code = reply.error.map(|c| c.as_str()).unwrap_or("SinCodigo");
                     balance.error(code);
                 }
-                on_evento(Evento::Respuesta {
-                    linea,
-                    respuesta: &respuesta,
-                    latencia,
+                on_event(Event::Reply {
+                    line,
+                    reply: &reply,
+                    latency,
                 });
             }
             Err(error) => {
-                balance.error(SIN_RESPUESTA);
-                on_evento(Evento::Fallo {
-                    linea,
+                balance.error(NO_REPLY);
+                on_event(Event::Failure {
+                    line,
                     error: &error,
                 });
             }
@@ -242,7 +242,7 @@ DEVO 978-0134685991 a/b
         let ok: Vec<(usize, Operacion, &str)> = parsed
             .iter()
             .filter_map(|r| r.as_ref().ok())
-            .map(|l| (l.numero, l.peticion.operacion, l.peticion.usuario.as_str()))
+            .map(|l| (l.number, l.request.operacion, l.request.usuario.as_str()))
             .collect();
         assert_eq!(
             ok,
@@ -258,7 +258,7 @@ DEVO 978-0134685991 a/b
         let bad: Vec<(usize, String)> = parsed
             .iter()
             .filter_map(|r| r.as_ref().err())
-            .map(|e| (e.numero, e.motivo.clone()))
+            .map(|e| (e.number, e.reason.clone()))
             .collect();
         assert_eq!(bad.len(), 5, "{bad:?}");
         assert_eq!(bad[0].0, 9);
@@ -268,9 +268,9 @@ DEVO 978-0134685991 a/b
         assert!(bad[2].1.contains("not an ISBN"));
         assert!(bad[3].1.contains("found 4"));
         assert!(bad[4].1.contains("usuario"));
-        assert!(LineaInvalida {
-            numero: 9,
-            motivo: "x".into()
+        assert!(InvalidLine {
+            number: 9,
+            reason: "x".into()
         }
         .to_string()
         .starts_with("line 9:"));
@@ -292,8 +292,7 @@ DEVO 978-0134685991 a/b
             // Loans succeed; everything else has no loan to act on.
             for _ in 0..3 {
                 let env = net::Envelope::split(s.recv_multipart(0).unwrap()).unwrap();
-                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap()
-                else {
+                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap() else {
                     panic!("not an operation")
                 };
                 let r = if p.operacion == Operacion::Prestamo {
@@ -320,20 +319,20 @@ DEVO 978-0134685991 a/b
             "PRES 978-0134685991 ana\nbad line\nDEVO 978-0134685991 bob\nRENO 978-0134685991 bob\n",
         );
         let mut seen = Vec::new();
-        let mut b = enviar(&mut client, &lines, |e| {
+        let mut b = send(&mut client, &lines, |e| {
             seen.push(match e {
-                Evento::Respuesta { linea, .. } => linea.numero,
-                Evento::Fallo { linea, .. } => linea.numero,
-                Evento::Invalida(bad) => bad.numero,
+                Event::Reply { line, .. } => line.number,
+                Event::Failure { line, .. } => line.number,
+                Event::Invalid(bad) => bad.number,
             })
         });
         server.join().unwrap();
         assert_eq!(seen, vec![1, 2, 3, 4]);
-        assert_eq!((b.enviadas, b.ok, b.total_errores()), (3, 1, 3));
-        assert_eq!(b.errores.get("PrestamoNoEncontrado"), Some(&2));
-        assert_eq!(b.errores.get(LINEA_INVALIDA), Some(&1));
-        assert_eq!(b.latencias.len(), 3);
-        assert!(b.texto().contains("p50"));
+        assert_eq!((b.sent, b.ok, b.total_errors()), (3, 1, 3));
+        assert_eq!(b.errors.get("PrestamoNoEncontrado"), Some(&2));
+        assert_eq!(b.errors.get(INVALID_LINE), Some(&1));
+        assert_eq!(b.latencies.len(), 3);
+        assert!(b.text().contains("p50"));
     }
 
     #[test]
@@ -344,17 +343,17 @@ DEVO 978-0134685991 a/b
 
     #[test]
     fn balance_text_lists_errors_by_code() {
-        let mut b = Balance {
-            enviadas: 3,
+        let mut b = Tally {
+            sent: 3,
             ok: 1,
-            ..Balance::default()
+            ..Tally::default()
         };
         b.error("PrestamoActivo");
-        b.error(SIN_RESPUESTA);
-        b.error(LINEA_INVALIDA);
-        b.latencias.push_ms(2.0);
-        b.latencias.push_ms(4.0);
-        let text = b.texto();
+        b.error(NO_REPLY);
+        b.error(INVALID_LINE);
+        b.latencies.push_ms(2.0);
+        b.latencies.push_ms(4.0);
+        let text = b.text();
         assert!(
             text.starts_with(
                 "sent 3, ok 1, errors 3 (LineaInvalida 1, PrestamoActivo 1, SinRespuesta 1)"
@@ -363,7 +362,7 @@ DEVO 978-0134685991 a/b
         );
         assert!(text.contains("mean 3.00"), "{text}");
         let j = serde_json::to_value(b.to_json()).unwrap();
-        assert_eq!(j["errores"]["PrestamoActivo"], 1);
-        assert_eq!(j["latencia_ms"]["p50"], 2.0);
+        assert_eq!(j["errors"]["PrestamoActivo"], 1);
+        assert_eq!(j["latency_ms"]["p50"], 2.0);
     }
 }

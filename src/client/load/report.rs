@@ -1,9 +1,9 @@
 //! Aggregation of load-test samples and the final report.
 //!
-//! Samples stream in from the virtual clients; [`Agregado`] keeps one HDR
+//! Samples stream in from the virtual clients; [`Aggregate`] keeps one HDR
 //! histogram per operation (microseconds, 3 significant digits) plus a small
-//! one for the current second, which is folded into a [`Punto`] of the time
-//! series when the second ends. [`Informe`] is the finished, serializable
+//! one for the current second, which is folded into a [`Point`] of the time
+//! series when the second ends. [`LoadReport`] is the finished, serializable
 //! report: per operation and aggregated, with the series for CSV and charts.
 
 use std::collections::BTreeMap;
@@ -18,46 +18,46 @@ use biblioteca_protocol::Operacion;
 const MAX_US: u64 = 600_000_000;
 
 /// Label for requests whose outcome stayed unknown.
-pub const SIN_RESPUESTA: &str = "SinRespuesta";
+pub const NO_REPLY: &str = "SinRespuesta";
 
 /// One finished request, as a virtual client reports it.
 #[derive(Debug, Clone)]
-pub struct Muestra {
+pub struct Sample {
     pub operacion: Operacion,
     /// From the intended send time to the reply (`None`: no reply).
-    pub latencia: Option<Duration>,
-    /// `None` on success, else the error code (or [`SIN_RESPUESTA`]).
-    pub fallo: Option<&'static str>,
+    pub latency: Option<Duration>,
+    /// `None` on success, else the error code (or [`NO_REPLY`]).
+    pub failure: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
-struct PorOperacion {
-    peticiones: u64,
-    fallos: BTreeMap<&'static str, u64>,
+struct PerOperation {
+    requests: u64,
+    failures: BTreeMap<&'static str, u64>,
     hist: Histogram<u64>,
 }
 
-impl PorOperacion {
-    fn new(template: &Histogram<u64>) -> PorOperacion {
-        PorOperacion {
-            peticiones: 0,
-            fallos: BTreeMap::new(),
+impl PerOperation {
+    fn new(template: &Histogram<u64>) -> PerOperation {
+        PerOperation {
+            requests: 0,
+            failures: BTreeMap::new(),
             hist: template.clone(),
         }
     }
 
-    fn record(&mut self, m: &Muestra) {
-        self.peticiones += 1;
-        if let Some(code) = m.fallo {
-            *self.fallos.entry(code).or_default() += 1;
+    fn record(&mut self, m: &Sample) {
+        self.requests += 1;
+        if let Some(code) = m.failure {
+            *self.failures.entry(code).or_default() += 1;
         }
-        if let Some(l) = m.latencia {
+        if let Some(l) = m.latency {
             self.hist
                 .saturating_record((l.as_micros() as u64).clamp(1, MAX_US));
         }
     }
 
-    fn fila(&self, operacion: &str, segundos: f64) -> FilaOp {
+    fn row(&self, operacion: &str, seconds: f64) -> OperationRow {
         let h = &self.hist;
         let ms = |us: u64| us as f64 / 1000.0;
         let q = |p: f64| {
@@ -67,23 +67,23 @@ impl PorOperacion {
                 ms(h.value_at_quantile(p))
             }
         };
-        let fallos: u64 = self.fallos.values().sum();
-        FilaOp {
+        let failures: u64 = self.failures.values().sum();
+        OperationRow {
             operacion: operacion.to_string(),
-            peticiones: self.peticiones,
-            fallos,
-            fallos_por_codigo: self
-                .fallos
+            requests: self.requests,
+            failures,
+            failures_by_code: self
+                .failures
                 .iter()
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
-            rps: if segundos > 0.0 {
-                self.peticiones as f64 / segundos
+            rps: if seconds > 0.0 {
+                self.requests as f64 / seconds
             } else {
                 0.0
             },
-            media_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            desviacion_ms: if h.is_empty() {
+            mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            stddev_ms: if h.is_empty() {
                 0.0
             } else {
                 h.stdev() / 1000.0
@@ -106,14 +106,14 @@ impl PorOperacion {
 
 /// Report row of one operation (or `Aggregated`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FilaOp {
+pub struct OperationRow {
     pub operacion: String,
-    pub peticiones: u64,
-    pub fallos: u64,
-    pub fallos_por_codigo: BTreeMap<String, u64>,
+    pub requests: u64,
+    pub failures: u64,
+    pub failures_by_code: BTreeMap<String, u64>,
     pub rps: f64,
-    pub media_ms: f64,
-    pub desviacion_ms: f64,
+    pub mean_ms: f64,
+    pub stddev_ms: f64,
     pub min_ms: f64,
     pub p50_ms: f64,
     pub p66_ms: f64,
@@ -130,67 +130,67 @@ pub struct FilaOp {
 
 /// One second of the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Punto {
+pub struct Point {
     /// Seconds since the start (end of this interval).
     pub t_s: u64,
     pub rps: f64,
-    pub fallos_s: f64,
+    pub failures_s: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     /// Cumulative totals at the end of this second.
-    pub total_peticiones: u64,
-    pub total_fallos: u64,
+    pub total_requests: u64,
+    pub total_failures: u64,
 }
 
 /// Live aggregation; fed by the coordinating thread only.
 #[derive(Debug)]
-pub struct Agregado {
+pub struct Aggregate {
     template: Histogram<u64>,
-    por_op: BTreeMap<&'static str, PorOperacion>,
-    total: PorOperacion,
-    segundo_actual: u64,
-    segundo: PorOperacion,
-    serie: Vec<Punto>,
+    per_op: BTreeMap<&'static str, PerOperation>,
+    total: PerOperation,
+    current_second: u64,
+    second: PerOperation,
+    series: Vec<Point>,
 }
 
-impl Agregado {
-    pub fn new() -> Result<Agregado, CreationError> {
+impl Aggregate {
+    pub fn new() -> Result<Aggregate, CreationError> {
         let template = Histogram::new_with_bounds(1, MAX_US, 3)?;
-        let segundo = Histogram::new_with_bounds(1, MAX_US, 2)?;
-        Ok(Agregado {
-            total: PorOperacion::new(&template),
-            segundo: PorOperacion::new(&segundo),
+        let second = Histogram::new_with_bounds(1, MAX_US, 2)?;
+        Ok(Aggregate {
+            total: PerOperation::new(&template),
+            second: PerOperation::new(&second),
             template,
-            por_op: BTreeMap::new(),
-            segundo_actual: 0,
-            serie: Vec::new(),
+            per_op: BTreeMap::new(),
+            current_second: 0,
+            series: Vec::new(),
         })
     }
 
     /// Records a sample that completed `elapsed` after the start.
-    pub fn record(&mut self, m: &Muestra, elapsed: Duration) {
-        self.avanzar(elapsed);
+    pub fn record(&mut self, m: &Sample, elapsed: Duration) {
+        self.advance(elapsed);
         let template = &self.template;
-        self.por_op
+        self.per_op
             .entry(m.operacion.as_str())
-            .or_insert_with(|| PorOperacion::new(template))
+            .or_insert_with(|| PerOperation::new(template))
             .record(m);
         self.total.record(m);
-        self.segundo.record(m);
+        self.second.record(m);
     }
 
     /// Closes every whole second before `elapsed` into the series.
-    pub fn avanzar(&mut self, elapsed: Duration) {
+    pub fn advance(&mut self, elapsed: Duration) {
         let now = elapsed.as_secs();
-        while self.segundo_actual < now {
-            self.cerrar_segundo(1.0);
+        while self.current_second < now {
+            self.close_second(1.0);
         }
     }
 
-    fn cerrar_segundo(&mut self, largo_s: f64) {
-        self.segundo_actual += 1;
-        let s = &self.segundo;
+    fn close_second(&mut self, length_s: f64) {
+        self.current_second += 1;
+        let s = &self.second;
         let h = &s.hist;
         let q = |p: f64| {
             if h.is_empty() {
@@ -199,29 +199,29 @@ impl Agregado {
                 h.value_at_quantile(p) as f64 / 1000.0
             }
         };
-        let fallos: u64 = s.fallos.values().sum();
-        let total_fallos: u64 = self.total.fallos.values().sum();
-        self.serie.push(Punto {
-            t_s: self.segundo_actual,
-            rps: s.peticiones as f64 / largo_s,
-            fallos_s: fallos as f64 / largo_s,
+        let failures: u64 = s.failures.values().sum();
+        let total_failures: u64 = self.total.failures.values().sum();
+        self.series.push(Point {
+            t_s: self.current_second,
+            rps: s.requests as f64 / length_s,
+            failures_s: failures as f64 / length_s,
             p50_ms: q(0.50),
             p90_ms: q(0.90),
             p99_ms: q(0.99),
-            total_peticiones: self.total.peticiones,
-            total_fallos,
+            total_requests: self.total.requests,
+            total_failures,
         });
-        self.segundo.peticiones = 0;
-        self.segundo.fallos.clear();
-        self.segundo.hist.reset();
+        self.second.requests = 0;
+        self.second.failures.clear();
+        self.second.hist.reset();
     }
 
-    pub fn peticiones(&self) -> u64 {
-        self.total.peticiones
+    pub fn requests(&self) -> u64 {
+        self.total.requests
     }
 
-    pub fn fallos(&self) -> u64 {
-        self.total.fallos.values().sum()
+    pub fn failures(&self) -> u64 {
+        self.total.failures.values().sum()
     }
 
     /// Aggregated p50 and p99 so far, in milliseconds.
@@ -237,44 +237,44 @@ impl Agregado {
     }
 
     /// The finished report of a run that lasted `elapsed`.
-    pub fn informe(mut self, clientes: usize, inicio_unix: u64, elapsed: Duration) -> Informe {
-        self.avanzar(elapsed);
-        let rest = elapsed.as_secs_f64() - self.segundo_actual as f64;
+    pub fn report(mut self, clients: usize, start_unix: u64, elapsed: Duration) -> LoadReport {
+        self.advance(elapsed);
+        let rest = elapsed.as_secs_f64() - self.current_second as f64;
         // A sliver of a second would show as a spike in per-second rates.
-        if self.segundo.peticiones > 0 && rest >= 0.5 {
-            self.cerrar_segundo(rest);
+        if self.second.requests > 0 && rest >= 0.5 {
+            self.close_second(rest);
         }
         let secs = elapsed.as_secs_f64();
-        Informe {
-            clientes,
-            inicio_unix,
-            duracion_s: secs,
-            operaciones: self.por_op.iter().map(|(op, s)| s.fila(op, secs)).collect(),
-            total: self.total.fila("Aggregated", secs),
-            serie: self.serie,
+        LoadReport {
+            clients,
+            start_unix,
+            duration_s: secs,
+            operations: self.per_op.iter().map(|(op, s)| s.row(op, secs)).collect(),
+            total: self.total.row("Aggregated", secs),
+            series: self.series,
         }
     }
 }
 
 /// A finished load run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Informe {
-    pub clientes: usize,
+pub struct LoadReport {
+    pub clients: usize,
     /// Wall-clock start, seconds since the Unix epoch.
-    pub inicio_unix: u64,
-    pub duracion_s: f64,
-    pub operaciones: Vec<FilaOp>,
-    pub total: FilaOp,
-    pub serie: Vec<Punto>,
+    pub start_unix: u64,
+    pub duration_s: f64,
+    pub operations: Vec<OperationRow>,
+    pub total: OperationRow,
+    pub series: Vec<Point>,
 }
 
-impl Informe {
+impl LoadReport {
     /// The per-operation table and failures by code.
-    pub fn texto(&self) -> String {
+    pub fn text(&self) -> String {
         let mut out = format!(
             "{} clients, {:.1} s\n{:<12} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-            self.clientes,
-            self.duracion_s,
+            self.clients,
+            self.duration_s,
             "OPERATION",
             "REQS",
             "FAILS",
@@ -287,15 +287,15 @@ impl Informe {
             "P99.9",
             "MAX"
         );
-        for f in self.operaciones.iter().chain(std::iter::once(&self.total)) {
+        for f in self.operations.iter().chain(std::iter::once(&self.total)) {
             out.push_str(&format!(
                 "{:<12} {:>8} {:>7} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}\n",
                 f.operacion,
-                f.peticiones,
-                f.fallos,
+                f.requests,
+                f.failures,
                 f.rps,
-                f.media_ms,
-                f.desviacion_ms,
+                f.mean_ms,
+                f.stddev_ms,
                 f.p50_ms,
                 f.p90_ms,
                 f.p99_ms,
@@ -304,18 +304,18 @@ impl Informe {
             ));
         }
         out.push_str("latencies in ms");
-        let fallos: Vec<String> = self
-            .operaciones
+        let failures: Vec<String> = self
+            .operations
             .iter()
             .flat_map(|f| {
-                f.fallos_por_codigo
+                f.failures_by_code
                     .iter()
                     .map(move |(code, n)| format!("  {} {code}: {n}", f.operacion))
             })
             .collect();
-        if !fallos.is_empty() {
+        if !failures.is_empty() {
             out.push_str("\nfailures by code:\n");
-            out.push_str(&fallos.join("\n"));
+            out.push_str(&failures.join("\n"));
         }
         out
     }
@@ -325,17 +325,17 @@ impl Informe {
 mod tests {
     use super::*;
 
-    fn m(op: Operacion, ms: Option<u64>, fallo: Option<&'static str>) -> Muestra {
-        Muestra {
+    fn m(op: Operacion, ms: Option<u64>, failure: Option<&'static str>) -> Sample {
+        Sample {
             operacion: op,
-            latencia: ms.map(Duration::from_millis),
-            fallo,
+            latency: ms.map(Duration::from_millis),
+            failure,
         }
     }
 
     #[test]
     fn aggregates_per_operation_and_over_time() {
-        let mut a = Agregado::new().unwrap();
+        let mut a = Aggregate::new().unwrap();
         let s = Duration::from_millis;
         for i in 1..=100u64 {
             a.record(&m(Operacion::Prestamo, Some(i), None), s(10 * i));
@@ -344,39 +344,36 @@ mod tests {
             &m(Operacion::Devolucion, Some(5), Some("PrestamoNoEncontrado")),
             s(1500),
         );
-        a.record(
-            &m(Operacion::Devolucion, None, Some(SIN_RESPUESTA)),
-            s(2100),
-        );
-        assert_eq!(a.peticiones(), 102);
-        assert_eq!(a.fallos(), 2);
-        let r = a.informe(4, 0, s(2500));
-        assert_eq!(r.clientes, 4);
+        a.record(&m(Operacion::Devolucion, None, Some(NO_REPLY)), s(2100));
+        assert_eq!(a.requests(), 102);
+        assert_eq!(a.failures(), 2);
+        let r = a.report(4, 0, s(2500));
+        assert_eq!(r.clients, 4);
         let p = &r
-            .operaciones
+            .operations
             .iter()
             .find(|f| f.operacion == "prestamo")
             .unwrap();
-        assert_eq!(p.peticiones, 100);
+        assert_eq!(p.requests, 100);
         assert!((p.p50_ms - 50.0).abs() < 0.1, "{}", p.p50_ms);
         assert!((p.p99_ms - 99.0).abs() < 0.1, "{}", p.p99_ms);
         assert!((p.max_ms - 100.0).abs() < 0.1);
-        assert!((p.media_ms - 50.5).abs() < 0.1);
+        assert!((p.mean_ms - 50.5).abs() < 0.1);
         let d = r
-            .operaciones
+            .operations
             .iter()
             .find(|f| f.operacion == "devolucion")
             .unwrap();
-        assert_eq!(d.fallos, 2);
-        assert_eq!(d.fallos_por_codigo[SIN_RESPUESTA], 1);
-        assert_eq!(r.total.peticiones, 102);
+        assert_eq!(d.failures, 2);
+        assert_eq!(d.failures_by_code[NO_REPLY], 1);
+        assert_eq!(r.total.requests, 102);
         assert!((r.total.rps - 102.0 / 2.5).abs() < 1e-9);
         // Seconds 1 and 2 closed, plus the half second at the end.
-        assert_eq!(r.serie.len(), 3);
-        assert_eq!(r.serie[0].rps, 99.0);
-        assert_eq!(r.serie[1].total_peticiones, 101);
-        assert_eq!(r.serie[2].rps, 2.0);
-        let text = r.texto();
+        assert_eq!(r.series.len(), 3);
+        assert_eq!(r.series[0].rps, 99.0);
+        assert_eq!(r.series[1].total_requests, 101);
+        assert_eq!(r.series[2].rps, 2.0);
+        let text = r.text();
         assert!(
             text.contains("Aggregated") && text.contains("SinRespuesta: 1"),
             "{text}"
@@ -385,9 +382,9 @@ mod tests {
 
     #[test]
     fn empty_runs_report_zeros() {
-        let r = Agregado::new().unwrap().informe(1, 0, Duration::ZERO);
-        assert_eq!(r.total.peticiones, 0);
+        let r = Aggregate::new().unwrap().report(1, 0, Duration::ZERO);
+        assert_eq!(r.total.requests, 0);
         assert_eq!(r.total.p99_ms, 0.0);
-        assert!(r.serie.is_empty());
+        assert!(r.series.is_empty());
     }
 }

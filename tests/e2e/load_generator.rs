@@ -9,19 +9,19 @@ use serde_json::Value;
 
 use crate::common::{sql, World};
 
-const LIBROS: u64 = 20;
+const BOOKS: u64 = 20;
 
 /// Successful requests of one operation in the report.
-fn exitos(report: &Value, op: &str) -> i64 {
-    let fila = report["operaciones"]
+fn successes(report: &Value, op: &str) -> i64 {
+    let row = report["operations"]
         .as_array()
         .and_then(|ops| ops.iter().find(|o| o["operacion"] == op))
         .unwrap_or_else(|| panic!("no {op} row in {report}"));
-    fila["peticiones"].as_i64().unwrap() - fila["fallos"].as_i64().unwrap()
+    row["requests"].as_i64().unwrap() - row["failures"].as_i64().unwrap()
 }
 
 pub fn load_generator_agrees_with_the_database(w: &mut World) {
-    biblioteca_storage::seed(&w.stack.spec().storage_config(), LIBROS, 1000).unwrap();
+    biblioteca_storage::seed(&w.stack.spec().storage_config(), BOOKS, 1000).unwrap();
     let out_dir = w.dir.join("carga");
     std::fs::create_dir_all(&out_dir).unwrap();
     let bin = find_binary("biblioteca-solicitante", None).unwrap();
@@ -30,7 +30,7 @@ pub fn load_generator_agrees_with_the_database(w: &mut World) {
         .args(["--clientes", "4", "--usuarios", "2", "--semilla", "7"])
         // Long enough for a per-second history of a few rows.
         .args(["--duracion", "3s"])
-        .args(["--libros", &LIBROS.to_string()])
+        .args(["--libros", &BOOKS.to_string()])
         .args(["--mezcla", "prestamo=40,devolucion=40,renovacion=20"])
         .arg("--csv")
         .arg(out_dir.join("run"))
@@ -44,56 +44,53 @@ pub fn load_generator_agrees_with_the_database(w: &mut World) {
         .unwrap_or_else(|e| panic!("not one JSON report ({e}): {stderr}"));
 
     let total = &report["total"];
-    let peticiones = total["peticiones"].as_u64().unwrap();
-    let por_operacion: u64 = report["operaciones"]
+    let requests = total["requests"].as_u64().unwrap();
+    let per_operation: u64 = report["operations"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| o["peticiones"].as_u64().unwrap())
+        .map(|o| o["requests"].as_u64().unwrap())
         .sum();
-    assert!(peticiones > 100 && peticiones == por_operacion, "{report}");
+    assert!(requests > 100 && requests == per_operation, "{report}");
     assert!(total["rps"].as_f64().unwrap() > 0.0, "{report}");
     // Coherent sequences: loans of books the user does not hold, returns and
     // renewals of books it holds. The only business refusal left is a third
     // renewal of the same loan.
-    let codes = total["fallos_por_codigo"].as_object().unwrap();
+    let codes = total["failures_by_code"].as_object().unwrap();
     assert!(
         codes.keys().all(|c| c == "LimiteRenovaciones"),
         "unexpected failures: {codes:?}"
     );
 
     // What the clients were told is what the database holds.
-    let (prestamos, devoluciones, renovaciones) = (
-        exitos(&report, "prestamo"),
-        exitos(&report, "devolucion"),
-        exitos(&report, "renovacion"),
+    let (loans, returns, renewals) = (
+        successes(&report, "prestamo"),
+        successes(&report, "devolucion"),
+        successes(&report, "renovacion"),
     );
-    assert!(
-        prestamos > 0 && devoluciones > 0 && renovaciones > 0,
-        "{report}"
-    );
-    let fila = sql(
+    assert!(loans > 0 && returns > 0 && renewals > 0, "{report}");
+    let row = sql(
         w.primary(),
         "SELECT count(*), count(*) FILTER (WHERE estado = 'DEVUELTO'), \
          coalesce(sum(renovaciones), 0) FROM prestamos WHERE usuario LIKE 'carga-%'",
     );
     assert_eq!(
-        fila,
-        format!("{prestamos}|{devoluciones}|{renovaciones}"),
+        row,
+        format!("{loans}|{returns}|{renewals}"),
         "loans|returned|renewals in the database vs successes in the report {report}"
     );
-    let en_estante = sql(
+    let on_shelf = sql(
         w.primary(),
         &format!(
             "SELECT sum(ejemplares) FROM libros WHERE isbn IN ({})",
-            (1..=LIBROS)
+            (1..=BOOKS)
                 .map(|n| format!("'{}'", biblioteca_protocol::catalogue::isbn(n)))
                 .collect::<Vec<_>>()
                 .join(",")
         ),
     );
-    let activos = prestamos - devoluciones;
-    assert_eq!(en_estante, (LIBROS as i64 * 1000 - activos).to_string());
+    let active = loans - returns;
+    assert_eq!(on_shelf, (BOOKS as i64 * 1000 - active).to_string());
 
     // Locust-style CSV files and a PNG chart.
     let stats = std::fs::read_to_string(out_dir.join("run_stats.csv")).unwrap();
@@ -103,7 +100,7 @@ pub fn load_generator_agrees_with_the_database(w: &mut World) {
         "{stats}"
     );
     assert!(
-        stats.contains(&format!(",Aggregated,{peticiones},")),
+        stats.contains(&format!(",Aggregated,{requests},")),
         "{stats}"
     );
     let history = std::fs::read_to_string(out_dir.join("run_stats_history.csv")).unwrap();
