@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca_protocol::config::{ActorConfig, CargaConfig};
+use biblioteca_protocol::config::{ActorConfig, LoadManagerConfig};
 use biblioteca_protocol::{Informe, Operacion};
 use biblioteca_runtime::shutdown::Shutdown;
 use serde_json::{json, Value};
@@ -52,13 +52,13 @@ impl Harness {
         ep(self.base)
     }
 
-    fn carga(&mut self, tweak: impl FnOnce(&mut CargaConfig)) {
+    fn carga(&mut self, tweak: impl FnOnce(&mut LoadManagerConfig)) {
         self.carga_until(self.sd.clone(), tweak);
     }
 
     /// A load manager that stops on its own `sd` (or with the harness).
-    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut CargaConfig)) {
-        let mut cfg = CargaConfig {
+    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut LoadManagerConfig)) {
+        let mut cfg = LoadManagerConfig {
             frontend: ep(self.base),
             publisher: ep(self.base + 1),
             backchannel: ep(self.base + 2),
@@ -68,7 +68,7 @@ impl Harness {
             actor_timeout_ms: 600,
             max_in_flight: 100,
             curve: None,
-            ..CargaConfig::default()
+            ..LoadManagerConfig::default()
         };
         tweak(&mut cfg);
         let all = self.sd.clone();

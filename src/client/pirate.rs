@@ -298,7 +298,7 @@ impl Client {
         // The abandoned request is resent on the new socket; never block exit on it.
         s.set_linger(0)?;
         s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-        self.curve.connect_to(&s, Peer::Carga)?;
+        self.curve.connect_to(&s, Peer::LoadManager)?;
         net::connect(&s, self.endpoint())?;
         Ok(s)
     }

@@ -91,14 +91,6 @@ pub fn set_roles(path: &Path, changes: &[(&str, NodeRole)]) -> Result<PathBuf> {
     Ok(backup)
 }
 
-pub fn role_name(r: NodeRole) -> &'static str {
-    match r {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
-    }
-}
-
 /// The TOML text with roles changed; unknown keys are kept.
 pub fn rewrite_roles(text: &str, changes: &[(&str, NodeRole)]) -> Result<String, String> {
     let mut table: toml::Table = text.parse().map_err(|e| format!("invalid TOML: {e}"))?;
@@ -119,7 +111,7 @@ pub fn rewrite_roles(text: &str, changes: &[(&str, NodeRole)]) -> Result<String,
             .filter_map(|n| n.as_table_mut())
             .find(|n| n.get("name").and_then(|v| v.as_str()) == Some(name));
         let node = found.ok_or_else(|| format!("no node named {name:?} in [[database.nodes]]"))?;
-        node.insert("role".into(), toml::Value::String(role_name(*role).into()));
+        node.insert("role".into(), toml::Value::String(role.as_str().into()));
     }
     if !promoted.is_empty() {
         for n in nodes.iter_mut().filter_map(|n| n.as_table_mut()) {
@@ -312,7 +304,7 @@ pub fn set_role_and_reload(
         progress.step(format!(
             "storage config {}: {node} is now {}",
             path.display(),
-            role_name(role)
+            role.as_str()
         ));
     }
     let how = reload(&cfg.storage)?;

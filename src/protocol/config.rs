@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::curve::{ActorCurve, CargaCurve, ClientCurve, StorageCurve};
+use crate::curve::{ActorCurve, ClientCurve, LoadManagerCurve, StorageCurve};
 use crate::Operacion;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,17 @@ pub enum NodeRole {
     Standby,
     /// A former primary after a failover: never used again until rejoined.
     Fenced,
+}
+
+impl NodeRole {
+    /// The configuration's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Primary => "primary",
+            NodeRole::Standby => "standby",
+            NodeRole::Fenced => "fenced",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,7 +273,7 @@ pub const REQUEST_LINES_PER_SECOND: u32 = 50;
 /// `biblioteca-carga`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct CargaConfig {
+pub struct LoadManagerConfig {
     /// ROUTER for clients (REQ or DEALER).
     pub frontend: String,
     /// PUB to actors; topics are operation names.
@@ -287,12 +298,12 @@ pub struct CargaConfig {
     pub request_lines_per_second: u32,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub curve: Option<CargaCurve>,
+    pub curve: Option<LoadManagerCurve>,
 }
 
-impl Default for CargaConfig {
+impl Default for LoadManagerConfig {
     fn default() -> Self {
-        CargaConfig {
+        LoadManagerConfig {
             frontend: "tcp://*:5555".into(),
             publisher: "tcp://*:5556".into(),
             backchannel: "tcp://*:5557".into(),
@@ -308,7 +319,7 @@ impl Default for CargaConfig {
     }
 }
 
-impl Validate for CargaConfig {
+impl Validate for LoadManagerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         check_endpoint("frontend", &self.frontend)?;
         check_endpoint("publisher", &self.publisher)?;
@@ -473,7 +484,7 @@ mod tests {
     fn empty_files_give_the_demo_defaults() {
         let s: StorageConfig = parse_reader(&b""[..]).unwrap();
         assert_eq!(s, StorageConfig::default());
-        let c: CargaConfig = parse_reader(&b""[..]).unwrap();
+        let c: LoadManagerConfig = parse_reader(&b""[..]).unwrap();
         assert_eq!(c.frontend, "tcp://*:5555");
         let a: ActorConfig = parse_reader(&b"operacion = \"devolucion\"\n"[..]).unwrap();
         assert_eq!(a.operacion, Operacion::Devolucion);
@@ -493,11 +504,11 @@ mod tests {
         "#;
         let err = parse_reader::<StorageConfig, _>(&two_primaries[..]).unwrap_err();
         assert!(err.to_string().contains("exactly one primary"), "{err}");
-        let err = parse_reader::<CargaConfig, _>(&b"frontend = \"5555\""[..]).unwrap_err();
+        let err = parse_reader::<LoadManagerConfig, _>(&b"frontend = \"5555\""[..]).unwrap_err();
         assert!(err.to_string().contains("not a ZeroMQ endpoint"), "{err}");
         let err = parse_reader::<ActorConfig, _>(&b"operacion = \"consulta\""[..]).unwrap_err();
         assert!(err.to_string().contains("consulta"), "{err}");
-        let err = parse_reader::<CargaConfig, _>(&b"nonsense = 1"[..]).unwrap_err();
+        let err = parse_reader::<LoadManagerConfig, _>(&b"nonsense = 1"[..]).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 

@@ -266,16 +266,6 @@ pub struct MigrateAs {
     pub app_role: Option<String>,
 }
 
-fn read_password(path: &std::path::Path) -> Result<String, StorageError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        StorageError::Config(ConfigError::Secret {
-            path: path.to_path_buf(),
-            source,
-        })
-    })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
-}
-
 /// Probes the configured nodes once and connects to the one that takes writes.
 fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageError> {
     Ok(writer_config(config)?.connect(postgres::NoTls)?)
@@ -327,8 +317,10 @@ pub fn migrate(config: &StorageConfig, how: &MigrateAs) -> Result<Vec<i32>, Stor
     if let Some(user) = &how.user {
         pg.user(user);
     }
-    if let Some(path) = &how.password_file {
-        pg.password(read_password(path)?);
+    if let Some(password) =
+        biblioteca_protocol::config::read_password_file(how.password_file.as_deref())?
+    {
+        pg.password(password);
     }
     let app_role = how.app_role.clone().or_else(|| {
         let primary = config.database.primary()?;

@@ -320,7 +320,7 @@ impl Backend {
                 let s = n.state();
                 let mut v = json!({
                     "name": n.cfg.name,
-                    "role": role_name(n.cfg.role),
+                    "role": n.cfg.role.as_str(),
                     "estado": estado(n.cfg.role, &s, Some(i) == writer),
                     "timeline": s.timeline,
                 });
@@ -331,14 +331,6 @@ impl Backend {
             })
             .collect();
         Value::Array(list)
-    }
-}
-
-pub fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use biblioteca_load_manager as load_manager;
-use biblioteca_protocol::config::{self, CargaConfig, Validate};
+use biblioteca_protocol::config::{self, LoadManagerConfig, Validate};
 use biblioteca_runtime::logging;
 use biblioteca_runtime::shutdown;
 
@@ -44,7 +44,8 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     logging::init("biblioteca-carga");
     let cli = Cli::parse();
-    let mut cfg: CargaConfig = config::load(cli.config.as_deref()).context("configuration")?;
+    let mut cfg: LoadManagerConfig =
+        config::load(cli.config.as_deref()).context("configuration")?;
     if let Some(v) = cli.frontend {
         cfg.frontend = v;
     }
