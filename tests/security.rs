@@ -297,7 +297,7 @@ fn nobody_gets_in_who_does_not_belong() {
     )
     .unwrap();
     assert_eq!(
-        status.and_then(|s| s.nodo).as_deref(),
+        status.and_then(|s| s.writer).as_deref(),
         Some("primary"),
         "the operator's key got no storage status"
     );

@@ -108,7 +108,7 @@ pub fn collect(cfg: &FailoverConfig) -> Report {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,
-            serving_from: s.nodo,
+            serving_from: s.writer,
             reply: Some(s.raw),
         },
         _ => StorageView {

@@ -24,7 +24,7 @@ use biblioteca_runtime::security::{Curve, Peer};
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageStatus {
     /// The node it currently writes to (`datos.nodo`), if any.
-    pub nodo: Option<String>,
+    pub writer: Option<String>,
     /// The whole reply, for `status --json`.
     pub raw: Value,
 }
@@ -65,11 +65,11 @@ pub fn query_status_with(
     }
     let frame = s.recv_bytes(0).map_err(net::NetError::from)?;
     let raw: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
-    let nodo = raw
+    let writer = raw
         .pointer("/datos/nodo")
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Some(StorageStatus { nodo, raw }))
+    Ok(Some(StorageStatus { writer, raw }))
 }
 
 /// Sets the named nodes' roles in the storage manager's TOML. A node made
@@ -221,11 +221,14 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
     let timeout = Duration::from_millis(target.status_timeout_ms);
     loop {
         let last = match query_target(target, timeout) {
-            Ok(Some(s)) if s.nodo.as_deref() == Some(node) => {
+            Ok(Some(s)) if s.writer.as_deref() == Some(node) => {
                 progress.step(format!("storage manager now serves from {node}"));
                 return Ok(());
             }
-            Ok(Some(s)) => format!("it reports node {}", s.nodo.as_deref().unwrap_or("(none)")),
+            Ok(Some(s)) => format!(
+                "it reports node {}",
+                s.writer.as_deref().unwrap_or("(none)")
+            ),
             Ok(None) => format!("no answer from {}", target.endpoint),
             Err(e) => e.to_string(),
         };

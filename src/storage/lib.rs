@@ -213,7 +213,7 @@ fn wait_for_database(
                 Err(e) => format!("node {}: {e}", node.cfg.name),
                 Ok(mut conn) => match migrate::check(&mut conn) {
                     Ok(()) => {
-                        tracing::info!(nodo = %node.cfg.name, "database answered; schema up to date");
+                        tracing::info!(node = %node.cfg.name, "database answered; schema up to date");
                         return Ok(true);
                     }
                     Err(e) if fatal_schema_error(&e) => return Err(e.into()),
@@ -294,7 +294,7 @@ fn writer_config(config: &StorageConfig) -> Result<postgres::Config, StorageErro
             reasons.join("; ")
         }));
     };
-    tracing::info!(nodo = %node.cfg.name, "writable node found");
+    tracing::info!(node = %node.cfg.name, "writable node found");
     Ok(node.pg.clone())
 }
 

@@ -319,8 +319,8 @@ impl Backend {
             .map(|(i, n)| {
                 let s = n.state();
                 let mut v = json!({
-                    "name": n.cfg.name,
-                    "role": n.cfg.role.as_str(),
+                    "nombre": n.cfg.name,
+                    "rol": n.cfg.role.as_str(),
                     "estado": estado(n.cfg.role, &s, Some(i) == writer),
                     "timeline": s.timeline,
                 });

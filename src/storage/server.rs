@@ -79,9 +79,9 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         channels.push(tx);
     }
 
-    let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
-    notify::ready(&format!("serving on {bind}, writes to {nodo}"));
-    tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
+    let node = shared.writer_name().unwrap_or_else(|| "none".into());
+    notify::ready(&format!("serving on {bind}, writes to {node}"));
+    tracing::info!(endpoint = bind, node, workers = cfg.workers, "ready");
 
     // Longer than any legitimate request (a connection, then statements
     // bounded by statement_timeout); past it the database is hung.
