@@ -103,7 +103,7 @@ impl Env {
         };
         let pid = self.stack().storage.pid().expect("storage pid");
         let text = format!(
-            "catchup_secs = 3\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nwait_secs = 30\n",
+            "catchup = \"3s\"\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nswitch_wait = \"30s\"\n",
             node(self.cluster.primary()),
             node(self.cluster.standby()),
             self.ports.storage_endpoint(),
