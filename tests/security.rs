@@ -60,7 +60,7 @@ fn db_state(n: &Node) -> String {
 fn client(frontend: &str, curve: Option<ClientCurve>) -> Client {
     Client::new(ClientConfig {
         endpoints: vec![frontend.to_string()],
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
         retries: 1,
         curve,
     })
@@ -104,7 +104,7 @@ fn curve_of(pair: &KeyPair, keys: &HostKeys) -> Curve {
         biblioteca_runtime::security::keys::load_public(&keys.public(provision::STORAGE)).unwrap();
     Curve::new(
         pair.clone(),
-        [(Peer::Carga, carga), (Peer::Storage, storage)]
+        [(Peer::LoadManager, carga), (Peer::Storage, storage)]
             .into_iter()
             .collect(),
     )
@@ -168,7 +168,7 @@ fn nobody_gets_in_who_does_not_belong() {
     );
     // No renovacion actor: a forged one must not appear.
     spec.actors = vec![Operacion::Prestamo, Operacion::Devolucion];
-    spec.deadline_ms = 2500;
+    spec.deadline = Duration::from_millis(2500);
     spec.security = StackSecurity {
         keys: Some(keys.clone()),
         password_file: Some(passwords.app.clone()),
@@ -297,7 +297,7 @@ fn nobody_gets_in_who_does_not_belong() {
     )
     .unwrap();
     assert_eq!(
-        status.and_then(|s| s.nodo).as_deref(),
+        status.and_then(|s| s.writer).as_deref(),
         Some("primary"),
         "the operator's key got no storage status"
     );
@@ -312,7 +312,13 @@ fn nobody_gets_in_who_does_not_belong() {
     let subs: Vec<zmq::Socket> = [Curve::plaintext(), curve_of(&client_pair, &keys)]
         .iter()
         .map(|c| {
-            let s = socket(&ctx, zmq::SUB, c, Peer::Carga, &ports.publisher_endpoint());
+            let s = socket(
+                &ctx,
+                zmq::SUB,
+                c,
+                Peer::LoadManager,
+                &ports.publisher_endpoint(),
+            );
             s.set_subscribe(b"").unwrap();
             s
         })
@@ -329,7 +335,7 @@ fn nobody_gets_in_who_does_not_belong() {
         &ctx,
         zmq::PUSH,
         &curve_of(&stranger, &keys),
-        Peer::Carga,
+        Peer::LoadManager,
         &ports.backchannel_endpoint(),
     );
     let forged_id = "sec-forged-1";
@@ -375,7 +381,7 @@ fn nobody_gets_in_who_does_not_belong() {
         &ctx,
         zmq::PUSH,
         &curve_of(&actor_pair, &keys),
-        Peer::Carga,
+        Peer::LoadManager,
         &ports.backchannel_endpoint(),
     );
     let counted = (0..30).any(|_| {

@@ -2,7 +2,7 @@
 //!
 //! The load manager re-publishes unanswered requests, so the same id can
 //! arrive many times; while it is here it is not sent again. A request that
-//! the storage manager leaves unanswered for `storage_timeout_ms` is re-sent
+//! the storage manager leaves unanswered for `storage_timeout` is re-sent
 //! (the id makes that safe), and after a few tries given up on.
 
 use std::collections::HashMap;
@@ -35,14 +35,14 @@ pub struct Sweep {
 }
 
 #[derive(Debug)]
-pub struct Pendientes {
+pub struct PendingTable {
     map: HashMap<String, Pending>,
     timeout: Duration,
 }
 
-impl Pendientes {
-    pub fn new(timeout: Duration) -> Pendientes {
-        Pendientes {
+impl PendingTable {
+    pub fn new(timeout: Duration) -> PendingTable {
+        PendingTable {
             map: HashMap::new(),
             timeout,
         }
@@ -132,7 +132,7 @@ mod tests {
     fn resends_then_gives_up() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut p = Pendientes::new(ms(100));
+        let mut p = PendingTable::new(ms(100));
         let pet = Peticion {
             operacion: Operacion::Prestamo,
             isbn: "978-0134685991".into(),

@@ -139,7 +139,7 @@ impl Client {
             curve,
             ctx,
             endpoints: config.endpoints,
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
             retries: config.retries,
             current: 0,
             socket: None,
@@ -298,7 +298,7 @@ impl Client {
         // The abandoned request is resent on the new socket; never block exit on it.
         s.set_linger(0)?;
         s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-        self.curve.connect_to(&s, Peer::Carga)?;
+        self.curve.connect_to(&s, Peer::LoadManager)?;
         net::connect(&s, self.endpoint())?;
         Ok(s)
     }
@@ -364,7 +364,7 @@ mod tests {
     fn config(endpoints: &[&str], retries: u32) -> ClientConfig {
         ClientConfig {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-            timeout_ms: 300,
+            timeout: Duration::from_millis(300),
             retries,
             curve: None,
         }

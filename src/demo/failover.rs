@@ -38,7 +38,7 @@ fn serving_node(demo: &Demo) -> String {
         ..StorageTarget::default()
     };
     match query_target(&target, Duration::from_secs(2)) {
-        Ok(Some(s)) => s.nodo.unwrap_or_else(|| "<none>".into()),
+        Ok(Some(s)) => s.writer.unwrap_or_else(|| "<none>".into()),
         Ok(None) => "<no answer>".into(),
         Err(e) => format!("<{e}>"),
     }

@@ -14,14 +14,15 @@ use super::consultas::{Consulta, Consultas};
 use super::inflight::{Admision, InFlight};
 use super::sockets::Sockets;
 use super::status::{self, Contadores, Ids};
-use super::CargaError;
-use biblioteca_protocol::config::CargaConfig;
+use super::LoadManagerError;
+use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
 };
 use biblioteca_runtime::net::{self, Envelope};
 use biblioteca_runtime::notify;
 use biblioteca_runtime::request_line;
+use biblioteca_runtime::request_log::ms_between;
 use biblioteca_runtime::request_log::RequestLog;
 use biblioteca_runtime::shutdown::Shutdown;
 
@@ -34,7 +35,7 @@ const SWEEP: Duration = Duration::from_millis(250);
 /// Longest wait for in-flight requests once asked to stop.
 const DRAIN_MAX: Duration = Duration::from_secs(3);
 pub(super) struct Broker {
-    cfg: CargaConfig,
+    cfg: LoadManagerConfig,
     s: Sockets,
     inflight: InFlight,
     consultas: Consultas,
@@ -45,10 +46,6 @@ pub(super) struct Broker {
     stopping: bool,
     next_sweep: Instant,
     request_log: RequestLog,
-}
-
-fn ms_between(from: Instant, to: Instant) -> u64 {
-    to.saturating_duration_since(from).as_millis() as u64
 }
 
 /// The text of a reply sent before a published request's outcome is known.
@@ -65,21 +62,12 @@ fn unknown_outcome(causa: &str, id: Option<&str>) -> String {
     )
 }
 
-fn outcome(r: &Respuesta) -> &'static str {
-    match r.error {
-        Some(code) => code.as_str(),
-        None if r.exito => "ok",
-        None => "error",
-    }
-}
-
 impl Broker {
-    pub(super) fn new(cfg: CargaConfig, s: Sockets, now: Instant) -> Broker {
-        let ms = Duration::from_millis;
+    pub(super) fn new(cfg: LoadManagerConfig, s: Sockets, now: Instant) -> Broker {
         Broker {
-            inflight: InFlight::new(ms(cfg.republish_ms), ms(cfg.deadline_ms)),
+            inflight: InFlight::new(cfg.republish_after, cfg.deadline),
             consultas: Consultas::new(),
-            liveness: Liveness::new(ms(cfg.actor_timeout_ms), now),
+            liveness: Liveness::new(cfg.actor_timeout, now),
             ids: Ids::new(),
             started: now,
             atendidas: 0,
@@ -95,13 +83,13 @@ impl Broker {
         self.inflight.waiters() + self.consultas.len()
     }
 
-    pub(super) fn run(&mut self, shutdown: &Shutdown) -> Result<(), CargaError> {
+    pub(super) fn run(&mut self, shutdown: &Shutdown) -> Result<(), LoadManagerError> {
         let mut drain_until: Option<Instant> = None;
         loop {
             shutdown.checkin("broker");
             let now = Instant::now();
             if drain_until.is_none() && shutdown.is_triggered() {
-                let drain = Duration::from_millis(self.cfg.deadline_ms).min(DRAIN_MAX);
+                let drain = self.cfg.deadline.min(DRAIN_MAX);
                 notify::stopping();
                 tracing::info!(
                     en_curso = self.en_curso(),
@@ -302,7 +290,7 @@ impl Broker {
                 CodigoError::ServicioNoDisponible,
                 format!(
                     "no live {op} actor (no heartbeat in the last {} ms); retry later",
-                    self.cfg.actor_timeout_ms
+                    self.cfg.actor_timeout.as_millis()
                 ),
             )
             .with_id(p.id.clone());
@@ -372,7 +360,7 @@ impl Broker {
             operacion,
             isbn,
             received: now,
-            deadline: now + Duration::from_millis(self.cfg.deadline_ms),
+            deadline: now + self.cfg.deadline,
         };
         if !self.consultas.wait(key.clone(), c) {
             return; // the same lookup is already outstanding
@@ -403,7 +391,7 @@ impl Broker {
             id = c.client_id.as_deref(),
             operacion = c.operacion,
             isbn = c.isbn.as_str(),
-            resultado = outcome(&r),
+            resultado = r.outcome(),
             ms = ms_between(c.received, now),
             "answered"
         );
@@ -485,7 +473,7 @@ impl Broker {
             operacion = %p.operacion,
             isbn = p.isbn.as_str(),
             usuario = p.usuario.as_str(),
-            resultado = outcome(r),
+            resultado = r.outcome(),
             ms = ms_between(received, now),
             "answered"
         );
@@ -516,7 +504,8 @@ impl Broker {
                     CodigoError::ServicioNoDisponible,
                     format!(
                         "no outcome from the {} actors within {} ms",
-                        e.peticion.operacion, self.cfg.deadline_ms
+                        e.peticion.operacion,
+                        self.cfg.deadline.as_millis()
                     ),
                 ),
             };
@@ -535,7 +524,7 @@ impl Broker {
                 CodigoError::AlmacenamientoNoDisponible,
                 format!(
                     "the storage manager did not answer within {} ms",
-                    self.cfg.deadline_ms
+                    self.cfg.deadline.as_millis()
                 ),
             );
             self.answer_consulta(c, r, now);

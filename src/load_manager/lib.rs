@@ -23,29 +23,29 @@ mod status;
 
 use std::time::Instant;
 
-use biblioteca_protocol::config::CargaConfig;
+use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
 
 /// Socket and CURVE set-up failures (shared with the other socket services).
-pub type CargaError = biblioteca_runtime::net::ServiceError;
+pub type LoadManagerError = biblioteca_runtime::net::ServiceError;
 
 /// Binds the sockets, announces readiness and serves until `shutdown`;
 /// then refuses new requests, drains those in flight for a short while and
 /// returns.
-pub fn run(config: CargaConfig, shutdown: Shutdown) -> Result<(), CargaError> {
+pub fn run(config: LoadManagerConfig, shutdown: Shutdown) -> Result<(), LoadManagerError> {
     // Before the first socket starts libzmq's threads, so they inherit it.
     biblioteca_runtime::sched::apply_or_warn(config.scheduling);
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
-    let (curve, _zap) = biblioteca_runtime::security::carga(&ctx, config.curve.as_ref())?;
+    let (curve, _zap) = biblioteca_runtime::security::load_manager(&ctx, config.curve.as_ref())?;
     let sockets = sockets::Sockets::open(&ctx, &config, &curve)?;
     tracing::info!(
         frontend = config.frontend.as_str(),
         publisher = config.publisher.as_str(),
         backchannel = config.backchannel.as_str(),
         storage = config.storage.as_str(),
-        deadline_ms = config.deadline_ms,
+        deadline = %humantime::format_duration(config.deadline),
         "load manager ready"
     );
     notify::ready(&format!(

@@ -3,8 +3,8 @@
 //! DEALER to the storage manager. They are opened here, on the broker
 //! thread, and never leave it.
 
-use super::CargaError;
-use biblioteca_protocol::config::CargaConfig;
+use super::LoadManagerError;
+use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_runtime::net;
 use biblioteca_runtime::security::{self, Curve, Peer};
 
@@ -23,9 +23,9 @@ pub(super) struct Sockets {
 impl Sockets {
     pub(super) fn open(
         ctx: &zmq::Context,
-        cfg: &CargaConfig,
+        cfg: &LoadManagerConfig,
         curve: &Curve,
-    ) -> Result<Sockets, CargaError> {
+    ) -> Result<Sockets, LoadManagerError> {
         // ROUTER and PUB never block on send (they drop), so net::HWM bounds
         // memory per peer without ever stalling the loop.
         let frontend = net::socket(ctx, zmq::ROUTER)?;

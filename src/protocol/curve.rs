@@ -24,7 +24,7 @@ pub struct StorageCurve {
 /// the storage manager's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CargaCurve {
+pub struct LoadManagerCurve {
     pub secret_key_file: PathBuf,
     /// Clients allowed on `frontend`.
     #[serde(default)]

@@ -59,15 +59,18 @@ impl Operacion {
         }
     }
 
-    /// Accepts the wire names and the short forms of request files.
+    /// The wire name, exactly.
+    pub fn from_wire(s: &str) -> Option<Operacion> {
+        Operacion::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+
+    /// Accepts the wire names and the short forms of request files (their
+    /// first four letters), in any case.
     pub fn parse(s: &str) -> Option<Operacion> {
-        match s.to_ascii_lowercase().as_str() {
-            "prestamo" | "pres" => Some(Operacion::Prestamo),
-            "devolucion" | "devo" => Some(Operacion::Devolucion),
-            "renovacion" | "reno" => Some(Operacion::Renovacion),
-            "consulta" | "cons" => Some(Operacion::Consulta),
-            _ => None,
-        }
+        let s = s.to_ascii_lowercase();
+        Operacion::ALL
+            .into_iter()
+            .find(|op| op.as_str() == s || op.as_str().get(..4) == Some(s.as_str()))
     }
 
     pub fn is_write(self) -> bool {
@@ -195,17 +198,11 @@ pub fn parse_entrada(frame: &[u8]) -> Result<Entrada, Invalida> {
         }
         _ => {}
     }
-    let operacion = match op_name {
-        "prestamo" => Operacion::Prestamo,
-        "devolucion" => Operacion::Devolucion,
-        "renovacion" => Operacion::Renovacion,
-        "consulta" => Operacion::Consulta,
-        other => {
-            return invalid(format!(
-                "unknown operacion {:?}: expected prestamo, devolucion, renovacion or consulta",
-                truncate(other)
-            ))
-        }
+    let Some(operacion) = Operacion::from_wire(op_name) else {
+        return invalid(format!(
+            "unknown operacion {:?}: expected prestamo, devolucion, renovacion or consulta",
+            truncate(op_name)
+        ));
     };
     let isbn = string_field(&obj, "isbn")?;
     validate_isbn(isbn)?;
@@ -329,6 +326,16 @@ fn is_empty_datos(v: &Value) -> bool {
 }
 
 impl Respuesta {
+    /// One word for logs: the error code, `ok`, or `error` for a failure
+    /// without a code.
+    pub fn outcome(&self) -> &'static str {
+        match self.error {
+            Some(code) => code.as_str(),
+            None if self.exito => "ok",
+            None => "error",
+        }
+    }
+
     pub fn ok(operacion: &str, mensaje: impl Into<String>, datos: Value) -> Respuesta {
         Respuesta {
             exito: true,

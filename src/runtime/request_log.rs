@@ -26,6 +26,12 @@ pub struct RequestLog {
     hidden: u64,
 }
 
+/// Milliseconds from `from` to `to` (0 when `to` is earlier), for the
+/// latency field of request lines.
+pub fn ms_between(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_millis() as u64
+}
+
 /// Logs a request line at `info` when `$admit` is true, else at `debug`.
 #[macro_export]
 macro_rules! request_line {

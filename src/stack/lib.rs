@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use biblioteca_cluster::OWNER_USER;
 use biblioteca_protocol::config::{
-    ActorConfig, CargaConfig, DatabaseConfig, NodeConfig, NodeRole, StorageConfig,
+    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, StorageConfig,
 };
 use biblioteca_protocol::Operacion;
 use biblioteca_runtime::sched::Scheduling;
@@ -75,7 +75,7 @@ pub struct StackSpec {
     pub nodes: Vec<NodeConfig>,
     /// One actor per entry (an operation may appear twice).
     pub actors: Vec<Operacion>,
-    pub deadline_ms: u64,
+    pub deadline: Duration,
     /// CURVE keys and the database password; default: neither.
     pub security: StackSecurity,
     /// The role `biblioteca-almacenamiento migrate` runs as before the
@@ -134,7 +134,7 @@ impl StackSpec {
                 },
             ],
             actors: Operacion::WRITES.to_vec(),
-            deadline_ms: CargaConfig::default().deadline_ms,
+            deadline: LoadManagerConfig::default().deadline,
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
             scheduling: Scheduling::default(),
@@ -156,16 +156,20 @@ impl StackSpec {
         }
     }
 
-    pub fn carga_config(&self) -> CargaConfig {
-        CargaConfig {
+    pub fn load_manager_config(&self) -> LoadManagerConfig {
+        LoadManagerConfig {
             frontend: self.ports.frontend_endpoint(),
             publisher: self.ports.publisher_endpoint(),
             backchannel: self.ports.backchannel_endpoint(),
             storage: self.ports.storage_endpoint(),
-            deadline_ms: self.deadline_ms,
-            curve: self.security.keys.as_ref().map(HostKeys::carga_curve),
+            deadline: self.deadline,
+            curve: self
+                .security
+                .keys
+                .as_ref()
+                .map(HostKeys::load_manager_curve),
             scheduling: self.scheduling,
-            ..CargaConfig::default()
+            ..LoadManagerConfig::default()
         }
     }
 
@@ -246,8 +250,12 @@ impl StackSpec {
         })
     }
 
-    pub fn carga_spec(&self) -> Result<ServiceSpec, LaunchError> {
-        self.service("carga", "biblioteca-carga", to_toml(&self.carga_config())?)
+    pub fn load_manager_spec(&self) -> Result<ServiceSpec, LaunchError> {
+        self.service(
+            "carga",
+            "biblioteca-carga",
+            to_toml(&self.load_manager_config())?,
+        )
     }
 
     /// Actor `index` of operation `op` (names must be unique per run dir).
@@ -289,7 +297,7 @@ impl Stack {
         })?;
         spec.migrate()?;
         let storage = Service::start(spec.storage_spec()?)?;
-        let carga = Service::start(spec.carga_spec()?)?;
+        let carga = Service::start(spec.load_manager_spec()?)?;
         let mut stack = Stack {
             spec,
             storage,

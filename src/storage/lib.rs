@@ -213,7 +213,7 @@ fn wait_for_database(
                 Err(e) => format!("node {}: {e}", node.cfg.name),
                 Ok(mut conn) => match migrate::check(&mut conn) {
                     Ok(()) => {
-                        tracing::info!(nodo = %node.cfg.name, "database answered; schema up to date");
+                        tracing::info!(node = %node.cfg.name, "database answered; schema up to date");
                         return Ok(true);
                     }
                     Err(e) if fatal_schema_error(&e) => return Err(e.into()),
@@ -266,16 +266,6 @@ pub struct MigrateAs {
     pub app_role: Option<String>,
 }
 
-fn read_password(path: &std::path::Path) -> Result<String, StorageError> {
-    let text = std::fs::read_to_string(path).map_err(|source| {
-        StorageError::Config(ConfigError::Secret {
-            path: path.to_path_buf(),
-            source,
-        })
-    })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_string())
-}
-
 /// Probes the configured nodes once and connects to the one that takes writes.
 fn connect_writer(config: &StorageConfig) -> Result<postgres::Client, StorageError> {
     Ok(writer_config(config)?.connect(postgres::NoTls)?)
@@ -304,7 +294,7 @@ fn writer_config(config: &StorageConfig) -> Result<postgres::Config, StorageErro
             reasons.join("; ")
         }));
     };
-    tracing::info!(nodo = %node.cfg.name, "writable node found");
+    tracing::info!(node = %node.cfg.name, "writable node found");
     Ok(node.pg.clone())
 }
 
@@ -327,8 +317,10 @@ pub fn migrate(config: &StorageConfig, how: &MigrateAs) -> Result<Vec<i32>, Stor
     if let Some(user) = &how.user {
         pg.user(user);
     }
-    if let Some(path) = &how.password_file {
-        pg.password(read_password(path)?);
+    if let Some(password) =
+        biblioteca_protocol::config::read_password_file(how.password_file.as_deref())?
+    {
+        pg.password(password);
     }
     let app_role = how.app_role.clone().or_else(|| {
         let primary = config.database.primary()?;

@@ -234,7 +234,7 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
     shared.swap(backend.clone());
     let after = backend.writer().map(|(_, n)| n.cfg.name.clone());
     tracing::info!(
-        nodo = after.as_deref().unwrap_or("none"),
+        node = after.as_deref().unwrap_or("none"),
         previous = before.as_deref().unwrap_or("none"),
         "configuration reloaded"
     );

@@ -79,13 +79,13 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         channels.push(tx);
     }
 
-    let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
-    notify::ready(&format!("serving on {bind}, writes to {nodo}"));
-    tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
+    let node = shared.writer_name().unwrap_or_else(|| "none".into());
+    notify::ready(&format!("serving on {bind}, writes to {node}"));
+    tracing::info!(endpoint = bind, node, workers = cfg.workers, "ready");
 
     // Longer than any legitimate request (a connection, then statements
     // bounded by statement_timeout); past it the database is hung.
-    let deadline = Duration::from_millis(cfg.database.statement_timeout_ms)
+    let deadline = cfg.database.statement_timeout
         + super::nodes::connect_timeout(&cfg.database)
         + Duration::from_secs(1);
     let mut front = Front {

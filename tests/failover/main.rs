@@ -22,7 +22,7 @@ use load::{check_nothing_lost, pause, Load};
 fn serving_from(env: &Env) -> Option<String> {
     query_status(&env.ports.storage_endpoint(), Duration::from_secs(2))
         .unwrap()
-        .and_then(|s| s.nodo)
+        .and_then(|s| s.writer)
 }
 
 /// Keeps an environment up for trying the tool by hand: run with

@@ -272,6 +272,7 @@ postgres_accepts_templates() {
     return $rc
 }
 
+check "Cargo.toml's rust-version is the locked tree's real minimum" python3 tests/static/rust_version.py
 check "ansible templates render for the example inventory" render_configs
 check "rendered TOML accepted by each binary's --check-config" configs_accepted
 check "rendered postgresql.conf/pg_hba.conf accepted by PostgreSQL" postgres_accepts_templates

@@ -2,12 +2,13 @@
 //! back-channel for outcomes, `consulta` straight to the storage manager).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 
 use biblioteca_load_manager as load_manager;
-use biblioteca_protocol::config::{self, CargaConfig, Validate};
+use biblioteca_protocol::config::{self, LoadManagerConfig, Validate};
 use biblioteca_runtime::logging;
 use biblioteca_runtime::shutdown;
 
@@ -33,9 +34,9 @@ struct Cli {
     /// The storage manager, for consulta, e.g. tcp://127.0.0.1:5570.
     #[arg(long, value_name = "EP")]
     storage: Option<String>,
-    /// Milliseconds a client waits for an outcome before ServicioNoDisponible.
-    #[arg(long, value_name = "N")]
-    deadline_ms: Option<u64>,
+    /// How long a client waits for an outcome before ServicioNoDisponible, e.g. 5s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    deadline: Option<Duration>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -44,7 +45,8 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     logging::init("biblioteca-carga");
     let cli = Cli::parse();
-    let mut cfg: CargaConfig = config::load(cli.config.as_deref()).context("configuration")?;
+    let mut cfg: LoadManagerConfig =
+        config::load(cli.config.as_deref()).context("configuration")?;
     if let Some(v) = cli.frontend {
         cfg.frontend = v;
     }
@@ -57,8 +59,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.storage {
         cfg.storage = v;
     }
-    if let Some(v) = cli.deadline_ms {
-        cfg.deadline_ms = v;
+    if let Some(v) = cli.deadline {
+        cfg.deadline = v;
     }
     cfg.validate().context("configuration")?;
     biblioteca_runtime::security::check(cfg.curve.as_ref()).context("configuration")?;

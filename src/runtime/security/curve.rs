@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use biblioteca_protocol::curve::{
-    ActorCurve, CargaCurve, ClientCurve, OperatorCurve, StorageCurve,
+    ActorCurve, ClientCurve, LoadManagerCurve, OperatorCurve, StorageCurve,
 };
 
 use super::keys::{self, KeyPair, PublicKey};
@@ -47,7 +47,7 @@ impl Load for StorageCurve {
     }
 }
 
-impl Load for CargaCurve {
+impl Load for LoadManagerCurve {
     type Output = (Curve, AllowList);
 
     fn load(&self) -> Result<(Curve, AllowList), SecurityError> {
@@ -67,7 +67,7 @@ impl Load for ActorCurve {
     fn load(&self) -> Result<Curve, SecurityError> {
         let pair = KeyPair::load(&self.secret_key_file)?;
         let servers = [
-            (Peer::Carga, keys::resolve_one(&self.carga_key)?),
+            (Peer::LoadManager, keys::resolve_one(&self.carga_key)?),
             (Peer::Storage, keys::resolve_one(&self.storage_key)?),
         ]
         .into();
@@ -90,7 +90,7 @@ impl Load for ClientCurve {
 
     fn load(&self) -> Result<Curve, SecurityError> {
         let pair = KeyPair::load(&self.secret_key_file)?;
-        let servers = [(Peer::Carga, keys::resolve_one(&self.carga_key)?)].into();
+        let servers = [(Peer::LoadManager, keys::resolve_one(&self.carga_key)?)].into();
         Ok(Curve::new(pair, servers))
     }
 }

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 
 use biblioteca_protocol::config::ConfigError;
 
-pub use curve::{ActorCurve, CargaCurve, ClientCurve, Curve, Load, OperatorCurve, StorageCurve};
+pub use curve::{
+    ActorCurve, ClientCurve, Curve, Load, LoadManagerCurve, OperatorCurve, StorageCurve,
+};
 pub use keys::{KeyPair, PublicKey};
 
 /// ZAP domain of the load manager's client front-end.
@@ -39,7 +41,7 @@ pub const DOMAIN_STORAGE: &str = "storage";
 /// A server a process connects to, for picking its public key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Peer {
-    Carga,
+    LoadManager,
     Storage,
 }
 
@@ -105,11 +107,11 @@ pub fn storage(
 }
 
 /// The load manager's CURVE set-up (see [`server`]).
-pub fn carga(
+pub fn load_manager(
     ctx: &zmq::Context,
-    cfg: Option<&CargaCurve>,
+    cfg: Option<&LoadManagerCurve>,
 ) -> Result<(Curve, Option<zap::Handler>), SecurityError> {
-    server(ctx, cfg.map(CargaCurve::load).transpose()?)
+    server(ctx, cfg.map(LoadManagerCurve::load).transpose()?)
 }
 
 /// An actor's CURVE identity (it only connects).

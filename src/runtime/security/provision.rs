@@ -9,7 +9,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::curve::{ActorCurve, CargaCurve, ClientCurve, OperatorCurve, StorageCurve};
+use super::curve::{ActorCurve, ClientCurve, LoadManagerCurve, OperatorCurve, StorageCurve};
 use super::keys::{self, KeyPair};
 use super::SecurityError;
 use biblioteca_protocol::Operacion;
@@ -87,8 +87,8 @@ impl HostKeys {
         }
     }
 
-    pub fn carga_curve(&self) -> CargaCurve {
-        CargaCurve {
+    pub fn load_manager_curve(&self) -> LoadManagerCurve {
+        LoadManagerCurve {
             secret_key_file: self.secret(CARGA),
             clients_allow: vec![self.public_ref(CLIENT)],
             actors_allow: self.actors(),
