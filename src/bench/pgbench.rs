@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
+use biblioteca_client::stats::Latencies;
 use serde::Serialize;
 
 use biblioteca_cluster::PgBin;
@@ -32,8 +32,6 @@ pub enum PgbenchError {
     Failed { status: String, stderr: String },
     #[error("pgbench output has no {0} line:\n{1}")]
     Unparsed(&'static str, String),
-    #[error("histogram: {0}")]
-    Histogram(#[from] hdrhistogram::CreationError),
     #[error(transparent)]
     Cluster(#[from] biblioteca_cluster::ClusterError),
 }
@@ -137,7 +135,7 @@ impl PgbenchRun<'_> {
         if r.aborted {
             tracing::warn!(stderr = %tail(&stderr, 10), "pgbench aborted clients");
         }
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut latencies = Latencies::new();
         let entries = std::fs::read_dir(&logs).map_err(|source| PgbenchError::Io {
             path: logs.clone(),
             source,
@@ -147,13 +145,11 @@ impl PgbenchRun<'_> {
                 path: e.path(),
                 source,
             })?;
-            log_to(&text, &mut hist);
+            log_to(&text, &mut latencies);
         }
         let _ = std::fs::remove_dir_all(&logs);
-        if !hist.is_empty() {
-            r.p50_ms = hist.value_at_quantile(0.50) as f64 / 1000.0;
-            r.p99_ms = hist.value_at_quantile(0.99) as f64 / 1000.0;
-        }
+        r.p50_ms = latencies.quantile_ms(0.50).unwrap_or(0.0);
+        r.p99_ms = latencies.quantile_ms(0.99).unwrap_or(0.0);
         Ok(r)
     }
 }
@@ -192,13 +188,13 @@ fn first_number(s: &str) -> Option<f64> {
 
 /// Adds the latencies of a `--log` file (`client tx time_us script epoch us`;
 /// failed or skipped transactions have a word instead of a time).
-pub fn log_to(text: &str, hist: &mut Histogram<u64>) {
+pub fn log_to(text: &str, latencies: &mut Latencies) {
     for line in text.lines() {
         let Some(us) = line.split_whitespace().nth(2) else {
             continue;
         };
         if let Ok(us) = us.parse::<u64>() {
-            hist.saturating_record(us.clamp(1, 600_000_000));
+            latencies.push(Duration::from_micros(us));
         }
     }
 }
@@ -237,13 +233,13 @@ tps = 2061.593190 (without initial connection time)
 
     #[test]
     fn reads_latencies_from_the_transaction_log() {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+        let mut h = Latencies::new();
         log_to(
             "0 1 1500 0 1700000000 1\n0 2 2500 0 1700000000 2\n1 1 failed 0 1700000000 3\n\n",
             &mut h,
         );
         assert_eq!(h.len(), 2);
-        assert_eq!(h.max(), h.highest_equivalent(2500));
+        assert!((h.max_ms().unwrap() - 2.5).abs() < 0.01);
     }
 
     #[test]

@@ -341,7 +341,8 @@ mod tests {
                     return;
                 }
                 let env = Envelope::split(s.recv_multipart(0).unwrap()).unwrap();
-                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap() else {
+                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap()
+                else {
                     panic!("not an operation")
                 };
                 let _ = tx.send((env.route[0].clone(), p.clone()));

@@ -292,7 +292,8 @@ DEVO 978-0134685991 a/b
             // Loans succeed; everything else has no loan to act on.
             for _ in 0..3 {
                 let env = net::Envelope::split(s.recv_multipart(0).unwrap()).unwrap();
-                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap() else {
+                let Entrada::Operacion(p) = parse_entrada(env.single_body().unwrap()).unwrap()
+                else {
                     panic!("not an operation")
                 };
                 let r = if p.operacion == Operacion::Prestamo {

@@ -1,28 +1,36 @@
-//! Latency summaries of a batch of requests (files of requests, `status`).
-//!
-//! Samples are kept exactly (a request file is small); the load generator,
-//! which needs millions of samples, uses an HDR histogram instead.
+//! Latency distributions: an HDR histogram of microseconds (3 significant
+//! digits, so every figure is within 0.1% of the exact sample), shared by the
+//! summaries of request files and by the load generator's report.
 
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Latency samples in milliseconds.
+/// Latencies above this are recorded as this (microseconds): ten minutes.
+const MAX_US: u64 = 600_000_000;
+
+/// Latency samples; empty until the first one.
 #[derive(Debug, Clone, Default)]
 pub struct Latencies {
-    ms: Vec<f64>,
-    sorted: bool,
+    /// Created with the first sample (its bounds are constants, so creation
+    /// cannot fail in practice; a failure would only leave it empty).
+    hist: Option<Histogram<u64>>,
 }
 
 /// The numbers printed at the end of a batch (milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
-    pub samples: usize,
+    pub samples: u64,
     pub mean: f64,
     pub stddev: f64,
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
 impl Latencies {
@@ -31,60 +39,70 @@ impl Latencies {
     }
 
     pub fn push(&mut self, d: Duration) {
-        self.push_ms(d.as_secs_f64() * 1000.0);
+        let us = u64::try_from(d.as_micros()).unwrap_or(MAX_US);
+        if self.hist.is_none() {
+            self.hist = Histogram::new_with_bounds(1, MAX_US, 3).ok();
+        }
+        if let Some(h) = &mut self.hist {
+            h.saturating_record(us.clamp(1, MAX_US));
+        }
     }
 
     pub fn push_ms(&mut self, ms: f64) {
-        self.ms.push(ms);
-        self.sorted = false;
+        self.push(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
     }
 
-    pub fn len(&self) -> usize {
-        self.ms.len()
+    /// The histogram, if it holds at least one sample.
+    fn samples(&self) -> Option<&Histogram<u64>> {
+        self.hist.as_ref().filter(|h| !h.is_empty())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.samples().map_or(0, |h| h.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ms.is_empty()
+        self.samples().is_none()
     }
 
-    pub fn mean(&self) -> Option<f64> {
-        if self.ms.is_empty() {
-            return None;
+    /// Forgets every sample (keeps the allocation).
+    pub fn reset(&mut self) {
+        if let Some(h) = &mut self.hist {
+            h.reset();
         }
-        Some(self.ms.iter().sum::<f64>() / self.ms.len() as f64)
+    }
+
+    pub fn mean_ms(&self) -> Option<f64> {
+        self.samples().map(|h| h.mean() / 1000.0)
     }
 
     /// Population standard deviation (0 for a single sample).
-    pub fn stddev(&self) -> Option<f64> {
-        let mean = self.mean()?;
-        let var =
-            self.ms.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / self.ms.len() as f64;
-        Some(var.sqrt())
+    pub fn stddev_ms(&self) -> Option<f64> {
+        self.samples().map(|h| h.stdev() / 1000.0)
     }
 
-    /// Nearest-rank percentile: the smallest sample with at least `p`% of
-    /// the samples at or below it.
-    pub fn percentile(&mut self, p: f64) -> Option<f64> {
-        if self.ms.is_empty() {
-            return None;
-        }
-        if !self.sorted {
-            self.ms.sort_by(f64::total_cmp);
-            self.sorted = true;
-        }
-        let n = self.ms.len();
-        let rank = ((p.clamp(0.0, 100.0) / 100.0) * n as f64).ceil() as usize;
-        self.ms.get(rank.clamp(1, n) - 1).copied()
+    pub fn min_ms(&self) -> Option<f64> {
+        self.samples().map(|h| ms(h.min()))
     }
 
-    pub fn summary(&mut self) -> Option<Summary> {
+    pub fn max_ms(&self) -> Option<f64> {
+        self.samples().map(|h| ms(h.max()))
+    }
+
+    /// The latency at quantile `q` (0.5 is the median, 0.99 the p99).
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        self.samples()
+            .map(|h| ms(h.value_at_quantile(q.clamp(0.0, 1.0))))
+    }
+
+    pub fn summary(&self) -> Option<Summary> {
         Some(Summary {
             samples: self.len(),
-            mean: self.mean()?,
-            stddev: self.stddev()?,
-            p50: self.percentile(50.0)?,
-            p99: self.percentile(99.0)?,
-            max: self.percentile(100.0)?,
+            mean: self.mean_ms()?,
+            stddev: self.stddev_ms()?,
+            p50: self.quantile_ms(0.5)?,
+            p99: self.quantile_ms(0.99)?,
+            max: self.max_ms()?,
         })
     }
 }
@@ -111,40 +129,48 @@ mod tests {
         l
     }
 
+    /// Within the histogram's 0.1%.
+    fn near(got: Option<f64>, want: f64) -> bool {
+        got.is_some_and(|g| (g - want).abs() <= want * 0.001 + 1e-9)
+    }
+
     #[test]
     fn empty_has_no_summary() {
-        let mut l = Latencies::new();
+        let l = Latencies::new();
         assert!(l.is_empty());
-        assert_eq!(l.mean(), None);
-        assert_eq!(l.percentile(50.0), None);
+        assert_eq!(l.mean_ms(), None);
+        assert_eq!(l.quantile_ms(0.5), None);
         assert!(l.summary().is_none());
     }
 
     #[test]
-    fn nearest_rank_percentiles() {
-        let mut l = of(&(1..=100).rev().map(f64::from).collect::<Vec<_>>());
-        assert_eq!(l.percentile(50.0), Some(50.0));
-        assert_eq!(l.percentile(99.0), Some(99.0));
-        assert_eq!(l.percentile(99.9), Some(100.0));
-        assert_eq!(l.percentile(0.0), Some(1.0));
-        assert_eq!(l.percentile(100.0), Some(100.0));
-        let mut small = of(&[10.0, 30.0, 20.0]);
-        assert_eq!(small.percentile(50.0), Some(20.0));
-        assert_eq!(small.percentile(99.0), Some(30.0));
+    fn quantiles_are_within_a_tenth_of_a_percent() {
+        let l = of(&(1..=100).rev().map(f64::from).collect::<Vec<_>>());
+        assert!(near(l.quantile_ms(0.5), 50.0), "{:?}", l.quantile_ms(0.5));
+        assert!(near(l.quantile_ms(0.99), 99.0));
+        assert!(near(l.quantile_ms(0.999), 100.0));
+        assert!(near(l.quantile_ms(0.0), 1.0));
+        assert!(near(l.max_ms(), 100.0));
+        assert!(near(l.min_ms(), 1.0));
+        let small = of(&[10.0, 30.0, 20.0]);
+        assert!(near(small.quantile_ms(0.5), 20.0));
+        assert!(near(small.quantile_ms(0.99), 30.0));
         let mut one = of(&[7.0]);
-        assert_eq!(one.percentile(1.0), Some(7.0));
-        assert_eq!(one.stddev(), Some(0.0));
+        assert!(near(one.quantile_ms(0.01), 7.0));
+        assert_eq!(one.stddev_ms(), Some(0.0));
+        one.reset();
+        assert!(one.is_empty());
     }
 
     #[test]
     fn mean_and_stddev() {
         let mut l = of(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
-        assert_eq!(l.mean(), Some(5.0));
-        assert_eq!(l.stddev(), Some(2.0));
+        assert!(near(l.mean_ms(), 5.0));
+        assert!(near(l.stddev_ms(), 2.0));
         l.push(Duration::from_millis(5));
         let r = l.summary().unwrap();
         assert_eq!(r.samples, 9);
-        assert_eq!(r.max, 9.0);
-        assert!(r.to_string().contains("p99 9.00"));
+        assert!(near(Some(r.max), 9.0));
+        assert!(r.to_string().contains("p99 9.0"), "{r}");
     }
 }

@@ -5,6 +5,8 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use rand::rngs::{SmallRng, SysRng};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::actors::Liveness;
@@ -40,36 +42,29 @@ pub fn status(c: Contadores, liveness: &Liveness, now: Instant) -> Respuesta {
     )
 }
 
-/// Request ids the load manager assigns: `<prefix>-<16 hex>` from a
-/// splitmix64 stream seeded by time and pid. Uniqueness, not secrecy, is
-/// what matters: ids only have to differ from each other and across restarts.
+/// Request ids the load manager assigns: `<prefix>-<16 hex>` from a fast
+/// generator seeded by the OS (or, should that fail, by time and pid).
+/// Uniqueness, not secrecy, is what matters: ids only have to differ from
+/// each other and across restarts.
 #[derive(Debug)]
 pub struct Ids {
-    state: u64,
+    rng: SmallRng,
 }
 
 impl Ids {
     pub fn new() -> Ids {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let pid = u64::from(std::process::id());
-        Ids {
-            state: nanos ^ pid.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15,
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let rng = SmallRng::try_from_rng(&mut SysRng).unwrap_or_else(|_| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            SmallRng::seed_from_u64(nanos ^ u64::from(std::process::id()).rotate_left(32))
+        });
+        Ids { rng }
     }
 
     pub fn next(&mut self, prefix: &str) -> String {
-        format!("{prefix}-{:016x}", self.next_u64())
+        format!("{prefix}-{:016x}", self.rng.next_u64())
     }
 }
 

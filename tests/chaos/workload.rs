@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use biblioteca_client::pirate::{Client, ClientError};
 use biblioteca_protocol::config::ClientConfig;
 use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 
 /// How hard a client tries before it reports a request as unknown.
 #[derive(Debug, Clone, Copy)]
@@ -43,32 +45,21 @@ pub const IMPATIENT: Budget = Budget {
     total: Duration::from_secs(3),
 };
 
-/// A small deterministic generator (xorshift64*), seeded per thread.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
+/// The workload's random draws: reproducible from `CHAOS_SEED`.
+pub trait Draws {
     /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+    fn below(&mut self, n: u64) -> u64;
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u64) -> bool;
+}
+
+impl Draws for SmallRng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.random_range(0..n.max(1))
     }
 
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
+    fn chance(&mut self, percent: u64) -> bool {
+        self.random_bool(percent.min(100) as f64 / 100.0)
     }
 }
 
@@ -239,7 +230,8 @@ fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> V
         curve: None,
     };
     let mut client = Client::with_context(ctx.clone(), cfg).unwrap();
-    let mut rng = Rng::new(plan.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        SmallRng::seed_from_u64(plan.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut log = Vec::new();
     let mut seq = 0u64;
     let mut n = 0u64;
@@ -262,8 +254,8 @@ fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> V
 }
 
 /// One user's sequence; stops at the first request without a definitive answer.
-fn session(s: &mut Session<'_>, rng: &mut Rng) {
-    let pause = |rng: &mut Rng| std::thread::sleep(Duration::from_millis(rng.below(15)));
+fn session(s: &mut Session<'_>, rng: &mut SmallRng) {
+    let pause = |rng: &mut SmallRng| std::thread::sleep(Duration::from_millis(rng.below(15)));
     if rng.chance(10) && s.send(Operacion::Consulta).is_none() {
         return;
     }

@@ -289,7 +289,7 @@ mod tests {
     use std::time::Duration;
 
     fn report() -> LoadReport {
-        let mut a = Aggregate::new().unwrap();
+        let mut a = Aggregate::new();
         for i in 0..300u64 {
             a.record(
                 &Sample {

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn files_have_locust_columns() {
-        let mut a = Aggregate::new().unwrap();
+        let mut a = Aggregate::new();
         for i in 0..10u64 {
             a.record(
                 &Sample {

@@ -1,21 +1,18 @@
 //! Aggregation of load-test samples and the final report.
 //!
-//! Samples stream in from the virtual clients; [`Aggregate`] keeps one HDR
-//! histogram per operation (microseconds, 3 significant digits) plus a small
-//! one for the current second, which is folded into a [`Point`] of the time
+//! Samples stream in from the virtual clients; [`Aggregate`] keeps the
+//! latencies ([`Latencies`], an HDR histogram) of each operation and of the
+//! run, plus those of the current second, which is folded into a [`Point`] of the time
 //! series when the second ends. [`LoadReport`] is the finished, serializable
 //! report: per operation and aggregated, with the series for CSV and charts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hdrhistogram::{CreationError, Histogram};
 use serde::Serialize;
 
+use crate::stats::Latencies;
 use biblioteca_protocol::Operacion;
-
-/// Latencies above this are recorded as this (microseconds).
-const MAX_US: u64 = 600_000_000;
 
 /// Label for requests whose outcome stayed unknown.
 pub const NO_REPLY: &str = "SinRespuesta";
@@ -30,48 +27,31 @@ pub struct Sample {
     pub failure: Option<&'static str>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct PerOperation {
     requests: u64,
     failures: BTreeMap<&'static str, u64>,
-    hist: Histogram<u64>,
+    latencies: Latencies,
 }
 
 impl PerOperation {
-    fn new(template: &Histogram<u64>) -> PerOperation {
-        PerOperation {
-            requests: 0,
-            failures: BTreeMap::new(),
-            hist: template.clone(),
-        }
-    }
-
     fn record(&mut self, m: &Sample) {
         self.requests += 1;
         if let Some(code) = m.failure {
             *self.failures.entry(code).or_default() += 1;
         }
         if let Some(l) = m.latency {
-            self.hist
-                .saturating_record((l.as_micros() as u64).clamp(1, MAX_US));
+            self.latencies.push(l);
         }
     }
 
     fn row(&self, operacion: &str, seconds: f64) -> OperationRow {
-        let h = &self.hist;
-        let ms = |us: u64| us as f64 / 1000.0;
-        let q = |p: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(p))
-            }
-        };
-        let failures: u64 = self.failures.values().sum();
+        let l = &self.latencies;
+        let q = |p: f64| l.quantile_ms(p).unwrap_or(0.0);
         OperationRow {
             operacion: operacion.to_string(),
             requests: self.requests,
-            failures,
+            failures: self.failures.values().sum(),
             failures_by_code: self
                 .failures
                 .iter()
@@ -82,13 +62,9 @@ impl PerOperation {
             } else {
                 0.0
             },
-            mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            stddev_ms: if h.is_empty() {
-                0.0
-            } else {
-                h.stdev() / 1000.0
-            },
-            min_ms: if h.is_empty() { 0.0 } else { ms(h.min()) },
+            mean_ms: l.mean_ms().unwrap_or(0.0),
+            stddev_ms: l.stddev_ms().unwrap_or(0.0),
+            min_ms: l.min_ms().unwrap_or(0.0),
             p50_ms: q(0.50),
             p66_ms: q(0.66),
             p75_ms: q(0.75),
@@ -99,7 +75,7 @@ impl PerOperation {
             p99_ms: q(0.99),
             p999_ms: q(0.999),
             p9999_ms: q(0.9999),
-            max_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
+            max_ms: l.max_ms().unwrap_or(0.0),
         }
     }
 }
@@ -144,9 +120,8 @@ pub struct Point {
 }
 
 /// Live aggregation; fed by the coordinating thread only.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Aggregate {
-    template: Histogram<u64>,
     per_op: BTreeMap<&'static str, PerOperation>,
     total: PerOperation,
     current_second: u64,
@@ -155,26 +130,16 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    pub fn new() -> Result<Aggregate, CreationError> {
-        let template = Histogram::new_with_bounds(1, MAX_US, 3)?;
-        let second = Histogram::new_with_bounds(1, MAX_US, 2)?;
-        Ok(Aggregate {
-            total: PerOperation::new(&template),
-            second: PerOperation::new(&second),
-            template,
-            per_op: BTreeMap::new(),
-            current_second: 0,
-            series: Vec::new(),
-        })
+    pub fn new() -> Aggregate {
+        Aggregate::default()
     }
 
     /// Records a sample that completed `elapsed` after the start.
     pub fn record(&mut self, m: &Sample, elapsed: Duration) {
         self.advance(elapsed);
-        let template = &self.template;
         self.per_op
             .entry(m.operacion.as_str())
-            .or_insert_with(|| PerOperation::new(template))
+            .or_default()
             .record(m);
         self.total.record(m);
         self.second.record(m);
@@ -191,14 +156,7 @@ impl Aggregate {
     fn close_second(&mut self, length_s: f64) {
         self.current_second += 1;
         let s = &self.second;
-        let h = &s.hist;
-        let q = |p: f64| {
-            if h.is_empty() {
-                0.0
-            } else {
-                h.value_at_quantile(p) as f64 / 1000.0
-            }
-        };
+        let q = |p: f64| s.latencies.quantile_ms(p).unwrap_or(0.0);
         let failures: u64 = s.failures.values().sum();
         let total_failures: u64 = self.total.failures.values().sum();
         self.series.push(Point {
@@ -213,7 +171,7 @@ impl Aggregate {
         });
         self.second.requests = 0;
         self.second.failures.clear();
-        self.second.hist.reset();
+        self.second.latencies.reset();
     }
 
     pub fn requests(&self) -> u64 {
@@ -226,13 +184,10 @@ impl Aggregate {
 
     /// Aggregated p50 and p99 so far, in milliseconds.
     pub fn p50_p99(&self) -> (f64, f64) {
-        let h = &self.total.hist;
-        if h.is_empty() {
-            return (0.0, 0.0);
-        }
+        let l = &self.total.latencies;
         (
-            h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0,
+            l.quantile_ms(0.5).unwrap_or(0.0),
+            l.quantile_ms(0.99).unwrap_or(0.0),
         )
     }
 
@@ -335,7 +290,7 @@ mod tests {
 
     #[test]
     fn aggregates_per_operation_and_over_time() {
-        let mut a = Aggregate::new().unwrap();
+        let mut a = Aggregate::new();
         let s = Duration::from_millis;
         for i in 1..=100u64 {
             a.record(&m(Operacion::Prestamo, Some(i), None), s(10 * i));
@@ -382,7 +337,7 @@ mod tests {
 
     #[test]
     fn empty_runs_report_zeros() {
-        let r = Aggregate::new().unwrap().report(1, 0, Duration::ZERO);
+        let r = Aggregate::new().report(1, 0, Duration::ZERO);
         assert_eq!(r.total.requests, 0);
         assert_eq!(r.total.p99_ms, 0.0);
         assert!(r.series.is_empty());

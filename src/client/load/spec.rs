@@ -24,28 +24,18 @@ pub fn catalogue(books: Option<u64>) -> Vec<String> {
     }
 }
 
-/// `500ms`, `30s`, `1.5s`, `2m`, `1h`; a bare number is seconds.
+/// Longest duration a flag accepts.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
+
+/// A duration with its unit, as `humantime` reads it: `500ms`, `1.5s`,
+/// `30s`, `2m`, `1h`, `1m 30s`.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 2m, 1h)"))?;
-    let factor = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    let secs = n * factor;
-    if !secs.is_finite() || !(0.0..=86_400.0 * 7.0).contains(&secs) {
-        return Err(format!("duration {s:?} is out of range"));
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 500ms, 1.5s, 2m, 1h): {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is out of range (at most 7 days)"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// A think-time range `0.5s..2s` (or a single fixed duration).
@@ -170,9 +160,9 @@ mod tests {
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "m", "2x", "-1s", "1e9h", "1..2s"] {
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "m", "10", "2x", "-1s", "1e9h", "8d", "1..2s"] {
             assert!(duration(bad).is_err(), "{bad}");
         }
     }
@@ -183,6 +173,7 @@ mod tests {
         assert_eq!(e.min, Duration::from_millis(500));
         assert_eq!(e.max, Duration::from_secs(2));
         assert_eq!(think("1s").unwrap().min, Duration::from_secs(1));
+        assert_eq!(think("500ms..2s").unwrap(), think("0.5s..2s").unwrap());
         assert!(think("2s..1s").is_err());
         assert_eq!(rate("500/s"), Ok(500.0));
         assert_eq!(rate("60/m"), Ok(1.0));

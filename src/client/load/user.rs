@@ -7,42 +7,14 @@
 //! about that book corrects the belief either way.
 
 use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use rand::rngs::SmallRng;
+use rand::seq::IndexedRandom;
+use rand::Rng;
 
 use super::spec::Mix;
 
 /// Loans one virtual user holds at most; beyond it a loan becomes a return.
 pub const MAX_LOANS: usize = 3;
-
-/// splitmix64: fast, seedable, good enough to pick books and think times.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            return 0;
-        }
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// One virtual user and the books it believes it holds.
 #[derive(Debug, Clone)]
@@ -64,7 +36,7 @@ impl User {
     }
 
     /// The next request: the mix decides, what the user holds constrains.
-    pub fn next_request(&self, rng: &mut Rng, mix: &Mix, catalogue: &[String]) -> Peticion {
+    pub fn next_request(&self, rng: &mut SmallRng, mix: &Mix, catalogue: &[String]) -> Peticion {
         let mut op = mix.pick(rng.next_u64());
         if matches!(op, Operacion::Devolucion | Operacion::Renovacion) && self.held.is_empty() {
             op = Operacion::Prestamo;
@@ -73,12 +45,12 @@ impl User {
             op = Operacion::Devolucion;
         }
         let isbn = match op {
-            Operacion::Devolucion | Operacion::Renovacion => {
-                self.held[rng.below(self.held.len())].clone()
-            }
+            Operacion::Devolucion | Operacion::Renovacion => self.held.choose(rng),
             Operacion::Prestamo => self.book_not_held(rng, catalogue),
-            Operacion::Consulta => catalogue[rng.below(catalogue.len())].clone(),
-        };
+            Operacion::Consulta => catalogue.choose(rng),
+        }
+        .cloned()
+        .unwrap_or_default();
         Peticion {
             operacion: op,
             isbn,
@@ -87,15 +59,12 @@ impl User {
         }
     }
 
-    fn book_not_held(&self, rng: &mut Rng, catalogue: &[String]) -> String {
+    fn book_not_held<'a>(&self, rng: &mut SmallRng, catalogue: &'a [String]) -> Option<&'a String> {
         // A few random draws; a small catalogue may be entirely held already.
-        for _ in 0..8 {
-            let isbn = &catalogue[rng.below(catalogue.len())];
-            if !self.held.contains(isbn) {
-                return isbn.clone();
-            }
-        }
-        catalogue[rng.below(catalogue.len())].clone()
+        (0..8)
+            .filter_map(|_| catalogue.choose(rng))
+            .find(|isbn| !self.held.contains(isbn))
+            .or_else(|| catalogue.choose(rng))
     }
 
     /// Updates what the user holds from a reply (`None`: outcome unknown).
@@ -121,6 +90,7 @@ impl User {
 mod tests {
     use super::*;
     use crate::load::spec::catalogue;
+    use rand::SeedableRng;
     use serde_json::Value;
 
     fn ok(op: Operacion) -> Respuesta {
@@ -128,20 +98,29 @@ mod tests {
     }
 
     #[test]
-    fn rng_is_deterministic_and_bounded() {
-        let mut a = Rng::new(7);
-        let mut b = Rng::new(7);
-        assert_eq!(a.next_u64(), b.next_u64());
-        assert!((0..1000).all(|_| a.below(5) < 5));
-        assert!((0..1000).all(|_| (0.0..1.0).contains(&a.unit())));
-        assert_eq!(a.below(0), 0);
+    fn the_same_seed_gives_the_same_sequence() {
+        let cat = catalogue(Some(50));
+        let mix = Mix::default();
+        let run = |seed| {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut u = User::new("u".into());
+            (0..100)
+                .map(|_| {
+                    let p = u.next_request(&mut rng, &mix, &cat);
+                    u.observe(&p, Some(&ok(p.operacion)));
+                    (p.operacion, p.isbn)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
     }
 
     #[test]
     fn sequences_are_coherent() {
         let cat = catalogue(Some(50));
         let mix = Mix::parse("prestamo=1,devolucion=1,renovacion=1").unwrap();
-        let mut rng = Rng::new(42);
+        let mut rng = SmallRng::seed_from_u64(42);
         let mut u = User::new("u".into());
         // A user without loans can only borrow.
         assert_eq!(

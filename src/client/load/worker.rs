@@ -19,10 +19,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::report::{Sample, NO_REPLY};
-use super::user::{Rng, User};
+use super::user::User;
 use super::{Batch, LoadOptions, BATCH, INVALID_REPLY, TICK};
 use crate::pirate::{encode, new_request_id, Client, ClientError, InFlight};
 use biblioteca_protocol::Peticion;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 
 /// Where one virtual client is.
 enum State {
@@ -44,7 +46,7 @@ enum State {
 struct Virtual {
     client: Client,
     users: Vec<User>,
-    rng: Rng,
+    rng: SmallRng,
     state: State,
     /// Open loop: the time between two requests of this client.
     interval: Option<Duration>,
@@ -78,7 +80,9 @@ impl LoadThread {
                 users: (0..o.users)
                     .map(|u| User::new(format!("{}-c{k}-u{u}", o.prefix)))
                     .collect(),
-                rng: Rng::new(o.seed ^ (k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f)),
+                rng: SmallRng::seed_from_u64(
+                    o.seed ^ (k as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f),
+                ),
                 state: State::Ready(first_due),
                 interval,
             });
@@ -137,7 +141,7 @@ impl LoadThread {
                 return Ok(());
             }
         }
-        let u = v.rng.below(v.users.len());
+        let u = v.rng.random_range(0..v.users.len().max(1));
         let Some(user) = v.users.get(u) else {
             v.state = State::Done;
             return Ok(());
@@ -229,7 +233,7 @@ impl LoadThread {
         }
         match self.opts.think {
             Some(e) => {
-                let think = e.min + (e.max.saturating_sub(e.min)).mul_f64(v.rng.unit());
+                let think = e.min + (e.max.saturating_sub(e.min)).mul_f64(v.rng.random::<f64>());
                 Instant::now() + think
             }
             None => Instant::now(),
