@@ -1,6 +1,6 @@
-//! Shared by the end-to-end suites (`tests/e2e`, `tests/guide_python`): a tiny
-//! runner that sets one world up, runs named cases with panics caught per case,
-//! always tears down, and ends with `N passed, N failed`; the world itself (a
+//! Shared by the end-to-end suites (`tests/e2e`, `tests/guide_python`): a
+//! libtest-mimic runner that sets one world up, runs named cases with panics
+//! caught per case and always tears down; the world itself (a
 //! PostgreSQL primary/standby pair and every service as a real process); and
 //! plain-ZeroMQ request helpers that never block forever.
 
@@ -8,6 +8,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use biblioteca_cluster::{Cluster, ClusterSpec, Node};
@@ -257,72 +258,72 @@ pub fn assert_err(v: &Value, code: &str, what: &str) {
 /// A named check run by [`run_suite`].
 pub type Case = (&'static str, fn(&mut World));
 
-/// Sets the world up once, runs the cases whose names contain the first
-/// non-flag argument (all when none), catches each case's panic, tears down,
-/// prints `N passed, N failed` last and exits non-zero on any failure.
-pub fn run_suite(suite: &str, setup: impl FnOnce() -> World, cases: &[Case]) -> ! {
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let list = std::env::args().any(|a| a == "--list");
-    let selected: Vec<&Case> = cases
+/// The suite's one world, set up by the first case that runs.
+enum Shared {
+    Pending(Box<dyn FnOnce() -> World + Send>),
+    Up(World),
+    SetupFailed(String),
+}
+
+/// Runs the cases as libtest-mimic trials (so filters, `--list`, `--exact`
+/// and the `test result:` line are libtest's), one at a time against ONE
+/// world: the first case to run sets it up, a case's panic fails that case
+/// only (with the services' log tails), and the world is torn down after the
+/// last case whatever happened. A failed run keeps the world's directory.
+pub fn run_suite(suite: &str, setup: impl FnOnce() -> World + Send + 'static, cases: &[Case]) -> ! {
+    let mut args = libtest_mimic::Arguments::from_args();
+    // The cases share one world, so they run one after another.
+    args.test_threads = Some(1);
+    let shared = Arc::new(Mutex::new(Shared::Pending(Box::new(setup))));
+    let trials = cases
         .iter()
-        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .map(|&(name, case)| {
+            let shared = Arc::clone(&shared);
+            libtest_mimic::Trial::test(name, move || run_case(&shared, case))
+        })
         .collect();
-    if list {
-        for (name, _) in &selected {
-            println!("{name}: test");
-        }
-        std::process::exit(0);
-    }
-    println!("\nrunning {} {suite} cases", selected.len());
-    if selected.is_empty() {
-        println!("0 passed, 0 failed");
-        std::process::exit(0);
-    }
     let started = Instant::now();
-    let mut world = match catch_unwind(AssertUnwindSafe(setup)) {
-        Ok(w) => w,
-        Err(e) => {
-            println!("{suite}: setup FAILED: {}", panic_text(&e));
-            println!("0 passed, {} failed", selected.len());
-            std::process::exit(1);
-        }
+    let conclusion = libtest_mimic::run(&args, trials);
+    let world = match std::mem::replace(
+        &mut *shared.lock().unwrap_or_else(PoisonError::into_inner),
+        Shared::SetupFailed(String::new()),
+    ) {
+        Shared::Up(world) => Some(world),
+        _ => None,
     };
-    let (mut passed, mut failed) = (0, Vec::new());
-    for (name, case) in selected {
-        let t = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| case(&mut world))) {
-            Ok(()) => {
-                passed += 1;
-                println!("case {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                println!(
-                    "case {name} ... FAILED ({:.1}s): {}",
-                    t.elapsed().as_secs_f64(),
-                    panic_text(&e)
-                );
-                println!("{}", world.log_tails(15));
-                failed.push(*name);
-            }
+    if let Some(world) = world {
+        let dir = world.dir.clone();
+        drop(world);
+        if conclusion.has_failed() {
+            println!("logs kept in {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
         }
-    }
-    let dir = world.dir.clone();
-    drop(world);
-    if failed.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
         println!(
-            "failed: {}; logs kept in {}",
-            failed.join(", "),
-            dir.display()
+            "{suite} finished in {:.1}s",
+            started.elapsed().as_secs_f64()
         );
     }
-    println!(
-        "{suite} finished in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    println!("{passed} passed, {} failed", failed.len());
-    std::process::exit(if failed.is_empty() { 0 } else { 1 });
+    conclusion.exit()
+}
+
+fn run_case(shared: &Mutex<Shared>, case: fn(&mut World)) -> Result<(), libtest_mimic::Failed> {
+    let mut state = shared.lock().unwrap_or_else(PoisonError::into_inner);
+    if matches!(*state, Shared::Pending(_)) {
+        let taken = std::mem::replace(&mut *state, Shared::SetupFailed("no setup".into()));
+        if let Shared::Pending(setup) = taken {
+            *state = match catch_unwind(AssertUnwindSafe(setup)) {
+                Ok(world) => Shared::Up(world),
+                Err(e) => Shared::SetupFailed(panic_text(&e)),
+            };
+        }
+    }
+    match &mut *state {
+        Shared::Up(world) => catch_unwind(AssertUnwindSafe(|| case(world)))
+            .map_err(|e| format!("{}\n{}", panic_text(&e), world.log_tails(15)).into()),
+        Shared::SetupFailed(why) => Err(format!("setup failed: {why}").into()),
+        Shared::Pending(_) => Err("setup did not run".into()),
+    }
 }
 
 fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {

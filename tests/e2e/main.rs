@@ -1,6 +1,6 @@
 //! End-to-end suite: ONE primary/standby pair and ONE set of services (real
-//! binaries, free ports) for every case; the runner tears them down even when
-//! a case fails and ends with `N passed, N failed`.
+//! binaries, free ports) for every case; the runner (tests/common) tears them
+//! down even when a case fails.
 //!
 //! Cases: the guide's parts 2-4 step by step, the last-copy race, idempotency
 //! (same id twice, same id concurrently, two actors on one topic), every kind
