@@ -52,12 +52,12 @@ impl Harness {
         ep(self.base)
     }
 
-    fn carga(&mut self, tweak: impl FnOnce(&mut LoadManagerConfig)) {
-        self.carga_until(self.sd.clone(), tweak);
+    fn load_manager(&mut self, tweak: impl FnOnce(&mut LoadManagerConfig)) {
+        self.load_manager_until(self.sd.clone(), tweak);
     }
 
     /// A load manager that stops on its own `sd` (or with the harness).
-    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut LoadManagerConfig)) {
+    fn load_manager_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut LoadManagerConfig)) {
         let mut cfg = LoadManagerConfig {
             frontend: ep(self.base),
             publisher: ep(self.base + 1),
@@ -86,12 +86,17 @@ impl Harness {
     }
 
     fn actor(&mut self, op: Operacion) {
+        self.actor_with_timeout(op, Duration::from_millis(1000));
+    }
+
+    /// An actor for `op` that waits `storage_timeout` for the storage manager.
+    fn actor_with_timeout(&mut self, op: Operacion, storage_timeout: Duration) {
         let cfg = ActorConfig {
             operacion: op,
             subscribe: ep(self.base + 1),
             report: ep(self.base + 2),
             storage: ep(self.base + 3),
-            storage_timeout: Duration::from_millis(1000),
+            storage_timeout,
             max_in_flight: 16,
             heartbeat_interval: Duration::from_millis(100),
             curve: None,
@@ -216,7 +221,7 @@ fn prestamo(usuario: &str, id: Option<&str>) -> Value {
 fn request_flows_client_to_actor_to_storage_and_back() {
     let mut h = Harness::new(21000);
     h.storage(Storage::Answer { delay_ms: 0 });
-    h.carga(|_| {});
+    h.load_manager(|_| {});
     // Straight away, before the actor even exists: the request waits for it
     // (start-up grace) and is re-published until the late subscriber gets it.
     let early = {
@@ -263,7 +268,7 @@ fn request_flows_client_to_actor_to_storage_and_back() {
 fn the_same_id_twice_is_one_storage_call() {
     let mut h = Harness::new(21010);
     h.storage(Storage::Answer { delay_ms: 500 });
-    h.carga(|_| {});
+    h.load_manager(|_| {});
     h.actor(Operacion::Prestamo);
     h.wait_for_actor("prestamo");
     let body = prestamo("dup", Some("dup-1"));
@@ -299,7 +304,7 @@ fn the_same_id_twice_is_one_storage_call() {
 fn no_live_actor_is_service_unavailable_at_once() {
     let mut h = Harness::new(21020);
     h.storage(Storage::Answer { delay_ms: 0 });
-    h.carga(|c| c.actor_timeout = Duration::from_millis(300));
+    h.load_manager(|c| c.actor_timeout = Duration::from_millis(300));
     h.actor(Operacion::Prestamo);
     std::thread::sleep(Duration::from_millis(400));
     let t0 = Instant::now();
@@ -323,7 +328,7 @@ fn no_live_actor_is_service_unavailable_at_once() {
 fn garbage_is_rejected_and_the_service_keeps_serving() {
     let mut h = Harness::new(21030);
     h.storage(Storage::Answer { delay_ms: 0 });
-    h.carga(|_| {});
+    h.load_manager(|_| {});
     h.actor(Operacion::Prestamo);
     let r = req_raw(&h.frontend(), b"not json");
     assert_eq!(r["error"], "PeticionInvalida", "{r}");
@@ -370,7 +375,7 @@ fn garbage_is_rejected_and_the_service_keeps_serving() {
 fn no_outcome_within_the_deadline_is_service_unavailable() {
     let mut h = Harness::new(21040);
     h.storage(Storage::Swallow);
-    h.carga(|c| {
+    h.load_manager(|c| {
         c.deadline = Duration::from_millis(700);
         c.max_in_flight = 1;
     });
@@ -460,22 +465,8 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
 fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
     let mut h = Harness::new(21060);
     let first = Shutdown::new();
-    h.carga_until(first.clone(), |c| c.deadline = Duration::from_millis(4000));
-    let cfg = ActorConfig {
-        operacion: Operacion::Renovacion,
-        subscribe: ep(h.base + 1),
-        report: ep(h.base + 2),
-        storage: ep(h.base + 3),
-        storage_timeout: Duration::from_millis(300),
-        max_in_flight: 16,
-        heartbeat_interval: Duration::from_millis(100),
-        curve: None,
-        ..ActorConfig::default()
-    };
-    let sd = h.sd.clone();
-    h.threads.push(std::thread::spawn(move || {
-        biblioteca_actor::run(cfg, sd).unwrap()
-    }));
+    h.load_manager_until(first.clone(), |c| c.deadline = Duration::from_millis(4000));
+    h.actor_with_timeout(Operacion::Renovacion, Duration::from_millis(300));
     h.wait_for_actor("renovacion");
 
     // The storage manager is down at first: the actor re-sends, replaces its
@@ -495,7 +486,7 @@ fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
     // reconnect by themselves.
     first.trigger();
     std::thread::sleep(Duration::from_millis(500));
-    h.carga(|_| {});
+    h.load_manager(|_| {});
     h.wait_for_actor("renovacion");
     let r = req(&h.frontend(), &renovacion("r-2"));
     assert_eq!(r["exito"], true, "{r}");

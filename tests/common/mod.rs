@@ -261,7 +261,7 @@ pub type Case = (&'static str, fn(&mut World));
 /// The suite's one world, set up by the first case that runs.
 enum Shared {
     Pending(Box<dyn FnOnce() -> World + Send>),
-    Up(World),
+    Up(Box<World>),
     SetupFailed(String),
 }
 
@@ -313,7 +313,7 @@ fn run_case(shared: &Mutex<Shared>, case: fn(&mut World)) -> Result<(), libtest_
         let taken = std::mem::replace(&mut *state, Shared::SetupFailed("no setup".into()));
         if let Shared::Pending(setup) = taken {
             *state = match catch_unwind(AssertUnwindSafe(setup)) {
-                Ok(world) => Shared::Up(world),
+                Ok(world) => Shared::Up(Box::new(world)),
                 Err(e) => Shared::SetupFailed(panic_text(&e)),
             };
         }

@@ -130,50 +130,58 @@ pub fn parts_2_to_4(w: &mut World) {
         );
         assert_ok(&r, &format!("bulk loan {i}"));
     }
-    let cuenta = "SELECT COUNT(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%';";
-    assert_eq!(sql(p, cuenta), "10");
-    assert_on_standby(w, cuenta, "10", Duration::from_secs(5));
+    let loans_query = "SELECT COUNT(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%';";
+    assert_eq!(sql(p, loans_query), "10");
+    assert_on_standby(w, loans_query, "10", Duration::from_secs(5));
 }
 
 /// The business refusals besides the guide's `LimiteRenovaciones`; none changes anything.
 pub fn business_errors(w: &mut World) {
     let isbn = ISBNS[2];
-    let desconocido = "978-0000000000";
-    let antes = ejemplares(w, isbn);
-    assert_err(
-        &w.op("consulta", desconocido, "u"),
-        "LibroNoEncontrado",
-        "consulta of an unknown book",
-    );
-    assert_err(
-        &w.op("prestamo", desconocido, "negocio_1"),
-        "LibroNoEncontrado",
-        "loan of an unknown book",
-    );
-    assert_err(
-        &w.op("devolucion", isbn, "negocio_1"),
-        "PrestamoNoEncontrado",
-        "return without a loan",
-    );
-    assert_err(
-        &w.op("renovacion", isbn, "negocio_1"),
-        "PrestamoNoEncontrado",
-        "renewal without a loan",
-    );
+    let unknown = "978-0000000000";
+    let before = ejemplares(w, isbn);
+    for (op, book, code, what) in [
+        (
+            "consulta",
+            unknown,
+            "LibroNoEncontrado",
+            "consulta of an unknown book",
+        ),
+        (
+            "prestamo",
+            unknown,
+            "LibroNoEncontrado",
+            "loan of an unknown book",
+        ),
+        (
+            "devolucion",
+            isbn,
+            "PrestamoNoEncontrado",
+            "return without a loan",
+        ),
+        (
+            "renovacion",
+            isbn,
+            "PrestamoNoEncontrado",
+            "renewal without a loan",
+        ),
+    ] {
+        assert_err(&w.op(op, book, "negocio_1"), code, what);
+    }
     assert_ok(&w.op("prestamo", isbn, "negocio_1"), "loan");
     assert_err(
         &w.op("prestamo", isbn, "negocio_1"),
         "PrestamoActivo",
         "second loan of the same book",
     );
-    assert_eq!(ejemplares(w, isbn), antes - 1);
+    assert_eq!(ejemplares(w, isbn), before - 1);
     assert_ok(&w.op("devolucion", isbn, "negocio_1"), "return");
     assert_err(
         &w.op("devolucion", isbn, "negocio_1"),
         "PrestamoNoEncontrado",
         "second return",
     );
-    assert_eq!(ejemplares(w, isbn), antes);
+    assert_eq!(ejemplares(w, isbn), before);
     assert_eq!(
         sql(
             w.primary(),
