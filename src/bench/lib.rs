@@ -75,27 +75,46 @@ pub enum BenchError {
     Interrupted,
 }
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure (the flags of `biblioteca-bench`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// Client counts, comma-separated (10 is there for the p99 target).
+    #[arg(
+        long = "clientes",
+        value_delimiter = ',',
+        default_value = "1,4,10,16,64"
+    )]
     pub clients: Vec<usize>,
+    /// Duration of each step (each system, each client count), e.g. 20s.
+    #[arg(long = "duracion", default_value = "20s", value_parser = spec::duration)]
     pub duration: Duration,
+    /// Books in the generated catalogue.
+    #[arg(long = "libros", default_value_t = 1000)]
     pub books: u64,
-    /// Where the `biblioteca-*` binaries are; `None`: next to this executable.
-    pub bin_dir: Option<PathBuf>,
-    /// Keep the temporary directory (logs, configs) for inspection.
+    /// Keep the temporary directory (server and service logs).
+    #[arg(long)]
     pub keep: bool,
-    /// Also drive the storage manager directly (no load manager, no actor),
-    /// to split the pipeline's cost between the database tier and the hops.
+    /// Also send the same load straight to the storage manager, to split the
+    /// pipeline's cost between the database tier and the ZeroMQ hops.
+    #[arg(long = "almacenamiento")]
     pub storage_alone: bool,
-    /// Runs of each system per client count, alternated; the table shows the
-    /// median run (by throughput) and the CPU figures are averaged.
-    pub repetitions: u32,
-    /// The services' CPU scheduling policy (to compare against `normal`).
-    pub scheduling: Scheduling,
-    /// Also run the skeleton pipeline ([`skeleton`]): forwarding-only load
-    /// manager and actor in front of the real storage manager.
+    /// Also run the skeleton: a load manager and an actor that only forward
+    /// frames (biblioteca-esqueleto) in front of the real storage manager,
+    /// the ceiling for any pipeline of this shape here.
+    #[arg(long = "esqueleto")]
     pub skeleton: bool,
+    /// Runs of each system per client count, alternated (pgbench, ours, ...):
+    /// the table shows the median run, CPU per request is averaged. Use 3 or
+    /// more on a machine whose speed swings between runs.
+    #[arg(long = "repeticiones", default_value_t = 1)]
+    pub repetitions: u32,
+    /// The services' CPU scheduling policy: batch (their default) or normal
+    /// (the kernel's default, for a baseline run).
+    #[arg(long, default_value_t = Scheduling::default())]
+    pub scheduling: Scheduling,
+    /// Where the biblioteca-* binaries are (default: next to this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// Our pipeline at one client count.

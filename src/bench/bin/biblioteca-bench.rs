@@ -1,14 +1,10 @@
 //! `biblioteca-bench`: the end-to-end pipeline against `pgbench` running the
-//! same transactions, on a throw-away local cluster (see `biblioteca::bench`).
-
-use std::path::PathBuf;
+//! same transactions, on a throw-away local cluster (see `biblioteca_bench`).
 
 use anyhow::Context;
 use clap::Parser;
 
 use biblioteca_bench::{self as bench, BenchOptions};
-use biblioteca_client::load::spec;
-use biblioteca_runtime::sched::Scheduling;
 
 /// Creates a PostgreSQL primary with a synchronous standby and every service
 /// on free ports in a temporary directory, seeds a catalogue, then for each
@@ -19,62 +15,17 @@ use biblioteca_runtime::sched::Scheduling;
 #[derive(Debug, Parser)]
 #[command(name = "biblioteca-bench", version)]
 struct Args {
-    /// Client counts, comma-separated (10 is there for the p99 target).
-    #[arg(
-        long = "clientes",
-        value_delimiter = ',',
-        default_value = "1,4,10,16,64"
-    )]
-    clients: Vec<usize>,
-    /// Duration of each step (each system, each client count), e.g. 20s.
-    #[arg(long = "duracion", default_value = "20s", value_parser = spec::duration)]
-    duration: std::time::Duration,
-    /// Books in the generated catalogue.
-    #[arg(long = "libros", default_value_t = 1000)]
-    books: u64,
+    #[command(flatten)]
+    opts: BenchOptions,
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     json: bool,
-    /// Keep the temporary directory (server and service logs).
-    #[arg(long)]
-    keep: bool,
-    /// Also send the same load straight to the storage manager, to split the
-    /// pipeline's cost between the database tier and the ZeroMQ hops.
-    #[arg(long = "almacenamiento")]
-    storage_alone: bool,
-    /// Also run the skeleton: a load manager and an actor that only forward
-    /// frames (biblioteca-esqueleto) in front of the real storage manager,
-    /// the ceiling for any pipeline of this shape here.
-    #[arg(long = "esqueleto")]
-    skeleton: bool,
-    /// Runs of each system per client count, alternated (pgbench, ours, ...):
-    /// the table shows the median run, CPU per request is averaged. Use 3 or
-    /// more on a machine whose speed swings between runs.
-    #[arg(long = "repeticiones", default_value_t = 1)]
-    repetitions: u32,
-    /// The services' CPU scheduling policy: batch (their default) or normal
-    /// (the kernel's default, for a baseline run).
-    #[arg(long, default_value_t = Scheduling::default())]
-    scheduling: Scheduling,
-    /// Where the biblioteca-* binaries are (default: next to this one).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     biblioteca_runtime::logging::init("biblioteca-bench");
     let args = Args::parse();
-    let opts = BenchOptions {
-        clients: args.clients,
-        duration: args.duration,
-        books: args.books,
-        bin_dir: args.bin_dir,
-        keep: args.keep,
-        storage_alone: args.storage_alone,
-        repetitions: args.repetitions,
-        scheduling: args.scheduling,
-        skeleton: args.skeleton,
-    };
+    let opts = args.opts;
     let json = args.json;
     biblioteca_runtime::shutdown::run_with_signals(move |shutdown| {
         let report = bench::run(&opts, &shutdown).context("biblioteca-bench failed")?;
