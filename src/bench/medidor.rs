@@ -83,6 +83,8 @@ pub(super) struct Medidor<'a> {
     pub(super) cluster: &'a Cluster,
     pub(super) pg_dir: PathBuf,
     pub(super) libros: u64,
+    /// The guide's four books (`--libros 4`).
+    pub(super) guia: bool,
     pub(super) catalogo: Vec<String>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) ctx: zmq::Context,
@@ -221,6 +223,7 @@ impl Medidor<'_> {
             clientes,
             duracion: d,
             libros: self.libros,
+            guia: self.guia,
             run,
         }
         .ejecutar()?;

@@ -9,6 +9,10 @@
 //! call of the write function (`biblioteca_prestamo` / `biblioteca_devolucion`,
 //! migration 0004) in autocommit, with the same arguments, so the comparison
 //! stays like for like.
+//!
+//! With the guide's catalogue (`--libros 4`, see [`super::GUIA`]) the books
+//! are the guide's four ISBNs instead of generated ones, so pgbench queues on
+//! the same four rows as the pipeline.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,11 +44,22 @@ pub enum PgbenchError {
 
 /// The pgbench script. Variables: `libros` (catalogue size), `run` (keeps
 /// request ids and users of successive runs apart), `fase` and `seq`
-/// (both start at 0, set with `-D`).
-pub fn script() -> String {
+/// (both start at 0, set with `-D`). `guia`: the books are the guide's
+/// ISBNs (`libros` is then 4) rather than generated ones.
+pub fn script(guia: bool) -> String {
     let id = "'pgb-' || :run::text || '-' || :client_id::text || '-' || :seq::text";
     let usuario = "'pgb-' || :run::text || '-' || :client_id::text";
-    let isbn = "'979-' || lpad(:code::text, 10, '0')";
+    let guide_isbns: Vec<String> = crate::client::load::spec::CATALOGO_GUIA
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect();
+    // pgbench variables are numbers: the book's ISBN is computed in the
+    // statement, from the book number `n` (kept until the return).
+    let isbn = if guia {
+        format!("(ARRAY[{}])[:n]", guide_isbns.join(", "))
+    } else {
+        "'979-' || lpad(:code::text, 10, '0')".to_string()
+    };
     // Timeline 1 is the newest a fresh benchmark cluster has seen; the loan
     // period is `storage::ops`' 14 days.
     format!(
@@ -74,6 +89,8 @@ pub struct Corrida<'a> {
     pub clientes: usize,
     pub duracion: Duration,
     pub libros: u64,
+    /// The guide's four books instead of generated ones.
+    pub guia: bool,
     /// Distinguishes this run's ids and users from earlier runs.
     pub run: u32,
 }
@@ -94,7 +111,7 @@ pub struct Resultado {
 impl Corrida<'_> {
     pub fn ejecutar(&self) -> Result<Resultado, PgbenchError> {
         let path = self.dir.join("prestamo.sql");
-        std::fs::write(&path, script()).map_err(|source| PgbenchError::Io {
+        std::fs::write(&path, script(self.guia)).map_err(|source| PgbenchError::Io {
             path: path.clone(),
             source,
         })?;
@@ -267,6 +284,15 @@ tps = 2061.593190 (without initial connection time)
             let isbn = format!("979-{:010}", n * 10 + c(n));
             assert_eq!(isbn, crate::storage::seed_isbn(n), "book {n}");
         }
-        assert!(script().contains("biblioteca_devolucion("));
+        assert!(script(false).contains("biblioteca_devolucion("));
+    }
+
+    #[test]
+    fn the_guide_script_names_the_guide_books() {
+        let s = script(true);
+        for isbn in crate::client::load::spec::CATALOGO_GUIA {
+            assert!(s.contains(isbn), "{isbn} missing from {s}");
+        }
+        assert!(!s.contains("979-"), "{s}");
     }
 }

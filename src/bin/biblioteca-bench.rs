@@ -25,7 +25,8 @@ struct Args {
     /// Duration of each step (each system, each client count), e.g. 20s.
     #[arg(long, default_value = "20s", value_parser = spec::duracion)]
     duracion: std::time::Duration,
-    /// Books in the generated catalogue.
+    /// Books in the catalogue: 4 is the guide's (its four ISBNs, stock
+    /// raised), any other count that many generated books.
     #[arg(long, default_value_t = 1000)]
     libros: u64,
     /// Print the report as JSON instead of tables.
