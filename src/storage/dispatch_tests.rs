@@ -138,11 +138,19 @@ fn batches_are_bounded_and_a_continuously_hot_book_starves_nobody() {
     assert_eq!(order[1], (1..=MAX_BATCH as u32).collect::<Vec<_>>());
     // The read waits for the work older than it, never for all the hot
     // writes that keep coming after it.
-    let read_at = order.iter().position(|b| b == &vec![2000]).expect("read served");
+    let read_at = order
+        .iter()
+        .position(|b| b == &vec![2000])
+        .expect("read served");
     assert_eq!(read_at, 3, "{order:?}");
     // (A book's turn takes all it has queued, newer writes too, up to the bound.)
     assert_eq!(order[2][0], MAX_BATCH as u32 + 1, "{order:?}");
-    let hot: Vec<u32> = order.iter().flatten().copied().filter(|n| *n < 1000).collect();
+    let hot: Vec<u32> = order
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|n| *n < 1000)
+        .collect();
     assert!(hot.windows(2).all(|p| p[0] + 1 == p[1]), "{hot:?}");
 }
 

@@ -48,7 +48,10 @@ pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>>
         .collect();
     let run = std::panic::AssertUnwindSafe(|| {
         if entradas.len() == 1 {
-            return entradas.pop().map(|e| vec![handle(shared, e)]).unwrap_or_default();
+            return entradas
+                .pop()
+                .map(|e| vec![handle(shared, e)])
+                .unwrap_or_default();
         }
         let writes: Vec<Peticion> = entradas
             .iter()
@@ -68,9 +71,13 @@ pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>>
         labels
             .into_iter()
             .map(|(op, id)| {
-                Respuesta::error(op, CodigoError::AlmacenamientoNoDisponible, "internal error")
-                    .with_id(id)
-                    .to_bytes()
+                Respuesta::error(
+                    op,
+                    CodigoError::AlmacenamientoNoDisponible,
+                    "internal error",
+                )
+                .with_id(id)
+                .to_bytes()
             })
             .collect()
     })

@@ -10,8 +10,9 @@
 //! applied whole with every outcome stored under its id; either way running
 //! the requests again under the same ids applies each exactly once:
 //!
-//! - connection lost (closed, or the backend terminated): the whole batch
-//!   once more on a fresh connection, then `AlmacenamientoNoDisponible`;
+//! - connection lost (closed, failed, or the backend terminated): the whole
+//!   batch again on another connection, up to [`LOST_CONNECTION_TRIES`]
+//!   times, then `AlmacenamientoNoDisponible`;
 //! - the database asks for a retry (serialization failure, deadlock, a race
 //!   on the one-active-loan index): each request on its own, with the single
 //!   write path's retries and race handling;
@@ -25,6 +26,11 @@ use super::handler::{self, classify, db_reason, unavailable, Failure};
 use super::ops::{self, TxError};
 use super::Shared;
 use crate::protocol::{CodigoError, Peticion, Respuesta};
+
+/// Tries of a batch whose connection was lost. A terminated backend's
+/// connection may only be known dead (and dropped by the pool) after the
+/// next use, so one extra try is not always enough.
+const LOST_CONNECTION_TRIES: u32 = 3;
 
 /// Runs `ps` (writes of one book, in order) in one transaction; one reply
 /// per request, same order.
@@ -44,8 +50,9 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
         shared.request_recheck();
         return all_unavailable("no writable database node");
     };
-    let mut connection_lost = false;
+    let mut tries = 0;
     loop {
+        tries += 1;
         let mut conn = match node.pool.get() {
             Ok(c) => c,
             Err(e) => {
@@ -74,7 +81,8 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
             Err(TxError::Db(e)) => e,
         };
         drop(conn);
-        let lost = e.is_closed() || e.code() == Some(&SqlState::ADMIN_SHUTDOWN);
+        let lost =
+            e.is_closed() || e.code().is_none() || e.code() == Some(&SqlState::ADMIN_SHUTDOWN);
         match classify(&e) {
             Failure::Retry | Failure::ActiveLoanRace => {
                 tracing::debug!(requests = ps.len(), error = %e, "batch rolled back; running its requests one by one");
@@ -89,10 +97,9 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
                 shared.request_recheck();
                 return all_unavailable("the write node is read-only");
             }
-            Failure::Unavailable { .. } if lost && !connection_lost => {
+            Failure::Unavailable { .. } if lost && tries < LOST_CONNECTION_TRIES => {
                 // A pooled connection the server closed, or a backend
-                // terminated under the batch: once more on a fresh one.
-                connection_lost = true;
+                // terminated under the batch: again on another one.
                 tracing::warn!(requests = ps.len(), node = %node.cfg.name, error = %e, "connection lost during a batch; running it again on a fresh connection");
             }
             Failure::Unavailable { node_down } => {
