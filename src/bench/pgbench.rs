@@ -20,8 +20,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cluster::PgBin;
-use crate::cluster::{APP_DB, APP_USER};
+use biblioteca_cluster::PgBin;
+use biblioteca_cluster::{APP_DB, APP_USER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgbenchError {
@@ -39,7 +39,7 @@ pub enum PgbenchError {
     #[error("histogram: {0}")]
     Histogram(#[from] hdrhistogram::CreationError),
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] biblioteca_cluster::ClusterError),
 }
 
 /// The pgbench script. Variables: `libros` (catalogue size), `run` (keeps
@@ -49,7 +49,7 @@ pub enum PgbenchError {
 pub fn script(guia: bool) -> String {
     let id = "'pgb-' || :run::text || '-' || :client_id::text || '-' || :seq::text";
     let usuario = "'pgb-' || :run::text || '-' || :client_id::text";
-    let guide_isbns: Vec<String> = crate::client::load::spec::CATALOGO_GUIA
+    let guide_isbns: Vec<String> = biblioteca_client::load::spec::CATALOGO_GUIA
         .iter()
         .map(|i| format!("'{i}'"))
         .collect();
@@ -282,7 +282,7 @@ tps = 2061.593190 (without initial connection time)
         };
         for n in [1, 7, 42, 999, 1000, 123_456, 987_654_321] {
             let isbn = format!("979-{:010}", n * 10 + c(n));
-            assert_eq!(isbn, crate::storage::seed_isbn(n), "book {n}");
+            assert_eq!(isbn, biblioteca_protocol::catalogue::isbn(n), "book {n}");
         }
         assert!(script(false).contains("biblioteca_devolucion("));
     }
@@ -290,7 +290,7 @@ tps = 2061.593190 (without initial connection time)
     #[test]
     fn the_guide_script_names_the_guide_books() {
         let s = script(true);
-        for isbn in crate::client::load::spec::CATALOGO_GUIA {
+        for isbn in biblioteca_client::load::spec::CATALOGO_GUIA {
             assert!(s.contains(isbn), "{isbn} missing from {s}");
         }
         assert!(!s.contains("979-"), "{s}");

@@ -25,7 +25,7 @@ use postgres::error::SqlState;
 use super::handler::{self, classify, db_reason, unavailable, Failure};
 use super::ops::{self, TxError};
 use super::Shared;
-use crate::protocol::{CodigoError, Peticion, Respuesta};
+use biblioteca_protocol::{CodigoError, Peticion, Respuesta};
 
 /// Tries of a batch whose connection was lost. A terminated backend's
 /// connection may only be known dead (and dropped by the pool) after the

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca::launch::{find_binary, free_port, Service, ServiceSpec};
+use biblioteca_stack::launch::{find_binary, free_port, Service, ServiceSpec};
 use serde_json::{json, Value};
 
 use crate::common::{assert_err, assert_ok, eventually, request, sql, World};

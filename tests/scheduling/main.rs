@@ -20,8 +20,9 @@ mod common;
 
 mod cases;
 
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 use common::{run_suite, World, WorldSpec};
+use std::time::Duration;
 
 fn main() {
     run_suite(
@@ -31,7 +32,7 @@ fn main() {
                 tag: "scheduling",
                 ports: None,
                 actors: vec![Operacion::Prestamo],
-                deadline_ms: 5000,
+                deadline: Duration::from_millis(5000),
             })
         },
         &[
