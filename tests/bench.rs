@@ -161,3 +161,40 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
     // 16 clients were not run: that target is "not measured", never met.
     assert_eq!(objetivos[0]["cumplido"], Value::Null, "{r}");
 }
+
+#[test]
+fn the_guide_catalogue_runs_every_system_on_the_four_guide_books() {
+    let out = Command::new(env!("CARGO_BIN_EXE_biblioteca-bench"))
+        .args([
+            "--clientes",
+            "4",
+            "--duracion",
+            "2s",
+            "--libros",
+            "4",
+            "--almacenamiento",
+            "--esqueleto",
+            "--json",
+        ])
+        .output()
+        .expect("run biblioteca-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        stderr.contains("4 books (the guide's catalogue) ready"),
+        "not the guide's catalogue: {stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(r["libros"], 4, "{r}");
+    let f = &r["filas"][0];
+    assert!(num(f, &["pgbench", "tps"]) > 0.0, "pgbench did nothing: {f}");
+    assert_eq!(num(f, &["pgbench", "fallidas"]), 0.0, "{f}");
+    assert_eq!(f["pgbench"]["abortado"], Value::Bool(false), "{f}");
+    for sistema in ["nuestro", "almacenamiento", "esqueleto"] {
+        assert!(num(f, &[sistema, "peticiones"]) > 0.0, "{sistema} did nothing: {f}");
+        // Stock was raised: a refused loan would mean the books were not
+        // the guide's (or not stocked), and would count as a failure.
+        assert_eq!(num(f, &[sistema, "fallos"]), 0.0, "{sistema} failed: {f}");
+    }
+}
