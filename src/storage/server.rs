@@ -8,9 +8,9 @@
 //! flight; full queue: `ServicioOcupado`). Each worker owns a PUSH socket
 //! over inproc back to the front-end's PULL, so no socket crosses threads;
 //! one message carries the worker's number (it is idle again) and, for each
-//! job it ran, the job number (which route it goes to) and the reply. On shutdown the front-end
-//! stops reading, lets the workers finish what was queued and delivers those
-//! replies before returning.
+//! job it ran, the job number (which route it goes to) and the reply. On
+//! shutdown the front-end stops reading, lets the workers finish what was
+//! queued and delivers those replies before returning.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
