@@ -78,23 +78,26 @@ fn kept_run_is_stopped_and_logged(dir: &Path) {
     assert!(busiest <= 100, "{busiest} request lines in one second");
 }
 
-#[test]
-fn the_benchmark_measures_every_system_it_is_asked_for() {
-    let out = Command::new(find_binary("biblioteca-bench", None).unwrap())
+/// The real bench binary with every optional system, 2 s per step, as JSON.
+fn bench(clientes: &str, libros: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(find_binary("biblioteca-bench", None).unwrap())
         .args([
             "--clientes",
-            "2",
+            clientes,
             "--duracion",
             "2s",
             "--libros",
-            "50",
-            "--almacenamiento",
-            "--esqueleto",
-            "--json",
-            "--keep",
+            libros,
         ])
+        .args(["--almacenamiento", "--esqueleto", "--json"])
+        .args(extra)
         .output()
-        .expect("run biblioteca-bench");
+        .expect("run biblioteca-bench")
+}
+
+#[test]
+fn the_benchmark_measures_every_system_it_is_asked_for() {
+    let out = bench("2", "50", &["--keep"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     let kept = stderr
@@ -157,4 +160,34 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
     assert_eq!(targets.len(), 4);
     // 16 clients were not run: that target is "not measured", never met.
     assert_eq!(targets[0]["met"], Value::Null, "{r}");
+}
+
+#[test]
+fn the_guide_catalogue_runs_every_system_on_the_four_guide_books() {
+    let out = bench("4", "4", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    assert!(
+        stderr.contains("4 books (the guide's catalogue) ready"),
+        "not the guide's catalogue: {stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(r["libros"], 4, "{r}");
+    let f = &r["filas"][0];
+    assert!(
+        num(f, &["pgbench", "tps"]) > 0.0,
+        "pgbench did nothing: {f}"
+    );
+    assert_eq!(num(f, &["pgbench", "fallidas"]), 0.0, "{f}");
+    assert_eq!(f["pgbench"]["abortado"], Value::Bool(false), "{f}");
+    for sistema in ["nuestro", "almacenamiento", "esqueleto"] {
+        assert!(
+            num(f, &[sistema, "peticiones"]) > 0.0,
+            "{sistema} did nothing: {f}"
+        );
+        // Stock was raised: a refused loan would mean the books were not
+        // the guide's (or not stocked), and would count as a failure.
+        assert_eq!(num(f, &[sistema, "fallos"]), 0.0, "{sistema} failed: {f}");
+    }
 }

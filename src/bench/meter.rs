@@ -79,6 +79,8 @@ pub(super) struct Meter<'a> {
     pub(super) cluster: &'a Cluster,
     pub(super) pg_dir: PathBuf,
     pub(super) books: u64,
+    /// The guide's four books (`--libros 4`).
+    pub(super) guide: bool,
     pub(super) catalogue: Vec<String>,
     pub(super) shutdown: &'a Shutdown,
     pub(super) ctx: zmq::Context,
@@ -222,6 +224,7 @@ impl Meter<'_> {
             clients,
             duration: d,
             books: self.books,
+            guide: self.guide,
             run,
         }
         .run()?;

@@ -9,6 +9,10 @@
 //! call of the write function (`biblioteca_prestamo` / `biblioteca_devolucion`,
 //! migration 0004) in autocommit, with the same arguments, so the comparison
 //! stays like for like.
+//!
+//! With the guide's catalogue (`--libros 4`, see [`super::GUIDE_BOOKS`]) the books
+//! are the guide's four ISBNs instead of generated ones, so pgbench queues on
+//! the same four rows as the pipeline.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,11 +42,22 @@ pub enum PgbenchError {
 
 /// The pgbench script. Variables: `books` (catalogue size), `run` (keeps
 /// request ids and users of successive runs apart), `fase` and `seq`
-/// (both start at 0, set with `-D`).
-pub fn script() -> String {
+/// (both start at 0, set with `-D`). `guide`: the books are the guide's
+/// ISBNs (`books` is then 4) rather than generated ones.
+pub fn script(guide: bool) -> String {
     let id = "'pgb-' || :run::text || '-' || :client_id::text || '-' || :seq::text";
     let usuario = "'pgb-' || :run::text || '-' || :client_id::text";
-    let isbn = "'979-' || lpad(:code::text, 10, '0')";
+    let guide_isbns: Vec<String> = biblioteca_client::load::spec::GUIDE_CATALOGUE
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect();
+    // pgbench variables are numbers: the book's ISBN is computed in the
+    // statement, from the book number `n` (kept until the return).
+    let isbn = if guide {
+        format!("(ARRAY[{}])[:n]", guide_isbns.join(", "))
+    } else {
+        "'979-' || lpad(:code::text, 10, '0')".to_string()
+    };
     // Timeline 1 is the newest a fresh benchmark cluster has seen; the loan
     // period is `storage::ops`' 14 days.
     format!(
@@ -72,6 +87,8 @@ pub struct PgbenchRun<'a> {
     pub clients: usize,
     pub duration: Duration,
     pub books: u64,
+    /// The guide's four books instead of generated ones.
+    pub guide: bool,
     /// Distinguishes this run's ids and users from earlier runs.
     pub run: u32,
 }
@@ -92,7 +109,7 @@ pub struct PgbenchResult {
 impl PgbenchRun<'_> {
     pub fn run(&self) -> Result<PgbenchResult, PgbenchError> {
         let path = self.dir.join("prestamo.sql");
-        std::fs::write(&path, script()).map_err(|source| PgbenchError::Io {
+        std::fs::write(&path, script(self.guide)).map_err(|source| PgbenchError::Io {
             path: path.clone(),
             source,
         })?;
@@ -263,6 +280,15 @@ tps = 2061.593190 (without initial connection time)
             let isbn = format!("979-{:010}", n * 10 + c(n));
             assert_eq!(isbn, biblioteca_protocol::catalogue::isbn(n), "book {n}");
         }
-        assert!(script().contains("biblioteca_devolucion("));
+        assert!(script(false).contains("biblioteca_devolucion("));
+    }
+
+    #[test]
+    fn the_guide_script_names_the_guide_books() {
+        let s = script(true);
+        for isbn in biblioteca_client::load::spec::GUIDE_CATALOGUE {
+            assert!(s.contains(isbn), "{isbn} missing from {s}");
+        }
+        assert!(!s.contains("979-"), "{s}");
     }
 }

@@ -110,8 +110,17 @@ fn mb(kb: u64) -> f64 {
 /// The human-readable report (Markdown tables, pasteable into the docs).
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "machine: {}\nreplication: {}; services scheduled {}; {} books; {} s per step\n\n",
-        r.machine, r.replication, r.scheduling, r.books, r.duration_s
+        "machine: {}\nreplication: {}; services scheduled {}; {} books{}; {} s per step\n\n",
+        r.machine,
+        r.replication,
+        r.scheduling,
+        r.books,
+        if r.books == super::GUIDE_BOOKS {
+            " (the guide's catalogue)"
+        } else {
+            ""
+        },
+        r.duration_s
     );
     s.push_str(
         "| clients | pgbench tps | pgbench p50 | pgbench p99 | ours req/s | ours pairs/s | ours p50 | ours p99 | ours fails | ours/pgbench |\n\

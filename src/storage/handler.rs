@@ -25,6 +25,64 @@ const ATTEMPTS: u32 = 4;
 /// Index that allows one ACTIVO loan per (isbn, usuario); see migration 0001.
 const ACTIVE_LOAN_INDEX: &str = "prestamos_un_activo";
 
+/// The book a request writes (its writes are batched per book by
+/// [`dispatch`](super::dispatch)); `None` for reads.
+pub fn write_book(entrada: &Entrada) -> Option<&str> {
+    match entrada {
+        Entrada::Operacion(p) if p.operacion != Operacion::Consulta => Some(&p.isbn),
+        _ => None,
+    }
+}
+
+/// The replies to what the dispatcher handed one worker, in order: one
+/// request, or a batch of one book's writes ([`lote`](super::lote)). A bug
+/// must not take the worker (and its future requests) down with it.
+pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>> {
+    let labels: Vec<(&'static str, Option<String>)> = entradas
+        .iter()
+        .map(|e| match e {
+            Entrada::Operacion(p) => (p.operacion.as_str(), p.id.clone()),
+            Entrada::Resultado { id } => ("resultado", Some(id.clone())),
+            Entrada::Status => ("status", None),
+        })
+        .collect();
+    let run = std::panic::AssertUnwindSafe(|| {
+        if entradas.len() == 1 {
+            return entradas
+                .pop()
+                .map(|e| vec![handle(shared, e)])
+                .unwrap_or_default();
+        }
+        let writes: Vec<Peticion> = entradas
+            .iter()
+            .filter_map(|e| match e {
+                Entrada::Operacion(p) if p.operacion != Operacion::Consulta => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        if writes.len() == entradas.len() {
+            super::lote::write_batch(shared, writes)
+        } else {
+            entradas.into_iter().map(|e| handle(shared, e)).collect()
+        }
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        tracing::error!(requests = labels.len(), "request handler panicked");
+        labels
+            .into_iter()
+            .map(|(op, id)| {
+                Respuesta::error(
+                    op,
+                    CodigoError::AlmacenamientoNoDisponible,
+                    "internal error",
+                )
+                .with_id(id)
+                .to_bytes()
+            })
+            .collect()
+    })
+}
+
 /// The reply to one request that passed validation.
 pub fn handle(shared: &Shared, entrada: Entrada) -> Vec<u8> {
     match entrada {
@@ -50,7 +108,7 @@ pub fn new_id() -> String {
     format!("s-{:016x}", h.finish())
 }
 
-fn unavailable(op: &str, id: Option<&str>, why: impl std::fmt::Display) -> Vec<u8> {
+pub(super) fn unavailable(op: &str, id: Option<&str>, why: impl std::fmt::Display) -> Vec<u8> {
     Respuesta::error(
         op,
         CodigoError::AlmacenamientoNoDisponible,
@@ -62,7 +120,7 @@ fn unavailable(op: &str, id: Option<&str>, why: impl std::fmt::Display) -> Vec<u
 
 /// How to react to a database error.
 #[derive(Debug, PartialEq, Eq)]
-enum Failure {
+pub(super) enum Failure {
     /// Run the whole transaction again.
     Retry,
     /// Lost the race on the one-active-loan index: retrying sees the loan.
@@ -73,7 +131,7 @@ enum Failure {
     Unavailable { node_down: bool },
 }
 
-fn classify(e: &postgres::Error) -> Failure {
+pub(super) fn classify(e: &postgres::Error) -> Failure {
     let Some(code) = e.code() else {
         // No SQLSTATE: the connection itself failed.
         return Failure::Unavailable { node_down: true };
@@ -103,8 +161,14 @@ fn classify(e: &postgres::Error) -> Failure {
 }
 
 fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
-    let op = p.operacion.as_str();
     let id = p.id.clone().unwrap_or_else(new_id);
+    write_as(shared, &p, id)
+}
+
+/// Runs write `p` under `id` (its own, or one generated for it), retrying
+/// as the database asks.
+pub(super) fn write_as(shared: &Shared, p: &Peticion, id: String) -> Vec<u8> {
+    let op = p.operacion.as_str();
     let backend = shared.backend();
     let Some((idx, node)) = backend.writer() else {
         shared.request_recheck();
@@ -125,7 +189,7 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
                 );
             }
         };
-        match ops::apply_write(&mut conn, &p, &id, shared.fencing.newest()) {
+        match ops::apply_write(&mut conn, p, &id, shared.fencing.newest()) {
             Ok(bytes) => return bytes,
             Err(TxError::IdReused(msg)) => {
                 return Respuesta::error(op, CodigoError::PeticionInvalida, msg)
@@ -190,7 +254,7 @@ fn write(shared: &Shared, p: Peticion) -> Vec<u8> {
 }
 
 /// The part of a database error worth showing a client.
-fn db_reason(e: &postgres::Error) -> String {
+pub(super) fn db_reason(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) if d.code() == &SqlState::QUERY_CANCELED => "statement timeout".into(),
         Some(d) if d.code() == &SqlState::LOCK_NOT_AVAILABLE => "lock timeout".into(),

@@ -18,6 +18,7 @@ mod credentials;
 mod dispatch;
 mod fencing;
 mod handler;
+mod lote;
 mod migrate;
 mod monitor;
 mod nodes;

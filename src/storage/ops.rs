@@ -91,7 +91,6 @@ pub fn apply_write(
     id: &str,
     newest_timeline: u32,
 ) -> Result<Vec<u8>, TxError> {
-    let op = p.operacion.as_str();
     // A timeline beyond i32 cannot exist; saturating keeps the check strict.
     let timeline = i32::try_from(newest_timeline).unwrap_or(i32::MAX);
     let comunes: [&(dyn ToSql + Sync); 4] = [&id, &p.isbn, &p.usuario, &timeline];
@@ -115,6 +114,12 @@ pub fn apply_write(
     let text: String = conn.query_one(&stmt, &params)?.get(0);
     let salida: Salida =
         serde_json::from_str(&text).map_err(|e| TxError::Unexpected(format!("{e}: {text}")))?;
+    outcome(salida, p, id)
+}
+
+/// The reply bytes of one write function's envelope.
+fn outcome(salida: Salida, p: &Peticion, id: &str) -> Result<Vec<u8>, TxError> {
+    let op = p.operacion.as_str();
     match salida {
         Salida::Aplicada { respuesta } => Ok(reply_bytes(respuesta)),
         Salida::Cercada { motivo } => Err(TxError::Fenced(motivo)),
@@ -133,6 +138,74 @@ pub fn apply_write(
             Ok(respuesta.map(reply_bytes).unwrap_or_default())
         }
     }
+}
+
+/// The batch function's call (migration 0005): operations, ids, isbns,
+/// users, the newest timeline, then every operation's rules.
+const LOTE: (&str, &[Type]) = (
+    "SELECT biblioteca_lote($1, $2, $3, $4, $5, $6, $7, $8)::text",
+    &[
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+        Type::INT4,
+    ],
+);
+
+/// Runs write requests `ps` (under `ids`, same order) in ONE transaction and
+/// ONE statement, in order, each exactly once by id as [`apply_write`] does
+/// (a later duplicate of an id in the batch replays the earlier one's
+/// reply). Outer error: nothing is known to be applied — a database error
+/// rolled the whole batch back, or the node must not write. Inner error: that
+/// request's id was used for another request.
+pub fn apply_batch(
+    conn: &mut Conexion,
+    ps: &[Peticion],
+    ids: &[String],
+    newest_timeline: u32,
+) -> Result<Vec<Result<Vec<u8>, TxError>>, TxError> {
+    let timeline = i32::try_from(newest_timeline).unwrap_or(i32::MAX);
+    let ops: Vec<&str> = ps.iter().map(|p| p.operacion.as_str()).collect();
+    let isbns: Vec<&str> = ps.iter().map(|p| p.isbn.as_str()).collect();
+    let usuarios: Vec<&str> = ps.iter().map(|p| p.usuario.as_str()).collect();
+    let stmt = conn.preparada(LOTE.0, LOTE.1)?;
+    let text: String = conn
+        .query_one(
+            &stmt,
+            &[
+                &ops,
+                &ids,
+                &isbns,
+                &usuarios,
+                &timeline,
+                &DIAS_PRESTAMO,
+                &DIAS_RENOVACION,
+                &MAX_RENOVACIONES,
+            ],
+        )?
+        .get(0);
+    let salidas: Vec<Salida> =
+        serde_json::from_str(&text).map_err(|e| TxError::Unexpected(format!("{e}: {text}")))?;
+    // A fenced node answers one envelope for the whole batch (nothing done).
+    if let Some(Salida::Cercada { motivo }) = salidas.first() {
+        return Err(TxError::Fenced(motivo.clone()));
+    }
+    if salidas.len() != ps.len() {
+        return Err(TxError::Unexpected(format!(
+            "{} outcomes for {} requests",
+            salidas.len(),
+            ps.len()
+        )));
+    }
+    Ok(salidas
+        .into_iter()
+        .zip(ps.iter().zip(ids))
+        .map(|(s, (p, id))| outcome(s, p, id))
+        .collect())
 }
 
 /// A reply from the database, serialized through [`Respuesta`] so the first

@@ -4,12 +4,13 @@
 //! gets `PeticionInvalida` when it has a return route and is dropped with a
 //! log line when it has none), answers `status` itself and queues everything
 //! else for the workers ([`dispatch`](super::dispatch): straight to an idle
-//! worker, else a bounded queue; full queue: `ServicioOcupado`). Each worker
-//! owns a PUSH socket over inproc back to the front-end's PULL, so no socket
-//! crosses threads; a reply carries the worker's number (it is idle again)
-//! and the job number (which route it goes to). On shutdown the front-end
-//! stops reading, lets the workers finish what was queued and delivers those
-//! replies before returning.
+//! worker, else a bounded queue; a book's writes queue behind its batch in
+//! flight; full queue: `ServicioOcupado`). Each worker owns a PUSH socket
+//! over inproc back to the front-end's PULL, so no socket crosses threads;
+//! one message carries the worker's number (it is idle again) and, for each
+//! job it ran, the job number (which route it goes to) and the reply. On
+//! shutdown the front-end stops reading, lets the workers finish what was
+//! queued and delivers those replies before returning.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::dispatch::{Dispatch, Refused};
+use super::dispatch::{Dispatch, Refused, Work};
 use super::{handler, Shared, StorageError};
 use biblioteca_protocol::{self as protocol, CodigoError, Entrada, Respuesta};
 use biblioteca_runtime::net::{self, Envelope, NetError};
@@ -42,6 +43,12 @@ struct Pending {
 struct Job {
     n: u64,
     entrada: Entrada,
+}
+
+impl Work for Job {
+    fn book(&self) -> Option<&str> {
+        handler::write_book(&self.entrada)
+    }
 }
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
@@ -70,7 +77,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     for i in 0..cfg.workers {
         let push = net::socket(&ctx, zmq::PUSH)?;
         net::connect(&push, &inproc)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Vec<Job>>();
         let shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name(format!("storage-worker-{i}"))
@@ -210,18 +217,23 @@ impl Front {
         }
     }
 
-    fn deliver(&mut self, mut frames: Vec<Vec<u8>>) {
-        let (Some(reply), Some(n), Some(w)) = (frames.pop(), frames.pop(), frames.pop()) else {
+    /// `[worker, job, reply, job, reply, ...]` from a worker.
+    fn deliver(&mut self, frames: Vec<Vec<u8>>) {
+        let number = |f: &[u8]| u64::from_be_bytes(f.try_into().unwrap_or([0xff; 8]));
+        let mut frames = frames.into_iter();
+        let Some(w) = frames.next() else {
             return;
         };
-        let w = u64::from_be_bytes(w.as_slice().try_into().unwrap_or([0xff; 8]));
-        self.dispatch.done(usize::try_from(w).unwrap_or(usize::MAX));
-        let n = u64::from_be_bytes(n.as_slice().try_into().unwrap_or([0xff; 8]));
-        let Some(p) = self.pending.remove(&n) else {
-            tracing::debug!(job = n, "late reply for an expired job dropped");
-            return;
-        };
-        self.send(p.route, &reply);
+        self.dispatch
+            .done(usize::try_from(number(&w)).unwrap_or(usize::MAX));
+        while let (Some(n), Some(reply)) = (frames.next(), frames.next()) {
+            let n = number(&n);
+            let Some(p) = self.pending.remove(&n) else {
+                tracing::debug!(job = n, "late reply for an expired job dropped");
+                continue;
+            };
+            self.send(p.route, &reply);
+        }
     }
 
     fn send(&self, route: Vec<Vec<u8>>, reply: &[u8]) {
@@ -313,31 +325,20 @@ impl Front {
     }
 }
 
-fn worker(me: usize, shared: &Shared, rx: &Receiver<Job>, push: &zmq::Socket) {
+fn worker(me: usize, shared: &Shared, rx: &Receiver<Vec<Job>>, push: &zmq::Socket) {
     let me = (me as u64).to_be_bytes();
     // Ends when the front-end closes the channel.
-    while let Ok(job) = rx.recv() {
-        let op = match &job.entrada {
-            Entrada::Operacion(p) => p.operacion.as_str(),
-            _ => "resultado",
-        };
-        let entrada = job.entrada.clone();
-        // A bug in one request must not take a worker (and its future
-        // requests) down with it.
-        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handler::handle(shared, entrada)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!(job = job.n, "request handler panicked");
-            Respuesta::error(
-                op,
-                CodigoError::AlmacenamientoNoDisponible,
-                "internal error",
-            )
-            .to_bytes()
-        });
-        if let Err(e) = push.send_multipart([&me[..], &job.n.to_be_bytes()[..], &reply], 0) {
-            tracing::error!(error = %e, "cannot hand a reply to the front-end");
+    while let Ok(jobs) = rx.recv() {
+        let numbers: Vec<[u8; 8]> = jobs.iter().map(|j| j.n.to_be_bytes()).collect();
+        let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());
+        frames.push(&me[..]);
+        for (n, reply) in numbers.iter().zip(&replies) {
+            frames.push(&n[..]);
+            frames.push(reply);
+        }
+        if let Err(e) = push.send_multipart(frames, 0) {
+            tracing::error!(error = %e, "cannot hand replies to the front-end");
         }
     }
 }
