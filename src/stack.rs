@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::cluster::OWNER_USER;
 use crate::config::{
-    ActorConfig, CargaConfig, DatabaseConfig, NodeConfig, NodeRole, StorageConfig,
+    ActorConfig, CargaConfig, DatabaseConfig, NodeConfig, NodeRole, Replicacion, StorageConfig,
 };
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use crate::protocol::Operacion;
@@ -82,6 +82,9 @@ pub struct StackSpec {
     pub migrate_as: Option<String>,
     /// The services' CPU scheduling policy (`scheduling` in their configs).
     pub scheduling: Scheduling,
+    /// The storage manager's `replicacion` and `degradar_tras_secs`.
+    pub replicacion: Replicacion,
+    pub degradar_tras_secs: u64,
 }
 
 /// What secures a stack (the demo's `--seguro`, the security tests).
@@ -136,7 +139,28 @@ impl StackSpec {
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
             scheduling: Scheduling::default(),
+            replicacion: Replicacion::default(),
+            degradar_tras_secs: StorageConfig::default().degradar_tras_secs,
         }
+    }
+
+    /// Configures the storage manager with every node of `cluster` under
+    /// its own name (the primary, then each standby), logging in as `app`.
+    pub fn use_cluster(&mut self, cluster: &crate::cluster::Cluster) {
+        self.nodes = cluster
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeConfig {
+                name: n.name.clone(),
+                conninfo: n.conninfo(crate::cluster::APP_USER, crate::cluster::APP_DB),
+                role: if i == 0 {
+                    NodeRole::Primary
+                } else {
+                    NodeRole::Standby
+                },
+            })
+            .collect();
     }
 
     pub fn storage_config(&self) -> StorageConfig {
@@ -150,6 +174,8 @@ impl StackSpec {
             },
             curve: self.security.keys.as_ref().map(HostKeys::storage_curve),
             scheduling: self.scheduling,
+            replicacion: self.replicacion,
+            degradar_tras_secs: self.degradar_tras_secs,
             ..StorageConfig::default()
         }
     }

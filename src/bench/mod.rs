@@ -255,6 +255,8 @@ pub fn run(opts: &Opciones, shutdown: &Shutdown) -> Result<Reporte, BenchError> 
         primary_port: free_port()?,
         standby_port: free_port()?,
         synchronous: true,
+        standbys: 1,
+        quorum: 1,
         keep: opts.conservar,
     })?);
     let ports = StackPorts {

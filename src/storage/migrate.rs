@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "funciones_escritura",
         sql: include_str!("migrations/0004_funciones_escritura.sql"),
     },
+    Migration {
+        version: 5,
+        name: "eventos_replicacion",
+        sql: include_str!("migrations/0005_eventos_replicacion.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

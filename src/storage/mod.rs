@@ -22,6 +22,7 @@ mod migrate;
 mod monitor;
 mod nodes;
 mod ops;
+mod replication;
 pub mod seed;
 mod server;
 
@@ -72,11 +73,15 @@ pub(crate) struct Shared {
     answered: AtomicU64,
     in_flight: AtomicUsize,
     recheck: AtomicBool,
+    /// The degraded-mode record (see [`replication`]).
+    replication: replication::Replication,
 }
 
 impl Shared {
     fn new(backend: nodes::Backend, fencing: fencing::Fencing) -> Shared {
+        let replication = replication::Replication::new(backend.config.state_dir.as_deref());
         Shared {
+            replication,
             backend: RwLock::new(Arc::new(backend)),
             fencing,
             started: Instant::now(),

@@ -361,6 +361,7 @@ pub fn status_reply(shared: &Shared) -> Vec<u8> {
             "workers": backend.config.workers,
             "nodos": backend.nodes_status(),
             "timeline": shared.fencing.newest(),
+            "replicacion": shared.replication.status(backend.config.replicacion),
         }),
     )
     .to_bytes()
