@@ -125,6 +125,10 @@ pub fn fila(s: &Servicio, result: Result<Respuesta, ClientError>) -> Fila {
             row.in_flight = campo(d, &["en_curso", "en_vuelo", "in_flight"]).map(texto);
             row.actors = campo(d, &["actores", "actors"]).map(actores);
             row.db_node = campo(d, &["nodo", "db_node", "node", "primario", "database"]).map(texto);
+            // The storage manager's degraded mode: commits no standby confirms.
+            if d.pointer("/replicacion/estado").and_then(Value::as_str) == Some("degradada") {
+                row.db_node = Some(format!("{} (degradada)", row.db_node.unwrap_or_default()));
+            }
             row.nota = r.mensaje;
         }
     }

@@ -124,6 +124,10 @@ pub struct FailoverConfig {
     /// After `rejoin`, commits wait for the rejoined standby
     /// (`synchronous_standby_names`); false keeps replication asynchronous.
     pub synchronous: bool,
+    /// With several standbys, a commit waits for this many of them
+    /// (`ANY quorum (...)`); `promote` trusts the most advanced reachable
+    /// standby only when at least `standbys - quorum + 1` answer.
+    pub quorum: usize,
 }
 
 impl Default for FailoverConfig {
@@ -137,6 +141,7 @@ impl Default for FailoverConfig {
             catchup_secs: 10,
             streaming_timeout_secs: 120,
             synchronous: true,
+            quorum: 1,
         }
     }
 }
@@ -210,6 +215,9 @@ impl Validate for FailoverConfig {
             && self.storage.pid_file.is_none()
         {
             return invalid("storage.reload = \"pid\" needs storage.pid or storage.pid_file");
+        }
+        if self.quorum == 0 || self.quorum >= self.nodes.len() {
+            return invalid("quorum must be at least 1 and smaller than the number of nodes");
         }
         if self.promote_timeout_secs == 0 || self.storage.status_timeout_ms == 0 {
             return invalid("promote_timeout_secs and storage.status_timeout_ms must be positive");

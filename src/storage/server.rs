@@ -345,10 +345,13 @@ fn worker(me: usize, shared: &Shared, rx: &Receiver<Job>, push: &zmq::Socket) {
 pub fn status_reply(shared: &Shared) -> Vec<u8> {
     let backend = shared.backend();
     let writer = backend.writer().map(|(_, n)| n.cfg.name.clone());
-    let mensaje = match &writer {
+    let mut mensaje = match &writer {
         Some(n) => format!("storage manager up; writes go to {n}"),
         None => "storage manager up; no writable database node".to_string(),
     };
+    if shared.replication.registro().estado == crate::config::EstadoReplicacion::Degradada {
+        mensaje.push_str("; replication degradada: no standby confirms commits");
+    }
     Respuesta::ok(
         "status",
         mensaje,
