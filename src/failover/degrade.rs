@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::storage::query_target;
 use super::{FailoverConfig, FailoverError, Progress, Result};
-use crate::config::{StorageConfig, DEGRADAR_FILE};
+use biblioteca_protocol::config::{StorageConfig, DEGRADAR_FILE};
 
 fn request_file(cfg: &FailoverConfig) -> Result<PathBuf> {
     let path = cfg.storage.config.as_deref().ok_or_else(|| {
@@ -26,7 +26,7 @@ fn request_file(cfg: &FailoverConfig) -> Result<PathBuf> {
             "set storage.config to the storage manager's TOML and run this on its host",
         )
     })?;
-    let storage: StorageConfig = crate::config::parse(path)?;
+    let storage: StorageConfig = biblioteca_protocol::config::parse(path)?;
     let dir = storage.state_dir.ok_or_else(|| {
         FailoverError::stuck(
             format!("{} has no state_dir", path.display()),
@@ -39,15 +39,15 @@ fn request_file(cfg: &FailoverConfig) -> Result<PathBuf> {
 
 /// The storage manager's `replicacion.estado`, if it answers.
 fn estado(cfg: &FailoverConfig) -> Option<(String, Value)> {
-    let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
+    let timeout = cfg.storage.status_timeout;
     let status = query_target(&cfg.storage, timeout).ok().flatten()?;
     let r = status.raw.pointer("/datos/replicacion")?.clone();
     let e = r.get("estado")?.as_str()?.to_string();
     Some((e, r))
 }
 
-fn wait_for(cfg: &FailoverConfig, want: &str, secs: u64) -> Option<Value> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+fn wait_for(cfg: &FailoverConfig, want: &str, wait: Duration) -> Option<Value> {
+    let deadline = Instant::now() + wait;
     loop {
         if let Some((e, r)) = estado(cfg) {
             if e == want {
@@ -73,7 +73,7 @@ pub fn degrade(cfg: &FailoverConfig, progress: &Progress) -> Result<()> {
         "asked the storage manager to switch synchronous replication off ({})",
         file.display()
     ));
-    match wait_for(cfg, "degradada", cfg.storage.wait_secs) {
+    match wait_for(cfg, "degradada", cfg.storage.switch_wait) {
         Some(r) => {
             progress.step(format!(
                 "replication is degradada: {} commits without waiting for a standby (standbys confirmed up to {}); run `biblioteca-failover restore` when they are back",
@@ -84,8 +84,8 @@ pub fn degrade(cfg: &FailoverConfig, progress: &Progress) -> Result<()> {
         }
         None => Err(FailoverError::stuck(
             format!(
-                "the storage manager did not report degradada within {}s",
-                cfg.storage.wait_secs
+                "the storage manager did not report degradada within {:?}",
+                cfg.storage.switch_wait
             ),
             format!("the request {} is in place", file.display()),
             "check `journalctl -u biblioteca-almacenamiento` (is replication synchronous at all? may its role ALTER SYSTEM?); `restore` withdraws the request",
@@ -110,7 +110,7 @@ pub fn restore(cfg: &FailoverConfig, progress: &Progress) -> Result<()> {
     progress.step(
         "waiting for the standbys to stream and replay everything; then synchronous replication is switched back on",
     );
-    match wait_for(cfg, "sincrona", cfg.storage.wait_secs.max(60)) {
+    match wait_for(cfg, "sincrona", cfg.storage.switch_wait.max(Duration::from_secs(60))) {
         Some(_) => {
             progress.step("replication is sincrona again");
             Ok(())

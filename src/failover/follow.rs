@@ -188,7 +188,7 @@ fn repoint_standby(
         "{} re-pointed at {} (primary_conninfo reloaded, slot {slot})",
         s.name, new.name
     ));
-    let wait = Duration::from_secs(cfg.streaming_timeout_secs.min(30));
+    let wait = cfg.streaming_timeout.min(Duration::from_secs(30));
     let deadline = Instant::now() + wait;
     loop {
         let streams = pg::replicas(&mut primary, &new.name)?

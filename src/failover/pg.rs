@@ -326,7 +326,7 @@ pub fn alter_system(c: &mut postgres::Client, name: &str, setting: &str) -> Resu
 /// The `synchronous_standby_names` of a primary whose standbys are
 /// `standbys`: all of them under quorum `ANY k`, or the one by name.
 pub fn sync_names(standbys: &[&str], quorum: usize) -> String {
-    crate::cluster::synchronous_standby_names(standbys, quorum)
+    biblioteca_cluster::synchronous_standby_names(standbys, quorum)
 }
 
 /// The physical replication slot a standby called `node` streams from.

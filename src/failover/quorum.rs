@@ -13,12 +13,12 @@
 //! the application host (it survives the primary): read from the file when
 //! this host has the storage config, else from the storage manager's status.
 
-use std::time::Duration;
-
 use super::pg::{Lsn, Probe, Role};
 use super::storage::query_target;
 use super::{FailoverConfig, FailoverError, Progress, Result};
-use crate::config::{EstadoReplicacion, RegistroReplicacion, StorageConfig, REPLICACION_FILE};
+use biblioteca_protocol::config::{
+    EstadoReplicacion, RegistroReplicacion, StorageConfig, REPLICACION_FILE,
+};
 
 /// The position a standby is judged by: what it received, else replayed.
 pub fn received(p: &Probe) -> Option<Lsn> {
@@ -78,7 +78,7 @@ pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroRepl
         .storage
         .config
         .as_deref()
-        .and_then(|p| crate::config::parse::<StorageConfig>(p).ok())
+        .and_then(|p| biblioteca_protocol::config::parse::<StorageConfig>(p).ok())
         .and_then(|s| s.state_dir)
         .map(|d| d.join(REPLICACION_FILE));
     if let Some(path) = from_file {
@@ -92,7 +92,7 @@ pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroRepl
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
     }
-    let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
+    let timeout = cfg.storage.status_timeout;
     match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => match s.raw.pointer("/datos/replicacion") {
             Some(v) => {

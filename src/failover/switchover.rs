@@ -44,7 +44,7 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
     let mut standbys: Vec<&pg::Probe> = probes
         .iter()
         .filter(|p| p.role == Role::Standby)
-        .filter(|p| wanted.map_or(true, |w| w == p.name))
+        .filter(|p| wanted.is_none_or(|w| w == p.name))
         .collect();
     // Several: the one that replayed the most waits the least.
     standbys.sort_by_key(|p| std::cmp::Reverse(p.replay_lsn));
@@ -187,7 +187,7 @@ fn wait_replayed(
     needed: Lsn,
     progress: &Progress,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(cfg.catchup_secs.max(30));
+    let deadline = Instant::now() + cfg.catchup.max(Duration::from_secs(30));
     loop {
         let p = pg::probe(new, cfg.connect_timeout());
         let replay = p.replay_lsn;

@@ -4,7 +4,7 @@
 //! Every monitor tick looks at the writer's `synchronous_standby_names` and
 //! `pg_stat_replication` on a connection of its own (the pool may be full of
 //! workers waiting for a standby). With `replicacion = "disponible"`, once
-//! fewer standbys stream than the commit needs for `degradar_tras_secs`, or
+//! fewer standbys stream than the commit needs for `degradar_tras`, or
 //! at once when `state_dir/replicacion.degradar` asks for it, synchronous
 //! replication is switched off on the primary (`ALTER SYSTEM`, reload; the
 //! commits that were waiting complete). The fact is written to
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use super::nodes::Backend;
-use crate::config::{
+use biblioteca_protocol::config::{
     EstadoReplicacion, RegistroReplicacion, Replicacion, DEGRADAR_FILE, REPLICACION_FILE,
 };
 
@@ -391,7 +391,7 @@ impl Watch {
                         self.confirm_restored(c, replication, &writer, &obs, &from);
                     } else {
                         let since = *self.missing_since.get_or_insert_with(Instant::now);
-                        let limit = Duration::from_secs(cfg.degradar_tras_secs);
+                        let limit = cfg.degradar_tras;
                         if cfg.replicacion == Replicacion::Disponible && since.elapsed() >= limit {
                             tracing::warn!("the standbys left again before confirming: synchronous replication switched off again");
                             if set_sync_names(c, "").is_ok() {
@@ -419,7 +419,7 @@ impl Watch {
         let decision = decide(
             &registro,
             cfg.replicacion,
-            Duration::from_secs(cfg.degradar_tras_secs),
+            cfg.degradar_tras,
             manual,
             self.missing_since.map(|s| s.elapsed()),
             caught_up,
@@ -432,7 +432,7 @@ impl Watch {
                 &writer,
                 &obs,
                 motivo,
-                cfg.degradar_tras_secs,
+                cfg.degradar_tras.as_secs(),
             ),
             Decision::Restore => self.restore(c, &writer, &registro),
         }
