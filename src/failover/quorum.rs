@@ -119,11 +119,11 @@ pub fn degraded_loss(r: &RegistroReplicacion, target: &str, has: Option<Lsn>) ->
     }
     let primary_at: Option<Lsn> = r.primario_lsn.as_deref().and_then(|l| l.parse().ok());
     let bytes = match (has, primary_at) {
-        (Some(h), Some(p)) => format!(", {} bytes of WAL or more", h.behind(p)),
+        (Some(h), Some(p)) if h < p => format!(", {} bytes of WAL or more", h.behind(p)),
         _ => String::new(),
     };
     Some(format!(
-        "{} writes acknowledged by {} in degraded mode ({} since {}) after the standbys' last confirmed position {}; {target} has up to {}, the old primary wrote at least up to {}{bytes}",
+        "at least {} writes acknowledged by {} in degraded mode ({} since {}) after the standbys' last confirmed position {}; {target} has up to {}, the old primary wrote at least up to {}{bytes}",
         r.escrituras,
         r.primario.as_deref().unwrap_or("the old primary"),
         r.motivo.as_deref().unwrap_or("?"),
@@ -242,7 +242,7 @@ mod tests {
         r.escrituras = 3;
         r.primario_lsn = Some("0/3000100".into());
         let text = degraded_loss(&r, "standby", Some(Lsn(0x3000000))).unwrap();
-        assert!(text.starts_with("3 writes acknowledged"), "{text}");
+        assert!(text.starts_with("at least 3 writes acknowledged"), "{text}");
         assert!(text.contains("256 bytes"), "{text}");
     }
 }
