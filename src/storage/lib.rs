@@ -23,6 +23,7 @@ mod monitor;
 mod nodes;
 mod ops;
 mod replication;
+mod replication_record;
 pub mod seed;
 mod server;
 
@@ -73,12 +74,12 @@ pub(crate) struct Shared {
     in_flight: AtomicUsize,
     recheck: AtomicBool,
     /// The degraded-mode record (see [`replication`]).
-    replication: replication::Replication,
+    replication: replication_record::Replication,
 }
 
 impl Shared {
     fn new(backend: nodes::Backend, fencing: fencing::Fencing) -> Shared {
-        let replication = replication::Replication::new(backend.config.state_dir.as_deref());
+        let replication = replication_record::Replication::new(backend.config.state_dir.as_deref());
         Shared {
             replication,
             backend: RwLock::new(Arc::new(backend)),

@@ -42,7 +42,7 @@ fn p99(secs: &mut [f64]) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn during<'a>(outcomes: &'a [Outcome], from: Instant, to: Instant) -> Vec<&'a Outcome> {
+fn during(outcomes: &[Outcome], from: Instant, to: Instant) -> Vec<&Outcome> {
     outcomes
         .iter()
         .filter(|o| o.sent >= from && o.sent < to)
