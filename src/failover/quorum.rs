@@ -144,7 +144,16 @@ pub fn verify(
     allow: bool,
     progress: &Progress,
 ) -> Result<()> {
-    let standbys = cfg.nodes.len().saturating_sub(1);
+    // The storage config's standbys (a fenced former primary is none); else
+    // every node but the old primary.
+    let standbys = cfg
+        .storage
+        .config
+        .as_deref()
+        .and_then(|p| biblioteca_protocol::config::parse::<StorageConfig>(p).ok())
+        .map(|s| s.database.standbys().count())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| cfg.nodes.len().saturating_sub(1));
     match check(cfg, probes, target, standbys) {
         Ok(fine) => progress.step(fine),
         Err(why) if allow => progress.warn(format!(
