@@ -25,12 +25,16 @@ pub fn received(p: &Probe) -> Option<Lsn> {
     p.receive_lsn.max(p.replay_lsn)
 }
 
-/// The reachable standby that received the most WAL.
+/// The reachable standby that received the most WAL; on a tie the first
+/// in configuration order, so the choice is predictable.
 pub fn best_standby(probes: &[Probe]) -> Option<&Probe> {
     probes
         .iter()
         .filter(|p| p.role == Role::Standby)
-        .max_by_key(|p| received(p))
+        .fold(None, |best: Option<&Probe>, p| match best {
+            Some(b) if received(b) >= received(p) => Some(b),
+            _ => Some(p),
+        })
 }
 
 /// Refuses (unless `allow`) when the reachable standbys cannot prove the
@@ -237,6 +241,8 @@ mod tests {
         // One of two answers with ANY 1: the other may hold the commit.
         assert!(check(&cfg(1), &two[..1], "s1", 2).is_err());
         assert!(check(&cfg(1), &two[..1], "s1", 1).is_ok());
+        let tie = [standby("s1", 100), standby("s2", 100)];
+        assert_eq!(best_standby(&tie).map(|p| p.name.as_str()), Some("s1"));
     }
 
     #[test]
