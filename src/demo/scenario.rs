@@ -168,7 +168,13 @@ pub fn run(demo: &Demo) -> Report {
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    part3(&mut n, primary, standby, &standbys, demo.config.asynchronous);
+    part3(
+        &mut n,
+        primary,
+        standby,
+        &standbys,
+        demo.config.asynchronous,
+    );
     part4(&mut n, (&endpoint, curve), primary, standby);
     super::failover::run(&mut n, demo);
     let r = n.report();
@@ -284,13 +290,7 @@ fn part2(n: &mut Narrator, req: &mut Requester, primary: &Node, standby: &Node) 
     );
 }
 
-fn part3(
-    n: &mut Narrator,
-    primary: &Node,
-    standby: &Node,
-    standbys: &[&str],
-    asynchronous: bool,
-) {
+fn part3(n: &mut Narrator, primary: &Node, standby: &Node, standbys: &[&str], asynchronous: bool) {
     n.section("Part 3: replication health");
     let rep = sql(
         primary,
