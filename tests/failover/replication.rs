@@ -305,3 +305,33 @@ fn promote_after_degraded_writes() {
         "1"
     );
 }
+
+/// Planned switchover with two standbys: the most advanced standby takes
+/// over, the other follows it, the old primary is rejoined, and commits
+/// wait for a quorum of both again.
+#[test]
+fn switchover_with_two_standbys() {
+    let _g = serial();
+    let env = Env::with("switch3", 12, 2, Replicacion::Estricta);
+    assert!(env.request(Operacion::Prestamo, ISBNS[0], "antes").exito);
+    let (ok, out) = env.failover(&["switchover"]);
+    assert!(ok, "{out}");
+    let new = &env.cluster.standbys()[0];
+    assert_eq!(sql(new, "SELECT pg_is_in_recovery()"), "f", "{out}");
+    for follower in ["primary", "standby2"] {
+        wait_until(Duration::from_secs(30), follower, || {
+            Ok(repl_state(new, follower) == "streaming|quorum")
+        })
+        .unwrap_or_else(|e| panic!("{follower}: {e}: {}", repl_state(new, follower)));
+    }
+    assert!(env.request(Operacion::Prestamo, ISBNS[1], "despues").exito);
+    for n in env.cluster.nodes() {
+        wait_until(Duration::from_secs(10), "replicated", || {
+            Ok(sql(
+                n,
+                "SELECT count(*) FROM prestamos WHERE usuario IN ('antes', 'despues')",
+            ) == "2")
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", n.name));
+    }
+}
