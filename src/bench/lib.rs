@@ -279,6 +279,8 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
         primary_port: free_port()?,
         standby_port: free_port()?,
         synchronous: true,
+        standbys: 1,
+        quorum: 1,
         keep: opts.keep,
     })?);
     let ports = StackPorts {

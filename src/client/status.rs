@@ -125,6 +125,10 @@ pub fn row(s: &Service, result: Result<Respuesta, ClientError>) -> StatusRow {
             row.in_flight = field(d, &["en_curso", "en_vuelo", "in_flight"]).map(text);
             row.actors = field(d, &["actores", "actors"]).map(actors);
             row.db_node = field(d, &["nodo", "db_node", "node", "primario", "database"]).map(text);
+            // The storage manager's degraded mode: commits no standby confirms.
+            if d.pointer("/replicacion/estado").and_then(Value::as_str) == Some("degradada") {
+                row.db_node = Some(format!("{} (degradada)", row.db_node.unwrap_or_default()));
+            }
             row.note = r.mensaje;
         }
     }

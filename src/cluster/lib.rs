@@ -1,14 +1,16 @@
-//! Local PostgreSQL primary/standby pairs for the demo, the tests and the
-//! failover tool.
+//! Local PostgreSQL clusters (a primary and one or more streaming standbys)
+//! for the demo, the tests and the failover tool.
 //!
 //! [`Cluster::create`] builds everything inside one directory: `initdb` of the
 //! primary, its settings (loopback only, replication, synchronous commit to the
-//! standby named `standby`), trust authentication on 127.0.0.1, the roles
+//! standby named `standby`, or with several standbys `standby1`..`standbyN`
+//! under quorum commit `ANY k (...)`), trust authentication on 127.0.0.1, the roles
 //! `biblioteca_owner` (owner of database `library` and, once migrated, of its
 //! tables: schema changes run as it), `app` (the services' login: no
-//! ownership, only the row privileges the migrations grant it) and
-//! `replicator`, a physical replication slot,
-//! then the standby by `pg_basebackup -R -S standby`, started and waited for
+//! ownership, only the row privileges the migrations grant it, plus the right
+//! to change `synchronous_standby_names` for the degraded mode) and
+//! `replicator`, a physical replication slot per standby,
+//! then each standby by `pg_basebackup -R -S NAME`, started and waited for
 //! until `pg_stat_replication` shows it streaming (and `sync` when
 //! synchronous). As root every PostgreSQL program runs as `postgres` through
 //! `runuser`, in directories that user owns ([`pg`]). Each [`Node`] can be
@@ -16,9 +18,9 @@
 //! [`Cluster::require_passwords`] switches a created cluster to
 //! `scram-sha-256` with generated passwords ([`auth`]).
 //!
-//! Layout of `dir`: `primary/` and `standby/` (data directories), `run/` (Unix
-//! sockets), `primary.log` and `standby.log` (server logs). Dropping a
-//! [`Cluster`] stops both servers (immediate) and removes `dir` unless
+//! Layout of `dir`: `primary/` and `standby/` (or `standby1/`..) data
+//! directories, `run/` (Unix sockets), `<name>.log` (server logs). Dropping a
+//! [`Cluster`] stops every server (immediate) and removes `dir` unless
 //! [`ClusterSpec::keep`] is set.
 //!
 //! Settings that differ per node (port, socket directory, the synchronous
@@ -35,9 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use node::{wait_until, Node, StopMode, APP_DB, APP_USER, SUPERUSER};
-pub use pg::PgBin;
+pub use pg::{synchronous_standby_names, PgBin};
 
-/// Name of the standby: its `application_name` and its replication slot.
+/// Name of the standby of a one-standby cluster: its `application_name`
+/// and its replication slot (with several: `standby1`, `standby2`, ...).
 pub const STANDBY_NAME: &str = "standby";
 /// Role used by the standby to stream WAL.
 pub const REPLICATION_USER: &str = "replicator";
@@ -80,7 +83,13 @@ pub struct ClusterSpec {
     /// must not contain a previous cluster.
     pub dir: PathBuf,
     pub primary_port: u16,
+    /// The first standby's port; further standbys take the next ports.
     pub standby_port: u16,
+    /// How many standbys (at least 1).
+    pub standbys: usize,
+    /// With several standbys, a commit waits for this many of them
+    /// (`ANY quorum (...)`).
+    pub quorum: usize,
     /// Commits wait for the standby (`synchronous_standby_names = 'standby'`).
     pub synchronous: bool,
     /// Leave servers and files behind on drop (for the demo or debugging).
@@ -94,18 +103,28 @@ impl ClusterSpec {
             dir: dir.into(),
             primary_port: 55432,
             standby_port: 55433,
+            standbys: 1,
+            quorum: 1,
             synchronous: true,
             keep: false,
         }
     }
 }
 
-/// A running primary and streaming standby.
+/// A running primary and its streaming standbys.
 #[derive(Debug)]
 pub struct Cluster {
     spec: ClusterSpec,
     primary: Node,
-    standby: Node,
+    standbys: Vec<Node>,
+}
+
+/// The standbys' names: `standby` alone, else `standby1`..`standbyN`.
+pub fn standby_names(count: usize) -> Vec<String> {
+    match count {
+        0 | 1 => vec![STANDBY_NAME.to_string()],
+        n => (1..=n).map(|i| format!("{STANDBY_NAME}{i}")).collect(),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
@@ -139,9 +158,14 @@ impl Cluster {
             base_dir: dir.clone(),
             pg: pg.clone(),
         };
+        let standbys = standby_names(spec.standbys)
+            .iter()
+            .zip(spec.standby_port..)
+            .map(|(name, port)| node(name, port))
+            .collect();
         let mut cluster = Cluster {
             primary: node("primary", spec.primary_port),
-            standby: node(STANDBY_NAME, spec.standby_port),
+            standbys,
             spec: ClusterSpec {
                 dir,
                 // Until fully built, a failure must not delete the evidence.
@@ -150,7 +174,7 @@ impl Cluster {
             },
         };
         if let Err(e) = cluster.build() {
-            for n in [&cluster.standby, &cluster.primary] {
+            for n in cluster.standbys.iter().chain([&cluster.primary]) {
                 if n.postmaster_pid().is_some() {
                     let _ = n.stop(StopMode::Immediate);
                 }
@@ -207,6 +231,13 @@ impl Cluster {
         self.write_node_conf(p, "")?;
         p.start()?;
         // pg_monitor: the guide reads pg_stat_replication as `app` (part 3).
+        // ALTER SYSTEM on synchronous_standby_names and pg_reload_conf: the
+        // storage manager's degraded mode (docs/failover.md).
+        let slots: String = self
+            .standbys
+            .iter()
+            .map(|s| format!("SELECT pg_create_physical_replication_slot('{}');", s.name))
+            .collect();
         p.sql_as(
             SUPERUSER,
             "postgres",
@@ -214,7 +245,8 @@ impl Cluster {
                 "CREATE ROLE {APP_USER} LOGIN IN ROLE pg_monitor; \
                  CREATE ROLE {OWNER_USER} LOGIN; \
                  CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION; \
-                 SELECT pg_create_physical_replication_slot('{STANDBY_NAME}');"
+                 GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names TO {APP_USER}; \
+                 {slots}"
             ),
         )?;
         p.sql_as(
@@ -222,22 +254,33 @@ impl Cluster {
             "postgres",
             &format!("CREATE DATABASE {APP_DB} OWNER {OWNER_USER}"),
         )?;
-        self.build_standby()?;
+        p.sql_as(
+            SUPERUSER,
+            APP_DB,
+            &format!("GRANT EXECUTE ON FUNCTION pg_reload_conf() TO {APP_USER}"),
+        )?;
+        for s in &self.standbys {
+            self.build_standby(s)?;
+        }
         if self.spec.synchronous {
+            let names: Vec<&str> = self.standbys.iter().map(|s| s.name.as_str()).collect();
             self.write_node_conf(
                 p,
-                &format!("synchronous_standby_names = '{STANDBY_NAME}'\n"),
+                &format!(
+                    "synchronous_standby_names = '{}'\n",
+                    synchronous_standby_names(&names, self.spec.quorum)
+                ),
             )?;
             p.reload()?;
         }
         self.wait_streaming(Duration::from_secs(60))
     }
 
-    fn build_standby(&self) -> Result<(), ClusterError> {
-        let (p, s) = (&self.primary, &self.standby);
+    fn build_standby(&self, s: &Node) -> Result<(), ClusterError> {
+        let p = &self.primary;
         let source = format!(
-            "host=127.0.0.1 port={} user={REPLICATION_USER} application_name={STANDBY_NAME}",
-            p.port
+            "host=127.0.0.1 port={} user={REPLICATION_USER} application_name={}",
+            p.port, s.name
         );
         p.pg.run(
             "pg_basebackup",
@@ -248,7 +291,7 @@ impl Cluster {
                 s.data_dir.as_os_str(),
                 "-R".as_ref(),
                 "-S".as_ref(),
-                STANDBY_NAME.as_ref(),
+                s.name.as_ref(),
                 "-X".as_ref(),
                 "stream".as_ref(),
                 "--no-sync".as_ref(),
@@ -260,7 +303,10 @@ impl Cluster {
         // Later lines win: pin the name the primary's synchronous list expects.
         append(
             &s.data_dir.join("postgresql.auto.conf"),
-            &format!("primary_conninfo = '{source}'\nprimary_slot_name = '{STANDBY_NAME}'\n"),
+            &format!(
+                "primary_conninfo = '{source}'\nprimary_slot_name = '{}'\n",
+                s.name
+            ),
         )?;
         self.write_node_conf(s, "")?;
         s.start()
@@ -280,24 +326,30 @@ impl Cluster {
         n.pg.give(&path)
     }
 
-    /// Waits until the primary reports the standby streaming (and `sync`
-    /// when the cluster is synchronous).
+    /// Waits until the primary reports every standby streaming (and `sync`,
+    /// or `quorum` with several, when the cluster is synchronous).
     pub fn wait_streaming(&self, timeout: Duration) -> Result<(), ClusterError> {
-        let want = if self.spec.synchronous {
-            "streaming|sync"
-        } else {
-            "streaming|async"
+        let want = match (self.spec.synchronous, self.standbys.len()) {
+            (false, _) => "streaming|async",
+            (true, 1) => "streaming|sync",
+            (true, _) => "streaming|quorum",
         };
-        wait_until(timeout, "the standby to stream", || {
-            let state = self.primary.sql_as(
-                SUPERUSER,
-                "postgres",
-                &format!(
-                    "SELECT state || '|' || sync_state FROM pg_stat_replication \
-                     WHERE application_name = '{STANDBY_NAME}'"
-                ),
-            )?;
-            Ok(state == want)
+        wait_until(timeout, "the standbys to stream", || {
+            for s in &self.standbys {
+                let state = self.primary.sql_as(
+                    SUPERUSER,
+                    "postgres",
+                    &format!(
+                        "SELECT state || '|' || sync_state FROM pg_stat_replication \
+                         WHERE application_name = '{}'",
+                        s.name
+                    ),
+                )?;
+                if state != want {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         })
     }
 
@@ -313,13 +365,20 @@ impl Cluster {
         &self.primary
     }
 
+    /// The (first) standby.
     pub fn standby(&self) -> &Node {
-        &self.standby
+        &self.standbys[0]
     }
 
-    /// Both nodes, primary first.
-    pub fn nodes(&self) -> [&Node; 2] {
-        [&self.primary, &self.standby]
+    pub fn standbys(&self) -> &[Node] {
+        &self.standbys
+    }
+
+    /// Every node, primary first.
+    pub fn nodes(&self) -> Vec<&Node> {
+        std::iter::once(&self.primary)
+            .chain(&self.standbys)
+            .collect()
     }
 
     /// Changes whether the directory survives the drop.
@@ -330,7 +389,7 @@ impl Cluster {
     /// Stops both servers (fast) without removing anything.
     pub fn stop(&self) -> Result<(), ClusterError> {
         let mut first_err = None;
-        for n in [&self.standby, &self.primary] {
+        for n in self.standbys.iter().chain([&self.primary]) {
             if n.is_running() {
                 if let Err(e) = n.stop(StopMode::Fast) {
                     first_err.get_or_insert(e);
@@ -346,7 +405,7 @@ impl Drop for Cluster {
         if self.spec.keep {
             return;
         }
-        for n in [&self.standby, &self.primary] {
+        for n in self.standbys.iter().chain([&self.primary]) {
             if n.postmaster_pid().is_some() && n.stop(StopMode::Immediate).is_err() {
                 let _ = n.kill9();
             }

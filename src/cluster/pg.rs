@@ -175,3 +175,41 @@ fn describe(cmd: &Command) -> String {
     }
     s
 }
+
+/// The `synchronous_standby_names` value making commits wait for `quorum`
+/// of `names`: `""` for none, `"a"` for one (PostgreSQL reports it `sync`),
+/// `ANY k ("a", "b", ...)` for several (reported `quorum`).
+pub fn synchronous_standby_names(names: &[&str], quorum: usize) -> String {
+    let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    match names {
+        [] => String::new(),
+        [one] => quoted(one),
+        many => format!(
+            "ANY {} ({})",
+            quorum.clamp(1, many.len()),
+            many.iter()
+                .map(|n| quoted(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_standby_names_by_count() {
+        assert_eq!(synchronous_standby_names(&[], 1), "");
+        assert_eq!(synchronous_standby_names(&["standby"], 1), "\"standby\"");
+        assert_eq!(
+            synchronous_standby_names(&["s1", "s2", "s3"], 2),
+            "ANY 2 (\"s1\", \"s2\", \"s3\")"
+        );
+        assert_eq!(
+            synchronous_standby_names(&["s1", "s2"], 5),
+            "ANY 2 (\"s1\", \"s2\")"
+        );
+    }
+}

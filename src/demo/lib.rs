@@ -53,7 +53,10 @@ pub struct DemoConfig {
     /// Run the reference scenario and exit instead of waiting for Ctrl-C.
     pub scenario: bool,
     pub primary_port: u16,
+    /// The first standby's port; further standbys take the next ports.
     pub standby_port: u16,
+    /// How many standbys; with two or more, commits use quorum `ANY 1`.
+    pub standbys: usize,
     pub ports: StackPorts,
     /// Commit without waiting for the standby (faster, may lose the last
     /// transactions on failover).
@@ -73,6 +76,7 @@ impl Default for DemoConfig {
             scenario: false,
             primary_port: 55432,
             standby_port: 55433,
+            standbys: 1,
             ports: StackPorts::default(),
             asynchronous: false,
             bin_dir: None,
@@ -111,17 +115,24 @@ impl Demo {
             dir: dir.clone(),
             primary_port: config.primary_port,
             standby_port: config.standby_port,
+            standbys: config.standbys.max(1),
+            quorum: 1,
             synchronous: !config.asynchronous,
             keep: config.keep,
         })?;
+        let standbys: Vec<String> = cluster
+            .standbys()
+            .iter()
+            .map(|s| format!("{} on 127.0.0.1:{}", s.name, s.port))
+            .collect();
         println!(
-            "  primary on 127.0.0.1:{}, standby on 127.0.0.1:{} ({} replication), {:.1} s",
+            "  primary on 127.0.0.1:{}, {} ({} replication), {:.1} s",
             config.primary_port,
-            config.standby_port,
-            if config.asynchronous {
-                "asynchronous"
-            } else {
-                "synchronous"
+            standbys.join(", "),
+            match (config.asynchronous, standbys.len()) {
+                (true, _) => "asynchronous",
+                (false, 1) => "synchronous",
+                (false, _) => "synchronous, quorum ANY 1",
             },
             started.elapsed().as_secs_f64()
         );
@@ -131,6 +142,7 @@ impl Demo {
             &cluster.primary().conninfo("app", "library"),
             &cluster.standby().conninfo("app", "library"),
         );
+        spec.use_cluster(&cluster);
         spec.bin_dir = config.bin_dir.clone();
         let passwords = if config.secure {
             let passwords = cluster.require_passwords()?;
@@ -175,15 +187,16 @@ impl Demo {
 
 fn check_ports(config: &DemoConfig) -> Result<(), DemoError> {
     let p = &config.ports;
+    let standbys = (0..config.standbys.max(1) as u16)
+        .map(|i| (config.standby_port.saturating_add(i), "PostgreSQL standby"));
     let wanted = [
         (config.primary_port, "PostgreSQL primary"),
-        (config.standby_port, "PostgreSQL standby"),
         (p.frontend, "load manager, clients"),
         (p.publisher, "load manager, actors"),
         (p.backchannel, "load manager, back-channel"),
         (p.storage, "storage manager"),
     ];
-    for (port, what) in wanted {
+    for (port, what) in wanted.into_iter().chain(standbys) {
         if port_in_use(port) {
             return Err(DemoError::PortInUse { port, what });
         }

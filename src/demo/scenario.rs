@@ -162,7 +162,19 @@ pub fn run(demo: &Demo) -> Report {
     let endpoint = demo.stack.ports().frontend_endpoint();
     let mut req = Requester::with_curve(&endpoint, curve.clone());
     part2(&mut n, &mut req, primary, standby);
-    part3(&mut n, primary, standby, demo.config.asynchronous);
+    let standbys: Vec<&str> = demo
+        .cluster
+        .standbys()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    part3(
+        &mut n,
+        primary,
+        standby,
+        &standbys,
+        demo.config.asynchronous,
+    );
     part4(&mut n, (&endpoint, curve), primary, standby);
     super::failover::run(&mut n, demo);
     let r = n.report();
@@ -278,17 +290,22 @@ fn part2(n: &mut Narrator, req: &mut Requester, primary: &Node, standby: &Node) 
     );
 }
 
-fn part3(n: &mut Narrator, primary: &Node, standby: &Node, asynchronous: bool) {
+fn part3(n: &mut Narrator, primary: &Node, standby: &Node, standbys: &[&str], asynchronous: bool) {
     n.section("Part 3: replication health");
     let rep = sql(
         primary,
-        "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication",
+        "SELECT application_name || ' ' || state || ' ' || sync_state FROM pg_stat_replication ORDER BY application_name",
     );
-    let want = if asynchronous {
-        "standby streaming async"
-    } else {
-        "standby streaming sync"
+    let state = match (asynchronous, standbys.len()) {
+        (true, _) => "async",
+        (false, 1) => "sync",
+        (false, _) => "quorum",
     };
+    let want = standbys
+        .iter()
+        .map(|s| format!("{s} streaming {state}"))
+        .collect::<Vec<_>>()
+        .join("\n");
     n.check(
         "3.2",
         "the standby streams from the primary",

@@ -131,6 +131,10 @@ pub struct FailoverConfig {
     /// After `rejoin`, commits wait for the rejoined standby
     /// (`synchronous_standby_names`); false keeps replication asynchronous.
     pub synchronous: bool,
+    /// With several standbys, a commit waits for this many of them
+    /// (`ANY quorum (...)`); `promote` trusts the most advanced reachable
+    /// standby only when at least `standbys - quorum + 1` answer.
+    pub quorum: usize,
 }
 
 impl Default for FailoverConfig {
@@ -144,6 +148,7 @@ impl Default for FailoverConfig {
             catchup: Duration::from_secs(10),
             streaming_timeout: Duration::from_secs(120),
             synchronous: true,
+            quorum: 1,
         }
     }
 }
@@ -215,6 +220,9 @@ impl Validate for FailoverConfig {
             && self.storage.pid_file.is_none()
         {
             return invalid("storage.reload = \"pid\" needs storage.pid or storage.pid_file");
+        }
+        if self.quorum == 0 || self.quorum >= self.nodes.len() {
+            return invalid("quorum must be at least 1 and smaller than the number of nodes");
         }
         if self.promote_timeout.is_zero() || self.storage.status_timeout.is_zero() {
             return invalid("promote_timeout and storage.status_timeout must be positive");

@@ -11,9 +11,12 @@
 //! and what to do next ([`FailoverError::Stuck`]).
 
 pub mod config;
+pub mod degrade;
+pub mod follow;
 pub mod local;
 pub mod pg;
 pub mod promote;
+pub mod quorum;
 pub mod rejoin;
 pub mod status;
 pub mod storage;

@@ -323,9 +323,10 @@ pub fn alter_system(c: &mut postgres::Client, name: &str, setting: &str) -> Resu
         .map_err(FailoverError::db(name))
 }
 
-/// A `synchronous_standby_names` value naming exactly `node`.
-pub fn sync_name(node: &str) -> String {
-    format!("\"{node}\"")
+/// The `synchronous_standby_names` of a primary whose standbys are
+/// `standbys`: all of them under quorum `ANY k`, or the one by name.
+pub fn sync_names(standbys: &[&str], quorum: usize) -> String {
+    biblioteca_cluster::synchronous_standby_names(standbys, quorum)
 }
 
 /// The physical replication slot a standby called `node` streams from.

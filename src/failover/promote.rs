@@ -72,6 +72,12 @@ pub fn promote(
             target.name
         ));
     } else {
+        let old_alive = old
+            .and_then(|o| find(&probes, &o.name))
+            .is_some_and(|p| p.role == Role::Primary);
+        if !old_alive {
+            super::quorum::verify(cfg, &probes, &target.name, opts.allow_data_loss, progress)?;
+        }
         check_no_data_loss(
             cfg,
             target,
@@ -144,20 +150,14 @@ fn pick_target<'a>(
         }
         return Ok(node);
     }
-    let standbys: Vec<&Probe> = probes.iter().filter(|p| p.role == Role::Standby).collect();
-    match standbys.as_slice() {
-        [one] => cfg.node(&one.name).ok_or_else(|| {
+    match super::quorum::best_standby(probes) {
+        Some(best) => cfg.node(&best.name).ok_or_else(|| {
             FailoverError::stuck("probe named an unknown node", "nothing was changed", "report a bug")
         }),
-        [] => Err(FailoverError::stuck(
+        None => Err(FailoverError::stuck(
             "no reachable standby to promote",
             "nothing was changed",
             "run `biblioteca-failover status`; start the standby, or if a previous promote stopped half-way, run promote --node NAME",
-        )),
-        many => Err(FailoverError::stuck(
-            format!("{} standbys are reachable", many.len()),
-            "nothing was changed",
-            "choose one with --node NAME",
         )),
     }
 }
@@ -481,6 +481,9 @@ pub fn finish_promotion(
             shown(deltas[1])
         ));
     }
+    // Before the storage manager writes again: with standbys following,
+    // the first acknowledged loans are on them too.
+    super::follow::follow(cfg, target, old, progress)?;
     storage::repoint(cfg, &target.name, old, progress)?;
     let total_secs = progress.elapsed_secs();
     progress.step(format!(

@@ -74,12 +74,19 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
     }
     let mut c = pg::connect(primary, cfg.connect_timeout())?;
     if cfg.synchronous {
+        // Every other configured node is one of the primary's standbys.
+        let standbys: Vec<&str> = cfg
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .filter(|n| *n != primary.name)
+            .collect();
+        let names = pg::sync_names(&standbys, cfg.quorum);
         progress.step(format!(
-            "synchronous_standby_names = {} on {}: commits wait for {name} again",
-            pg::sync_name(name),
+            "synchronous_standby_names = {names} on {}: commits wait for {name} again",
             primary.name
         ));
-        pg::set_sync_standbys(&mut c, &primary.name, &pg::sync_name(name))?;
+        pg::set_sync_standbys(&mut c, &primary.name, &names)?;
     } else {
         progress.step("synchronous = false: replication stays asynchronous");
     }
@@ -96,6 +103,24 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
         progress.elapsed_secs()
     ));
     Ok(())
+}
+
+/// Rewinds (or copies) `node` from `primary` and starts it as its standby.
+pub fn rebuild_standby(
+    cfg: &FailoverConfig,
+    node: &FailoverNode,
+    primary: &FailoverNode,
+    progress: &Progress,
+) -> Result<()> {
+    let local = Local::new(cfg)?;
+    rebuild(
+        cfg,
+        &local,
+        node,
+        primary,
+        &pg::slot_name(&node.name),
+        progress,
+    )
 }
 
 /// Whether the primary shows `name` streaming in `pg_stat_replication`.

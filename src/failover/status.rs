@@ -174,5 +174,35 @@ pub fn render(report: &Report) -> String {
         "storage manager ({}): {storage}",
         report.storage.endpoint
     );
+    if let Some(line) = report
+        .storage
+        .reply
+        .as_ref()
+        .and_then(|r| r.pointer("/datos/replicacion"))
+        .map(replication_line)
+    {
+        let _ = writeln!(out, "{line}");
+    }
     out
+}
+
+/// The storage manager's `replicacion` in one line.
+pub fn replication_line(r: &serde_json::Value) -> String {
+    let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+    if text("estado") == "degradada" {
+        format!(
+            "replication: degradada ({}, since unix time {}): {} commits without a standby; {} writes acknowledged since; standbys confirmed up to {}",
+            text("motivo"),
+            r.get("desde_unix").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            text("primario"),
+            r.get("escrituras_degradadas").and_then(serde_json::Value::as_u64).unwrap_or(0),
+            text("standby_lsn"),
+        )
+    } else {
+        format!(
+            "replication: {} (replicacion = {})",
+            text("estado"),
+            text("modo")
+        )
+    }
 }

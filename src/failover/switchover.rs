@@ -41,14 +41,15 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
             ))
         }
     };
-    let standbys: Vec<&str> = probes
+    let mut standbys: Vec<&pg::Probe> = probes
         .iter()
         .filter(|p| p.role == Role::Standby)
-        .map(|p| p.name.as_str())
-        .filter(|n| wanted.is_none_or(|w| w == *n))
+        .filter(|p| wanted.is_none_or(|w| w == p.name))
         .collect();
+    // Several: the one that replayed the most waits the least.
+    standbys.sort_by_key(|p| std::cmp::Reverse(p.replay_lsn));
     let target = match standbys.as_slice() {
-        [one] => one.to_string(),
+        [first, ..] => first.name.clone(),
         [] => {
             return Err(FailoverError::stuck(
                 match wanted {
@@ -57,13 +58,6 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
                 },
                 "nothing was changed",
                 "run `biblioteca-failover status`",
-            ))
-        }
-        _ => {
-            return Err(FailoverError::stuck(
-                "several standbys are reachable",
-                "nothing was changed",
-                "choose one with --node NAME",
             ))
         }
     };

@@ -220,7 +220,69 @@ pub struct StorageConfig {
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<StorageCurve>,
+    /// What happens when the synchronous standbys are gone (see
+    /// [`Replicacion`]); `disponible` needs `state_dir`.
+    pub replicacion: Replicacion,
+    /// In `disponible`, how long the synchronous standbys may be missing
+    /// before synchronous replication is switched off.
+    #[serde(with = "humantime_serde")]
+    pub degradar_tras: Duration,
 }
+
+/// The storage manager's answer to "the synchronous standby is gone".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replicacion {
+    /// Writes wait until enough synchronous standbys are back.
+    #[default]
+    Estricta,
+    /// After `degradar_tras` without them, the primary commits alone
+    /// (recorded, and switched back once a standby has caught up).
+    Disponible,
+}
+
+/// The storage manager's record of the degraded mode, kept as JSON in
+/// `state_dir/`[`REPLICACION_FILE`] on the application host so it survives
+/// the primary; `biblioteca-failover promote` reads it to know whether
+/// writes were acknowledged that no standby has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistroReplicacion {
+    /// `sincrona` or `degradada`.
+    pub estado: EstadoReplicacion,
+    /// `automatica` (standbys gone for `degradar_tras`) or `manual`
+    /// (`biblioteca-failover degrade`).
+    pub motivo: Option<String>,
+    /// Seconds since the epoch when the current state began.
+    pub desde_unix: Option<u64>,
+    /// The primary that commits without a standby.
+    pub primario: Option<String>,
+    /// Its `synchronous_standby_names` before degrading (restored after).
+    pub nombres_sincronos: Option<String>,
+    /// The last WAL position the synchronous standbys confirmed (flushed)
+    /// before they were gone.
+    pub standby_lsn: Option<String>,
+    /// The primary's WAL position when last seen while degraded.
+    pub primario_lsn: Option<String>,
+    /// Writes acknowledged while degraded (at least this many; the first
+    /// is on disk before its reply leaves).
+    pub escrituras: u64,
+}
+
+/// Whether commits wait for the synchronous standbys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstadoReplicacion {
+    #[default]
+    Sincrona,
+    Degradada,
+}
+
+/// [`RegistroReplicacion`]'s file in the storage manager's `state_dir`.
+pub const REPLICACION_FILE: &str = "replicacion.json";
+/// Present while an operator asks for the degraded mode
+/// (`biblioteca-failover degrade`; `restore` removes it).
+pub const DEGRADAR_FILE: &str = "replicacion.degradar";
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -232,6 +294,8 @@ impl Default for StorageConfig {
             database: DatabaseConfig::default(),
             scheduling: Scheduling::default(),
             curve: None,
+            replicacion: Replicacion::Estricta,
+            degradar_tras: Duration::from_secs(5),
         }
     }
 }
@@ -244,6 +308,9 @@ impl Validate for StorageConfig {
         }
         if self.max_queue == 0 {
             return invalid("max_queue must be at least 1");
+        }
+        if self.replicacion == Replicacion::Disponible && self.state_dir.is_none() {
+            return invalid("replicacion = \"disponible\" needs state_dir (the degraded-mode record lives there)");
         }
         let db = &self.database;
         if db.pool_size == 0 {

@@ -17,7 +17,8 @@ use std::time::Duration;
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use biblioteca_cluster::OWNER_USER;
 use biblioteca_protocol::config::{
-    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, StorageConfig,
+    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, Replicacion,
+    StorageConfig,
 };
 use biblioteca_protocol::Operacion;
 use biblioteca_runtime::sched::Scheduling;
@@ -84,6 +85,9 @@ pub struct StackSpec {
     pub migrate_as: Option<String>,
     /// The services' CPU scheduling policy (`scheduling` in their configs).
     pub scheduling: Scheduling,
+    /// The storage manager's `replicacion` and `degradar_tras`.
+    pub replicacion: Replicacion,
+    pub degradar_tras: std::time::Duration,
 }
 
 /// What secures a stack (the demo's `--seguro`, the security tests).
@@ -138,7 +142,28 @@ impl StackSpec {
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
             scheduling: Scheduling::default(),
+            replicacion: Replicacion::default(),
+            degradar_tras: StorageConfig::default().degradar_tras,
         }
+    }
+
+    /// Configures the storage manager with every node of `cluster` under
+    /// its own name (the primary, then each standby), logging in as `app`.
+    pub fn use_cluster(&mut self, cluster: &biblioteca_cluster::Cluster) {
+        self.nodes = cluster
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeConfig {
+                name: n.name.clone(),
+                conninfo: n.conninfo(biblioteca_cluster::APP_USER, biblioteca_cluster::APP_DB),
+                role: if i == 0 {
+                    NodeRole::Primary
+                } else {
+                    NodeRole::Standby
+                },
+            })
+            .collect();
     }
 
     pub fn storage_config(&self) -> StorageConfig {
@@ -152,6 +177,8 @@ impl StackSpec {
             },
             curve: self.security.keys.as_ref().map(HostKeys::storage_curve),
             scheduling: self.scheduling,
+            replicacion: self.replicacion,
+            degradar_tras: self.degradar_tras,
             ..StorageConfig::default()
         }
     }

@@ -190,7 +190,10 @@ pub(super) fn write_as(shared: &Shared, p: &Peticion, id: String) -> Vec<u8> {
             }
         };
         match ops::apply_write(&mut conn, p, &id, shared.fencing.newest()) {
-            Ok(bytes) => return bytes,
+            Ok(bytes) => {
+                shared.replication.note_write();
+                return bytes;
+            }
             Err(TxError::IdReused(msg)) => {
                 return Respuesta::error(op, CodigoError::PeticionInvalida, msg)
                     .with_id(Some(id))

@@ -23,6 +23,8 @@ mod migrate;
 mod monitor;
 mod nodes;
 mod ops;
+mod replication;
+mod replication_record;
 pub mod seed;
 mod server;
 
@@ -72,11 +74,15 @@ pub(crate) struct Shared {
     answered: AtomicU64,
     in_flight: AtomicUsize,
     recheck: AtomicBool,
+    /// The degraded-mode record (see [`replication`]).
+    replication: replication_record::Replication,
 }
 
 impl Shared {
     fn new(backend: nodes::Backend, fencing: fencing::Fencing) -> Shared {
+        let replication = replication_record::Replication::new(backend.config.state_dir.as_deref());
         Shared {
+            replication,
             backend: RwLock::new(Arc::new(backend)),
             fencing,
             started: Instant::now(),

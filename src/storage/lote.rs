@@ -63,6 +63,10 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
         };
         let e = match ops::apply_batch(&mut conn, &ps, &ids, shared.fencing.newest()) {
             Ok(outcomes) => {
+                // Committed: recorded (in degraded mode) before any reply leaves.
+                for _ in &outcomes {
+                    shared.replication.note_write();
+                }
                 return outcomes
                     .into_iter()
                     .zip(ps.iter().zip(&ids))

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "lote",
         sql: include_str!("migrations/0005_lote.sql"),
     },
+    Migration {
+        version: 6,
+        name: "eventos_replicacion",
+        sql: include_str!("migrations/0006_eventos_replicacion.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

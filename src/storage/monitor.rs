@@ -31,6 +31,8 @@ type ProbeResult = Result<(bool, u32), String>;
 #[derive(Default)]
 pub struct Probes {
     clients: HashMap<(String, String), postgres::Client>,
+    /// The writer's synchronous replication (the degraded mode).
+    watch: super::replication::Watch,
 }
 
 fn probe_one(
@@ -127,6 +129,7 @@ impl Probes {
 pub fn refresh(shared: &Shared, probes: &mut Probes) {
     let backend = shared.backend();
     refresh_backend(shared, &backend, probes);
+    probes.watch.tick(&backend, &shared.replication);
 }
 
 fn refresh_backend(shared: &Shared, backend: &Backend, probes: &mut Probes) {

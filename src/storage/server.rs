@@ -347,10 +347,15 @@ fn worker(me: usize, shared: &Shared, rx: &Receiver<Vec<Job>>, push: &zmq::Socke
 pub fn status_reply(shared: &Shared) -> Vec<u8> {
     let backend = shared.backend();
     let writer = backend.writer().map(|(_, n)| n.cfg.name.clone());
-    let mensaje = match &writer {
+    let mut mensaje = match &writer {
         Some(n) => format!("storage manager up; writes go to {n}"),
         None => "storage manager up; no writable database node".to_string(),
     };
+    if shared.replication.registro().estado
+        == biblioteca_protocol::config::EstadoReplicacion::Degradada
+    {
+        mensaje.push_str("; replication degradada: no standby confirms commits");
+    }
     Respuesta::ok(
         "status",
         mensaje,
@@ -363,6 +368,7 @@ pub fn status_reply(shared: &Shared) -> Vec<u8> {
             "workers": backend.config.workers,
             "nodos": backend.nodes_status(),
             "timeline": shared.fencing.newest(),
+            "replicacion": shared.replication.status(backend.config.replicacion),
         }),
     )
     .to_bytes()

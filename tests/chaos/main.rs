@@ -205,6 +205,8 @@ fn faults_in_turn_keep_the_history_consistent() {
         primary_port: p[0],
         standby_port: p[1],
         synchronous: true,
+        standbys: 1,
+        quorum: 1,
         keep: false,
     })
     .unwrap_or_else(|e| panic!("cluster: {e}"));

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use biblioteca_client::pirate::Client;
 use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, Node};
-use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::config::{ClientConfig, Replicacion};
 use biblioteca_protocol::{Operacion, Peticion, Respuesta};
 use biblioteca_stack::launch::{find_binary, port_in_use};
 use biblioteca_stack::{Stack, StackPorts, StackSpec};
+
+/// The storage manager's `degradar_tras` in this suite.
+pub const DEGRADAR_TRAS: Duration = Duration::from_secs(3);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -48,12 +51,19 @@ fn pick(base: u16) -> u16 {
 impl Env {
     /// `slot` (0..9) separates the ports of the suite's tests.
     pub fn new(tag: &str, slot: u16) -> Env {
+        Env::with(tag, slot, 1, Replicacion::Estricta)
+    }
+
+    /// `standbys` standbys (quorum `ANY 1` with several) and the storage
+    /// manager's `replicacion` (`degradar_tras` 3 s).
+    pub fn with(tag: &str, slot: u16, standbys: usize, replicacion: Replicacion) -> Env {
         let dir = std::env::temp_dir().join(format!("bib-failover-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         // Everything lives in the cluster's directory, which its drop removes.
         let mut spec = ClusterSpec::new(&dir);
         spec.primary_port = pick(26400 + slot * 10);
         spec.standby_port = pick(spec.primary_port + 1);
+        spec.standbys = standbys;
         let cluster = Cluster::create(spec).unwrap_or_else(|e| panic!("cluster: {e}"));
         let base = 27400 + slot * 10;
         let ports = StackPorts {
@@ -70,6 +80,9 @@ impl Env {
             &s.conninfo("app", "library"),
         );
         stack_spec.deadline = Duration::from_millis(4000);
+        stack_spec.use_cluster(&cluster);
+        stack_spec.replicacion = replicacion;
+        stack_spec.degradar_tras = DEGRADAR_TRAS;
         let stack = Stack::start(stack_spec).unwrap_or_else(|e| panic!("stack: {e}"));
         let mut env = Env {
             failover_toml: dir.join("failover.toml"),
@@ -102,10 +115,9 @@ impl Env {
             )
         };
         let pid = self.stack().storage.pid().expect("storage pid");
+        let nodes: String = self.cluster.nodes().into_iter().map(node).collect();
         let text = format!(
-            "catchup = \"3s\"\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nswitch_wait = \"30s\"\n",
-            node(self.cluster.primary()),
-            node(self.cluster.standby()),
+            "catchup = \"3s\"\n\n{nodes}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nswitch_wait = \"30s\"\n",
             self.ports.storage_endpoint(),
             self.storage_config_path().display(),
         );

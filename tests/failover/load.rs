@@ -6,10 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use biblioteca_cluster::Node;
-use biblioteca_protocol::Operacion;
+use biblioteca_protocol::{CodigoError, Operacion};
 
 use crate::env::{copies, peticion, sql, Env, ISBNS};
 
@@ -19,6 +19,12 @@ pub struct Outcome {
     pub op: Operacion,
     pub usuario: String,
     pub exito: bool,
+    /// When the request was sent and how long its answer took.
+    pub sent: Instant,
+    pub secs: f64,
+    /// The client saw no outcome, or the service could not serve it (as
+    /// opposed to a business answer such as no copies left).
+    pub failed: bool,
 }
 
 pub struct Load {
@@ -53,13 +59,29 @@ impl Load {
                             Operacion::Devolucion,
                         ] {
                             let id = format!("{usuario}-{op}");
+                            let sent = Instant::now();
                             let r = client.request(&peticion(op, isbn, &usuario, Some(id.clone())));
+                            let secs = sent.elapsed().as_secs_f64();
                             let exito = matches!(&r, Ok(r) if r.exito);
+                            let failed = match &r {
+                                Err(_) => true,
+                                Ok(r) => matches!(
+                                    r.error,
+                                    Some(
+                                        CodigoError::AlmacenamientoNoDisponible
+                                            | CodigoError::ServicioNoDisponible
+                                            | CodigoError::ServicioOcupado
+                                    )
+                                ),
+                            };
                             outcomes.lock().unwrap().push(Outcome {
                                 id,
                                 op,
                                 usuario: usuario.clone(),
                                 exito,
+                                sent,
+                                secs,
+                                failed,
                             });
                         }
                         k += 1;

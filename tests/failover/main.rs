@@ -8,6 +8,7 @@
 
 mod env;
 mod load;
+mod replication;
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,7 @@
 #
 #   db1  10.77.0.11  PostgreSQL primary   (db_primary)
 #   db2  10.77.0.12  PostgreSQL standby   (db_standby)
+#   db3  10.77.0.13  second standby: quorum commit ANY 1 (db_standby)
 #   app  10.77.0.21  storage manager + load manager (almacenamiento, carga)
 #   act  10.77.0.22  the three actors + the client (actores, clients)
 #
@@ -33,8 +34,8 @@ LAB=${LAB_DIR:-/var/lib/biblioteca-lab}
 LOGS=${LAB_LOGS:-/tmp/biblioteca-lab-logs}
 BUILD_DIR=${BUILD_DIR:-$ROOT/target/debug}
 NET=10.77.0
-declare -A ADDR=([db1]=11 [db2]=12 [app]=21 [act]=22)
-HOSTS=(db1 db2 app act)
+declare -A ADDR=([db1]=11 [db2]=12 [db3]=13 [app]=21 [act]=22)
+HOSTS=(db1 db2 db3 app act)
 PASSED=0
 FAILED=0
 
@@ -209,6 +210,7 @@ inventory() {
         echo "db1 ansible_host=$NET.11 ansible_nsenter_pid=$(init_pid db1) biblioteca_pg_node_name=primary"
         echo "[db_standby]"
         echo "db2 ansible_host=$NET.12 ansible_nsenter_pid=$(init_pid db2) biblioteca_pg_node_name=standby"
+        echo "db3 ansible_host=$NET.13 ansible_nsenter_pid=$(init_pid db3) biblioteca_pg_node_name=standby2"
         echo "[almacenamiento]"
         echo "app ansible_host=$NET.21 ansible_nsenter_pid=$(init_pid app)"
         echo "[carga]"
@@ -238,7 +240,7 @@ EOF
 
 playbook() {
     ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ansible-playbook \
-        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" "$ROOT/ansible/$1" >"$LOGS/$2.log" 2>&1
+        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" "${@:3}" "$ROOT/ansible/$1" >"$LOGS/$2.log" 2>&1
     local rc=$?
     sed -n '/PLAY RECAP/,$p' "$LOGS/$2.log" >&2
     return $rc
@@ -284,7 +286,46 @@ services_batch_scheduled() {
 }
 
 replicating_synchronously() {
-    [[ $(sql db1 "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby'") == sync ]]
+    [[ $(sql db1 "SELECT string_agg(application_name || ':' || sync_state, ',' ORDER BY application_name) FROM pg_stat_replication") == standby:quorum,standby2:quorum ]]
+}
+
+# ---------------------------------------------------------------- quorum
+
+# db3's container dies and boots again while a client borrows and returns
+# (until db3 streams again): with ANY 1 (standby, standby2) no write fails.
+reboot_standby_under_load() {
+    local isbns=(978-0134685991 978-0135957059 978-0596007126 978-1491950357) out=$LAB/reboot-load.out
+    local flag=$LAB/reboot-load.run pid load n ok
+    : >"$flag"
+    (
+        i=0
+        while [[ -f $flag ]]; do
+            client prestamo "${isbns[$((i % 4))]}" "usuario_reinicio_$i" >/dev/null || echo "FAIL prestamo $i"
+            client devolucion "${isbns[$((i % 4))]}" "usuario_reinicio_$i" >/dev/null || echo "FAIL devolucion $i"
+            i=$((i + 1))
+        done
+        echo "DONE $i"
+    ) >"$out" 2>&1 &
+    load=$!
+    sleep 1
+    pid=$(cat "$LAB/db3.pid")
+    kill -9 "$(init_pid db3)"
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    boot db3
+    eventually 90 replicating_synchronously
+    ok=$?
+    rm -f "$flag"
+    wait "$load"
+    grep -v '^DONE' "$out" >&2 || true
+    n=$(sed -n 's/^DONE //p' "$out")
+    log "$n loans and returns while db3 was down and rebooting"
+    [[ $ok -eq 0 ]] && ! grep -q FAIL "$out" && [[ ${n:-0} -ge 3 ]] &&
+        [[ $(sql db1 "SELECT count(*) FROM prestamos WHERE usuario LIKE 'usuario_reinicio_%' AND estado = 'DEVUELTO'") == "$n" ]]
+}
+
+# After the failover to db2, db3 streams from it and counts for commits.
+standby2_follows() {
+    [[ $(sql db2 "SELECT state || ':' || sync_state FROM pg_stat_replication WHERE application_name = 'standby2'") =~ ^streaming:(sync|quorum)$ ]]
 }
 
 catalogue() { [[ $(sql db1 "SELECT count(*) FROM libros") == 4 ]]; }
@@ -418,7 +459,7 @@ check "site.yml deploys" playbook site.yml site-1
 check "second site.yml run reports changed=0" second_run_changes_nothing
 check "every service active" eventually 60 units_active
 check "every service thread runs under SCHED_BATCH" eventually 30 services_batch_scheduled
-check "primary replicates synchronously to standby" eventually 60 replicating_synchronously
+check "primary replicates to both standbys under quorum commit" eventually 60 replicating_synchronously
 check "the guide's catalogue is seeded" eventually 30 catalogue
 check "schema owned by biblioteca_owner, migrated by biblioteca-migrate.service" schema_owned_by_owner
 check "CURVE on every endpoint, plaintext client refused" curve_everywhere
@@ -427,12 +468,14 @@ check "secrets only in root-only files and credentials" secrets_in_files_only
 phase "scenario"
 check "consulta, prestamo, replication, 2 renewals, refused 3rd, devolucion" loan_flow
 check "ten loans, replicated" ten_loans
+check "db3 (a standby) dies and reboots under load: no write fails" reboot_standby_under_load
 LIBROS=$(sql db1 "SELECT count(*) FROM libros")
 PRESTAMOS=$(sql db1 "SELECT count(*) FROM prestamos")
 
 phase "crashing db1 and failing over"
 crash_primary
-check "failover.yml promotes the standby" playbook failover.yml failover
+check "failover.yml promotes the standby" playbook failover.yml failover -e biblioteca_failover_node=standby
+check "standby2 follows the promoted node" eventually 60 standby2_follows
 check "standby left recovery" eventually 30 promoted
 check "nothing lost ($LIBROS libros, $PRESTAMOS prestamos)" \
     test "$(sql db2 "SELECT count(*) FROM libros")/$(sql db2 "SELECT count(*) FROM prestamos")" = "$LIBROS/$PRESTAMOS"

@@ -26,8 +26,13 @@ struct Args {
     scenario: bool,
     #[arg(long, default_value_t = 55432)]
     primary_port: u16,
+    /// The first standby's port; further standbys take the next ports.
     #[arg(long, default_value_t = 55433)]
     standby_port: u16,
+    /// How many standbys (1 to 9); with two or more the primary commits
+    /// once any one of them has the transaction (quorum `ANY 1`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    standbys: u8,
     /// Commit without waiting for the standby (faster; the newest loans can be
     /// lost in a failover).
     #[arg(long)]
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         scenario: args.scenario,
         primary_port: args.primary_port,
         standby_port: args.standby_port,
+        standbys: usize::from(args.standbys),
         ports: StackPorts::default(),
         asynchronous: args.asynchronous,
         bin_dir: args.bin_dir,

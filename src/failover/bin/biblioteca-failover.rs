@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use biblioteca_failover::promote::{promote, PromoteOptions};
-use biblioteca_failover::{rejoin, status, switchover, FailoverConfig, Progress};
+use biblioteca_failover::{degrade, rejoin, status, switchover, FailoverConfig, Progress};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,7 +40,8 @@ enum Command {
     },
     /// Promote a standby after the primary failed, then re-point the storage manager.
     Promote {
-        /// The standby to promote (default: the only reachable standby).
+        /// The standby to promote (default: the reachable standby that
+        /// received the most WAL).
         #[arg(long)]
         node: Option<String>,
         /// Promote even if the standby has not replayed everything the old
@@ -58,10 +59,18 @@ enum Command {
     /// Planned swap with both nodes up: hold writes, wait for the standby to
     /// replay everything, promote it, rejoin the old primary as its standby.
     Switchover {
-        /// The standby to promote (default: the only reachable standby).
+        /// The standby to promote (default: the streaming standby that
+        /// replayed the most).
         #[arg(long)]
         node: Option<String>,
     },
+    /// Switch synchronous replication off by hand (planned work on the
+    /// standbys): the storage manager does it, records it and reports
+    /// `degradada` until `restore`.
+    Degrade,
+    /// Withdraw `degrade`: synchronous replication comes back once enough
+    /// standbys stream and have replayed everything.
+    Restore,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +123,8 @@ fn main() -> ExitCode {
         .map(|_| ()),
         Command::Rejoin { node } => rejoin::rejoin(&cfg, &node, &progress),
         Command::Switchover { node } => switchover::switchover(&cfg, node.as_deref(), &progress),
+        Command::Degrade => degrade::degrade(&cfg, &progress),
+        Command::Restore => degrade::restore(&cfg, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
