@@ -205,6 +205,10 @@ pub struct StorageConfig {
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<StorageCurve>,
+    /// Not a key: the file that set the nodes' roles, the main file or the
+    /// failover tool's drop-in (see `config_roles`).
+    #[serde(skip)]
+    pub roles_from: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -217,6 +221,7 @@ impl Default for StorageConfig {
             database: DatabaseConfig::default(),
             scheduling: Scheduling::default(),
             curve: None,
+            roles_from: None,
         }
     }
 }

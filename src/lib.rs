@@ -10,6 +10,8 @@
 //!
 //! - [`protocol`]: every message on every socket, parsing and validation.
 //! - [`config`]: TOML configuration of each service (`parse` / `parse_reader`).
+//! - [`config_roles`]: the failover tool's roles drop-in over the storage
+//!   manager's configuration.
 //! - [`shutdown`]: the stop/reload flags handed to every `run` function, and
 //!   the signal loop that drives them.
 //! - [`logging`], [`notify`]: tracing setup (journald or stderr) and sd-notify.
@@ -41,6 +43,7 @@ pub mod carga;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod config_roles;
 pub mod demo;
 pub mod failover;
 pub mod launch;

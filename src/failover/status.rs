@@ -36,6 +36,10 @@ pub struct StorageView {
     pub reachable: bool,
     /// The node it writes to (`datos.nodo`).
     pub serving_from: Option<String>,
+    /// The file that set its nodes' roles, as it reports it (`datos.roles_from`).
+    pub roles_from: Option<String>,
+    /// The same, as read here from `storage.config` and its roles drop-in.
+    pub roles_on_disk: Option<String>,
     pub reply: Option<serde_json::Value>,
 }
 
@@ -104,17 +108,36 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
     let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
+    let roles_on_disk =
+        cfg.storage
+            .config
+            .as_deref()
+            .map(|main| match crate::config_roles::load_storage(main) {
+                Ok(l) => l
+                    .config
+                    .roles_from
+                    .map_or_else(|| main.display().to_string(), |p| p.display().to_string()),
+                Err(e) => format!("invalid: {e}"),
+            });
     let storage = match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,
             serving_from: s.nodo,
+            roles_from: s
+                .raw
+                .pointer("/datos/roles_from")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+            roles_on_disk,
             reply: Some(s.raw),
         },
         _ => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: false,
             serving_from: None,
+            roles_from: None,
+            roles_on_disk,
             reply: None,
         },
     };
@@ -175,5 +198,11 @@ pub fn render(report: &Report) -> String {
         "storage manager ({}): {storage}",
         report.storage.endpoint
     );
+    if let Some(from) = &report.storage.roles_from {
+        let _ = writeln!(out, "storage manager roles from: {from}");
+    }
+    if let Some(from) = &report.storage.roles_on_disk {
+        let _ = writeln!(out, "roles on disk from: {from}");
+    }
     out
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::nodes::{connect_timeout, Backend, PROBE_SQL};
 use super::Shared;
-use crate::config::{self, NodeRole, StorageConfig};
+use crate::config::{NodeRole, StorageConfig};
+use crate::config_roles;
 use crate::notify;
 use crate::shutdown::Shutdown;
 
@@ -188,8 +189,11 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
         refresh(shared, probes);
         return;
     };
-    let mut cfg: StorageConfig = match config::parse(path) {
-        Ok(c) => c,
+    let mut cfg: StorageConfig = match config_roles::load_storage(path) {
+        Ok(loaded) => {
+            config_roles::warn_unknown(&loaded);
+            loaded.config
+        }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload refused: keeping the running configuration");
             return;
@@ -234,6 +238,7 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
     tracing::info!(
         nodo = after.as_deref().unwrap_or("none"),
         previous = before.as_deref().unwrap_or("none"),
+        roles_from = %backend.config.roles_from.as_deref().unwrap_or(Path::new("-")).display(),
         "configuration reloaded"
     );
     if let (Some(from), Some((_, node))) = (switched, backend.writer()) {

@@ -361,6 +361,7 @@ pub fn status_reply(shared: &Shared) -> Vec<u8> {
             "workers": backend.config.workers,
             "nodos": backend.nodes_status(),
             "timeline": shared.fencing.newest(),
+            "roles_from": backend.config.roles_from,
         }),
     )
     .to_bytes()
