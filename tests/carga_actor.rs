@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca::config::{ActorConfig, CargaConfig};
-use biblioteca::protocol::{Informe, Operacion};
-use biblioteca::shutdown::Shutdown;
+use biblioteca_protocol::config::{ActorConfig, LoadManagerConfig};
+use biblioteca_protocol::{Informe, Operacion};
+use biblioteca_runtime::shutdown::Shutdown;
 use serde_json::{json, Value};
 
 fn ep(port: u16) -> String {
@@ -52,13 +52,13 @@ impl Harness {
         ep(self.base)
     }
 
-    fn carga(&mut self, tweak: impl FnOnce(&mut CargaConfig)) {
+    fn carga(&mut self, tweak: impl FnOnce(&mut LoadManagerConfig)) {
         self.carga_until(self.sd.clone(), tweak);
     }
 
     /// A load manager that stops on its own `sd` (or with the harness).
-    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut CargaConfig)) {
-        let mut cfg = CargaConfig {
+    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut LoadManagerConfig)) {
+        let mut cfg = LoadManagerConfig {
             frontend: ep(self.base),
             publisher: ep(self.base + 1),
             backchannel: ep(self.base + 2),
@@ -68,7 +68,7 @@ impl Harness {
             actor_timeout_ms: 600,
             max_in_flight: 100,
             curve: None,
-            ..CargaConfig::default()
+            ..LoadManagerConfig::default()
         };
         tweak(&mut cfg);
         let all = self.sd.clone();
@@ -80,7 +80,7 @@ impl Harness {
                 }
                 own.trigger();
             });
-            biblioteca::carga::run(cfg, sd).unwrap();
+            biblioteca_load_manager::run(cfg, sd).unwrap();
             watcher.join().unwrap();
         }));
     }
@@ -99,7 +99,7 @@ impl Harness {
         };
         let sd = self.sd.clone();
         self.threads.push(std::thread::spawn(move || {
-            biblioteca::actor::run(cfg, sd).unwrap();
+            biblioteca_actor::run(cfg, sd).unwrap();
         }));
     }
 
@@ -474,7 +474,7 @@ fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
     };
     let sd = h.sd.clone();
     h.threads.push(std::thread::spawn(move || {
-        biblioteca::actor::run(cfg, sd).unwrap()
+        biblioteca_actor::run(cfg, sd).unwrap()
     }));
     h.wait_for_actor("renovacion");
 

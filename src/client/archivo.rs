@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::pirate::{Client, ClientError};
-use crate::client::stats::{self, Latencias};
-use crate::protocol::{validate_isbn, validate_usuario, Operacion, Peticion, Respuesta};
+use crate::pirate::{Client, ClientError};
+use crate::stats::{self, Latencias};
+use biblioteca_protocol::{validate_isbn, validate_usuario, Operacion, Peticion, Respuesta};
 
 /// Label under which requests without a reply are counted.
 pub const SIN_RESPUESTA: &str = "SinRespuesta";
@@ -278,9 +278,9 @@ DEVO 978-0134685991 a/b
 
     #[test]
     fn sends_a_file_and_tallies_replies_and_bad_lines() {
-        use crate::config::ClientConfig;
-        use crate::net;
-        use crate::protocol::{parse_entrada, CodigoError, Entrada};
+        use biblioteca_protocol::config::ClientConfig;
+        use biblioteca_protocol::{parse_entrada, CodigoError, Entrada};
+        use biblioteca_runtime::net;
 
         let ep = "tcp://127.0.0.1:27451";
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

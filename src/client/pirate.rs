@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::config::{ClientConfig, Validate};
-use crate::net::{self, NetError};
-use crate::protocol::{Peticion, Respuesta};
-use crate::security::{self, Curve, Peer};
+use biblioteca_protocol::config::{ClientConfig, Validate};
+use biblioteca_protocol::{Peticion, Respuesta};
+use biblioteca_runtime::net::{self, NetError};
+use biblioteca_runtime::security::{self, Curve, Peer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -298,7 +298,7 @@ impl Client {
         // The abandoned request is resent on the new socket; never block exit on it.
         s.set_linger(0)?;
         s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-        self.curve.connect_to(&s, Peer::Carga)?;
+        self.curve.connect_to(&s, Peer::LoadManager)?;
         net::connect(&s, self.endpoint())?;
         Ok(s)
     }
@@ -315,8 +315,8 @@ fn id_of(frame: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::Envelope;
-    use crate::protocol::{parse_entrada, Entrada, Operacion};
+    use biblioteca_protocol::{parse_entrada, Entrada, Operacion};
+    use biblioteca_runtime::net::Envelope;
     use std::sync::mpsc;
     use std::thread;
 
@@ -387,7 +387,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 18);
         assert!(a.starts_with("s-") && a[2..].chars().all(|c| c.is_ascii_hexdigit()));
-        assert!(crate::protocol::validate_id(&a).is_ok());
+        assert!(biblioteca_protocol::validate_id(&a).is_ok());
     }
 
     #[test]

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::pirate::{Client, ClientError};
-use crate::config::ClientConfig;
-use crate::protocol::Respuesta;
-use crate::security::ClientCurve;
+use crate::pirate::{Client, ClientError};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::Respuesta;
+use biblioteca_runtime::security::ClientCurve;
 
 /// A service to ask: a display name and its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +238,7 @@ pub fn tabla(filas: &[Fila]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net;
+    use biblioteca_runtime::net;
     use serde_json::json;
 
     fn svc(n: &str, ep: &str) -> Servicio {

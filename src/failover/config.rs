@@ -5,15 +5,15 @@
 //! slots), optionally a file holding that role's password and the data
 //! directory this host manages for it, and the storage manager to re-point
 //! after a role change (with a CURVE key it allows, when it has `[curve]`).
-//! Parsing and validation go through the shared [`crate::config::parse`] like
+//! Parsing and validation go through the shared [`biblioteca_protocol::config::parse`] like
 //! every other service.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Validate};
-use crate::security::OperatorCurve;
+use biblioteca_protocol::config::{ConfigError, Validate};
+use biblioteca_runtime::security::OperatorCurve;
 
 /// One PostgreSQL node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct FailoverNode {
 impl FailoverNode {
     /// The password from `password_file`, without its trailing newline.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        crate::config::read_password_file(self.password_file.as_deref())
+        biblioteca_protocol::config::read_password_file(self.password_file.as_deref())
     }
 
     /// Whether this host can stop and start the node.
@@ -201,10 +201,8 @@ impl Validate for FailoverConfig {
                 ));
             }
         }
-        crate::config::check_endpoint("storage.endpoint", &self.storage.endpoint)?;
-        if let Some(c) = &self.storage.curve {
-            crate::security::check(c.load())?;
-        }
+        biblioteca_protocol::config::check_endpoint("storage.endpoint", &self.storage.endpoint)?;
+        biblioteca_runtime::security::check(self.storage.curve.as_ref())?;
         if self.storage.reload == ReloadMethod::Pid
             && self.storage.pid.is_none()
             && self.storage.pid_file.is_none()
@@ -221,7 +219,7 @@ impl Validate for FailoverConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_reader;
+    use biblioteca_protocol::config::parse_reader;
 
     const TWO: &str = r#"
         [[nodes]]

@@ -131,7 +131,7 @@ fn pick_target<'a>(
             )
         })?;
         let p = find(probes, name);
-        if p.map_or(true, |p| !p.reachable()) {
+        if p.is_none_or(|p| !p.reachable()) {
             return Err(FailoverError::stuck(
                 format!("cannot promote {name}: it is unreachable"),
                 format!(
@@ -178,7 +178,7 @@ fn old_primary<'a>(
         .storage
         .config
         .as_deref()
-        .and_then(|path| crate::config_roles::load_storage(path).ok())
+        .and_then(|path| biblioteca_protocol::config_roles::load_storage(path).ok())
         .and_then(|s| s.config.database.primary().map(|n| n.name.clone()))
         .filter(|n| n != target);
     if let Some(name) = configured {
@@ -301,7 +301,7 @@ fn fence_old_primary(
     probe: Option<&Probe>,
     progress: &Progress,
 ) -> Result<()> {
-    if probe.map_or(true, |p| p.role != Role::Primary) {
+    if probe.is_none_or(|p| p.role != Role::Primary) {
         return Ok(());
     }
     if !old.managed() {

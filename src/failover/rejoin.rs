@@ -17,7 +17,7 @@ use super::pg::{self, Role};
 use super::status::probe_all;
 use super::storage::set_role_and_reload;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use crate::config::NodeRole;
+use biblioteca_protocol::config::NodeRole;
 
 pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<()> {
     let old = cfg.node(name).ok_or_else(|| {

@@ -1,5 +1,5 @@
 //! Recording a role change in the storage manager's roles drop-in
-//! ([`crate::config_roles`]) instead of its main configuration, which the
+//! ([`biblioteca_protocol::config_roles`]) instead of its main configuration, which the
 //! deployment owns and puts back on every run.
 //!
 //! The drop-in always lists every node's role (the main file's roles with
@@ -14,8 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{FailoverError, Result};
-use crate::config::{NodeRole, StorageConfig, Validate};
-use crate::config_roles::{self, RolesFile};
+use biblioteca_protocol::config::{NodeRole, StorageConfig, Validate};
+use biblioteca_protocol::config_roles::{self, RolesFile};
 
 /// Applies `changes` to the roles the storage manager reads from `main` (and
 /// its current drop-in) and writes the drop-in. A node made primary demotes

@@ -108,22 +108,20 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
     let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
-    let roles_on_disk =
-        cfg.storage
-            .config
-            .as_deref()
-            .map(|main| match crate::config_roles::load_storage(main) {
-                Ok(l) => l
-                    .config
-                    .roles_from
-                    .map_or_else(|| main.display().to_string(), |p| p.display().to_string()),
-                Err(e) => format!("invalid: {e}"),
-            });
+    let roles_on_disk = cfg.storage.config.as_deref().map(|main| {
+        match biblioteca_protocol::config_roles::load_storage(main) {
+            Ok(l) => l
+                .config
+                .roles_from
+                .map_or_else(|| main.display().to_string(), |p| p.display().to_string()),
+            Err(e) => format!("invalid: {e}"),
+        }
+    });
     let storage = match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,
-            serving_from: s.nodo,
+            serving_from: s.writer,
             roles_from: s
                 .raw
                 .pointer("/datos/roles_from")

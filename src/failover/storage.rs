@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use super::roles_file;
 use super::{FailoverConfig, FailoverError, Progress, ReloadMethod, Result, StorageTarget};
-use crate::config::NodeRole;
-use crate::net;
-use crate::security::{Curve, Peer};
+use biblioteca_protocol::config::NodeRole;
+use biblioteca_runtime::net;
+use biblioteca_runtime::security::Load;
+use biblioteca_runtime::security::{Curve, Peer};
 
 /// What the storage manager says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageStatus {
     /// The node it currently writes to (`datos.nodo`), if any.
-    pub nodo: Option<String>,
+    pub writer: Option<String>,
     /// The whole reply, for `status --json`.
     pub raw: Value,
 }
@@ -58,19 +59,11 @@ pub fn query_status_with(
     }
     let frame = s.recv_bytes(0).map_err(net::NetError::from)?;
     let raw: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
-    let nodo = raw
+    let writer = raw
         .pointer("/datos/nodo")
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Some(StorageStatus { nodo, raw }))
-}
-
-pub fn role_name(r: NodeRole) -> &'static str {
-    match r {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
-    }
+    Ok(Some(StorageStatus { writer, raw }))
 }
 
 /// Tells the storage manager to re-read its config.
@@ -131,11 +124,14 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
     let timeout = Duration::from_millis(target.status_timeout_ms);
     loop {
         let last = match query_target(target, timeout) {
-            Ok(Some(s)) if s.nodo.as_deref() == Some(node) => {
+            Ok(Some(s)) if s.writer.as_deref() == Some(node) => {
                 progress.step(format!("storage manager now serves from {node}"));
                 return Ok(());
             }
-            Ok(Some(s)) => format!("it reports node {}", s.nodo.as_deref().unwrap_or("(none)")),
+            Ok(Some(s)) => format!(
+                "it reports node {}",
+                s.writer.as_deref().unwrap_or("(none)")
+            ),
             Ok(None) => format!("no answer from {}", target.endpoint),
             Err(e) => e.to_string(),
         };
@@ -214,7 +210,7 @@ pub fn set_role_and_reload(
         progress.step(format!(
             "roles file {}: {node} is now {}",
             written.display(),
-            role_name(role)
+            role.as_str()
         ));
     }
     let how = reload(&cfg.storage)?;

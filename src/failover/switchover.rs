@@ -45,7 +45,7 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
         .iter()
         .filter(|p| p.role == Role::Standby)
         .map(|p| p.name.as_str())
-        .filter(|n| wanted.map_or(true, |w| w == *n))
+        .filter(|n| wanted.is_none_or(|w| w == *n))
         .collect();
     let target = match standbys.as_slice() {
         [one] => one.to_string(),

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use super::nodes::{connect_timeout, Backend, PROBE_SQL};
 use super::Shared;
-use crate::config::{NodeRole, StorageConfig};
-use crate::config_roles;
-use crate::notify;
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::config::{NodeRole, StorageConfig};
+use biblioteca_protocol::config_roles;
+use biblioteca_runtime::notify;
+use biblioteca_runtime::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Lower bound between probes when workers keep asking for one.
@@ -189,9 +189,11 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
         refresh(shared, probes);
         return;
     };
-    let mut cfg: StorageConfig = match config_roles::load_storage(path) {
+    let parsed =
+        config_roles::load_storage(path).and_then(|l| crate::check_config(&l.config).map(|()| l));
+    let mut cfg: StorageConfig = match parsed {
         Ok(loaded) => {
-            config_roles::warn_unknown(&loaded);
+            crate::warn_unknown_roles(&loaded);
             loaded.config
         }
         Err(e) => {
@@ -236,7 +238,7 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
     shared.swap(backend.clone());
     let after = backend.writer().map(|(_, n)| n.cfg.name.clone());
     tracing::info!(
-        nodo = after.as_deref().unwrap_or("none"),
+        node = after.as_deref().unwrap_or("none"),
         previous = before.as_deref().unwrap_or("none"),
         roles_from = %backend.config.roles_from.as_deref().unwrap_or(Path::new("-")).display(),
         "configuration reloaded"

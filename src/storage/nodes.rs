@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::fencing::Fencing;
 use super::StorageError;
-use crate::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
+use biblioteca_protocol::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
 
 pub type PgPool = r2d2::Pool<Manager>;
 
@@ -319,8 +319,8 @@ impl Backend {
             .map(|(i, n)| {
                 let s = n.state();
                 let mut v = json!({
-                    "name": n.cfg.name,
-                    "role": role_name(n.cfg.role),
+                    "nombre": n.cfg.name,
+                    "rol": n.cfg.role.as_str(),
                     "estado": estado(n.cfg.role, &s, Some(i) == writer),
                     "timeline": s.timeline,
                 });
@@ -331,14 +331,6 @@ impl Backend {
             })
             .collect();
         Value::Array(list)
-    }
-}
-
-pub fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
     }
 }
 

@@ -21,10 +21,10 @@ use serde_json::json;
 
 use super::dispatch::{Dispatch, Refused};
 use super::{handler, Shared, StorageError};
-use crate::net::{self, Envelope, NetError};
-use crate::notify;
-use crate::protocol::{self, CodigoError, Entrada, Respuesta};
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::{self as protocol, CodigoError, Entrada, Respuesta};
+use biblioteca_runtime::net::{self, Envelope, NetError};
+use biblioteca_runtime::notify;
+use biblioteca_runtime::shutdown::Shutdown;
 
 const POLL: Duration = Duration::from_millis(100);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
@@ -50,10 +50,11 @@ static INSTANCE: AtomicU64 = AtomicU64::new(0);
 pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(), StorageError> {
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
-    let (curve, _zap) = crate::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
+    let (curve, _zap) =
+        biblioteca_runtime::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
     let router = net::socket(&ctx, zmq::ROUTER)?;
     curve
-        .serve(&router, crate::security::DOMAIN_STORAGE)
+        .serve(&router, biblioteca_runtime::security::DOMAIN_STORAGE)
         .map_err(NetError::from)?;
     net::bind(&router, bind)?;
     let replies = net::socket(&ctx, zmq::PULL)?;
@@ -78,9 +79,9 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         channels.push(tx);
     }
 
-    let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
-    notify::ready(&format!("serving on {bind}, writes to {nodo}"));
-    tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
+    let node = shared.writer_name().unwrap_or_else(|| "none".into());
+    notify::ready(&format!("serving on {bind}, writes to {node}"));
+    tracing::info!(endpoint = bind, node, workers = cfg.workers, "ready");
 
     // Longer than any legitimate request (a connection, then statements
     // bounded by statement_timeout); past it the database is hung.

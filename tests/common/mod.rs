@@ -10,10 +10,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use biblioteca::cluster::{Cluster, ClusterSpec, Node};
-use biblioteca::launch::{free_port, port_in_use};
-use biblioteca::protocol::Operacion;
-use biblioteca::stack::{Stack, StackPorts, StackSpec};
+use biblioteca_cluster::{Cluster, ClusterSpec, Node};
+use biblioteca_protocol::Operacion;
+use biblioteca_stack::launch::{free_port, port_in_use};
+use biblioteca_stack::{Stack, StackPorts, StackSpec};
 use serde_json::{json, Value};
 
 /// The guide's catalogue.
@@ -265,7 +265,7 @@ pub fn run_suite(suite: &str, setup: impl FnOnce() -> World, cases: &[Case]) -> 
     let list = std::env::args().any(|a| a == "--list");
     let selected: Vec<&Case> = cases
         .iter()
-        .filter(|(name, _)| filter.as_deref().map_or(true, |f| name.contains(f)))
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
         .collect();
     if list {
         for (name, _) in &selected {

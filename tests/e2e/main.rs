@@ -21,7 +21,7 @@ mod guide;
 mod idempotency;
 mod outage;
 
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 use common::{run_suite, World, WorldSpec};
 
 fn main() {

@@ -11,12 +11,12 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use biblioteca::client::pirate::Client;
-use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, Node};
-use biblioteca::config::ClientConfig;
-use biblioteca::launch::{find_binary, port_in_use};
-use biblioteca::protocol::{Operacion, Peticion, Respuesta};
-use biblioteca::stack::{Stack, StackPorts, StackSpec};
+use biblioteca_client::pirate::Client;
+use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, Node};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{Operacion, Peticion, Respuesta};
+use biblioteca_stack::launch::{find_binary, port_in_use};
+use biblioteca_stack::{Stack, StackPorts, StackSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -89,8 +89,8 @@ impl Env {
     /// The failover tool's roles drop-in for the storage manager.
     pub fn roles_path(&self) -> PathBuf {
         let main = self.storage_config_path();
-        let cfg = biblioteca::config_roles::parse_main(&main).unwrap();
-        biblioteca::config_roles::path_for(&cfg, &main)
+        let cfg = biblioteca_protocol::config_roles::parse_main(&main).unwrap();
+        biblioteca_protocol::config_roles::path_for(&cfg, &main)
     }
 
     pub fn roles_text(&self) -> String {

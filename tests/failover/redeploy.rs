@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use biblioteca::config_roles;
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::config_roles;
+use biblioteca_protocol::Operacion;
 
 use crate::env::{serial, sql, Env, ISBNS};
 use crate::load::pause;

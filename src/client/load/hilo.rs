@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use super::informe::{Muestra, SIN_RESPUESTA};
 use super::usuario::{Rng, Usuario};
 use super::{Lote, Opciones, LOTE, RESPUESTA_INVALIDA, TICK};
-use crate::client::pirate::{encode, new_request_id, Client, ClientError, InFlight};
-use crate::protocol::Peticion;
+use crate::pirate::{encode, new_request_id, Client, ClientError, InFlight};
+use biblioteca_protocol::Peticion;
 
 /// Where one virtual client is.
 enum Estado {
@@ -262,7 +262,7 @@ fn esperar(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
     }
     let d = hasta.saturating_duration_since(now);
     // Round up so a deadline under a millisecond away does not spin.
-    let ms = d.as_millis() as i64 + i64::from(d.subsec_nanos() % 1_000_000 != 0);
+    let ms = d.as_millis() as i64 + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     match zmq::poll(&mut items, ms) {
         Ok(_) | Err(zmq::Error::EINTR) => {}
         Err(e) => return Err(e.into()),

@@ -2,8 +2,8 @@
 
 use super::informe::SIN_RESPUESTA;
 use super::*;
-use crate::net::{self, Envelope};
-use crate::protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
+use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
+use biblioteca_runtime::net::{self, Envelope};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::thread;
