@@ -55,6 +55,9 @@
         failover = pkgs.testers.runNixOSTest (import ./nixos/tests/failover.nix {
           module = self.nixosModules.default;
         });
+        failover-quorum = pkgs.testers.runNixOSTest (import ./nixos/tests/failover-quorum.nix {
+          module = self.nixosModules.default;
+        });
       });
 
       devShells = forAllSystems (pkgs: {

@@ -107,16 +107,19 @@ let
 
   module = /. + "${repo}/nixos/module.nix";
   vmTest = import (/. + "${repo}/nixos/tests/failover.nix") { inherit module; };
-  vmNodes = lib.listToAttrs (lib.imap1
+  quorumTest = import (/. + "${repo}/nixos/tests/failover-quorum.nix") { inherit module; };
+  # nixos/lib/testing/network.nix: node numbers in attrNames order.
+  addressesOf = test: lib.listToAttrs (lib.imap1
     (i: n: lib.nameValuePair n {
       networking.primaryIPAddress = "192.168.1.${toString i}";
       networking.primaryIPv6Address = "2001:db8:1::${toString i}";
     })
-    (lib.attrNames vmTest.nodes));
+    (lib.attrNames test.nodes));
 
-  eval = modules: (lib.evalModules {
-    modules = [ nixosStub { _module.args = { inherit pkgs; nodes = vmNodes; }; } ] ++ modules;
+  evalWith = nodes: modules: (lib.evalModules {
+    modules = [ nixosStub { _module.args = { inherit pkgs nodes; }; } ] ++ modules;
   }).config;
+  eval = evalWith (addressesOf vmTest);
 
   secrets.services.biblioteca = {
     databasePasswordFile = "/run/secrets/db";
@@ -230,6 +233,16 @@ let
         (lib.elem "host replication replicator 2001:db8:1::3/128 scram-sha-256" (hba cfg)))
     ];
     vm-standby = common;
+    quorum-db1 = cfg: common cfg ++ [
+      (check "quorum VM test: ANY 1 (db2, db3)" (ssn cfg == "ANY 1 (db2, db3)"))
+      (check "quorum VM test: replication from both standbys, both families"
+        (lib.length (lib.filter (lib.hasPrefix "host replication replicator") (hba cfg)) == 4))
+    ];
+    quorum-db3 = common;
+    quorum-app = cfg: common cfg ++ [
+      (check "quorum VM test: three nodes for the storage manager"
+        (lib.length (toml cfg "almacenamiento").database.nodes == 3))
+    ];
     vm-app = cfg: common cfg ++ [
       (check "VM test: the storage manager connects by address"
         (lib.all (n: lib.hasPrefix "host=192.168.1." n.conninfo) (toml cfg "almacenamiento").database.nodes))
@@ -302,7 +315,14 @@ let
     too-many-sync = [ module (db "primary" { synchronousStandbys = [ "db2" "db3" ]; synchronousCount = 3; }) ];
     store-secret = [ module secrets (storageNodes kv) { services.biblioteca = { enable = true; curve.enable = false; databasePasswordFile = lib.mkForce "${builtins.storeDir}/x-db"; }; } ];
   };
+  quorumEval = evalWith (addressesOf quorumTest);
+  quorumConfigs = {
+    quorum-db1 = [ quorumTest.nodes.db1 ];
+    quorum-db3 = [ quorumTest.nodes.db3 ];
+    quorum-app = [ quorumTest.nodes.app ];
+  };
 in
 if part == "pkgs" then pkgs
 else if scenario == null then lib.attrNames scenarios
+else if quorumConfigs ? ${scenario} then scenarios.${scenario} (quorumEval quorumConfigs.${scenario})
 else scenarios.${scenario} (eval configs.${scenario})
