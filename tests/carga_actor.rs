@@ -63,9 +63,9 @@ impl Harness {
             publisher: ep(self.base + 1),
             backchannel: ep(self.base + 2),
             storage: ep(self.base + 3),
-            deadline_ms: 3000,
-            republish_ms: 200,
-            actor_timeout_ms: 600,
+            deadline: Duration::from_millis(3000),
+            republish_after: Duration::from_millis(200),
+            actor_timeout: Duration::from_millis(600),
             max_in_flight: 100,
             curve: None,
             ..LoadManagerConfig::default()
@@ -91,9 +91,9 @@ impl Harness {
             subscribe: ep(self.base + 1),
             report: ep(self.base + 2),
             storage: ep(self.base + 3),
-            storage_timeout_ms: 1000,
+            storage_timeout: Duration::from_millis(1000),
             max_in_flight: 16,
-            heartbeat_ms: 100,
+            heartbeat_interval: Duration::from_millis(100),
             curve: None,
             ..ActorConfig::default()
         };
@@ -299,7 +299,7 @@ fn the_same_id_twice_is_one_storage_call() {
 fn no_live_actor_is_service_unavailable_at_once() {
     let mut h = Harness::new(21020);
     h.storage(Storage::Answer { delay_ms: 0 });
-    h.carga(|c| c.actor_timeout_ms = 300);
+    h.carga(|c| c.actor_timeout = Duration::from_millis(300));
     h.actor(Operacion::Prestamo);
     std::thread::sleep(Duration::from_millis(400));
     let t0 = Instant::now();
@@ -371,7 +371,7 @@ fn no_outcome_within_the_deadline_is_service_unavailable() {
     let mut h = Harness::new(21040);
     h.storage(Storage::Swallow);
     h.carga(|c| {
-        c.deadline_ms = 700;
+        c.deadline = Duration::from_millis(700);
         c.max_in_flight = 1;
     });
     h.actor(Operacion::Prestamo);
@@ -460,15 +460,15 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
 fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
     let mut h = Harness::new(21060);
     let first = Shutdown::new();
-    h.carga_until(first.clone(), |c| c.deadline_ms = 4000);
+    h.carga_until(first.clone(), |c| c.deadline = Duration::from_millis(4000));
     let cfg = ActorConfig {
         operacion: Operacion::Renovacion,
         subscribe: ep(h.base + 1),
         report: ep(h.base + 2),
         storage: ep(h.base + 3),
-        storage_timeout_ms: 300,
+        storage_timeout: Duration::from_millis(300),
         max_in_flight: 16,
-        heartbeat_ms: 100,
+        heartbeat_interval: Duration::from_millis(100),
         curve: None,
         ..ActorConfig::default()
     };

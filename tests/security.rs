@@ -60,7 +60,7 @@ fn db_state(n: &Node) -> String {
 fn client(frontend: &str, curve: Option<ClientCurve>) -> Client {
     Client::new(ClientConfig {
         endpoints: vec![frontend.to_string()],
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
         retries: 1,
         curve,
     })
@@ -168,7 +168,7 @@ fn nobody_gets_in_who_does_not_belong() {
     );
     // No renovacion actor: a forged one must not appear.
     spec.actors = vec![Operacion::Prestamo, Operacion::Devolucion];
-    spec.deadline_ms = 2500;
+    spec.deadline = Duration::from_millis(2500);
     spec.security = StackSecurity {
         keys: Some(keys.clone()),
         password_file: Some(passwords.app.clone()),

@@ -3,7 +3,7 @@
 //! An actor subscribes to its operation's topic on the load manager's PUB,
 //! sends each request to the storage manager over a DEALER (many in flight,
 //! matched by id, re-sent on timeout, the socket replaced after repeated
-//! timeouts), and PUSHes each outcome and a heartbeat every `heartbeat_ms` to
+//! timeouts), and PUSHes each outcome and a heartbeat every `heartbeat_interval` to
 //! the load manager's back-channel. All three sockets are connected, so
 //! ZeroMQ reconnects them when the load manager or the storage manager
 //! restarts; one thread polls them.

@@ -2,7 +2,7 @@
 //!
 //! The load manager re-publishes unanswered requests, so the same id can
 //! arrive many times; while it is here it is not sent again. A request that
-//! the storage manager leaves unanswered for `storage_timeout_ms` is re-sent
+//! the storage manager leaves unanswered for `storage_timeout` is re-sent
 //! (the id makes that safe), and after a few tries given up on.
 
 use std::collections::HashMap;

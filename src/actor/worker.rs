@@ -84,7 +84,7 @@ impl Actor {
         notify::ready(&format!("serving {} as {name}", cfg.operacion));
         Ok(Actor {
             ctx: ctx.clone(),
-            pending: PendingTable::new(Duration::from_millis(cfg.storage_timeout_ms)),
+            pending: PendingTable::new(cfg.storage_timeout),
             request_log: RequestLog::new(cfg.request_lines_per_second, Instant::now()),
             cfg,
             curve,
@@ -108,7 +108,7 @@ impl Actor {
                     pendientes = self.pending.len(),
                     "stopping: waiting for outstanding storage replies"
                 );
-                let drain = Duration::from_millis(self.cfg.storage_timeout_ms).min(DRAIN_MAX);
+                let drain = self.cfg.storage_timeout.min(DRAIN_MAX);
                 drain_until = Some(now + drain);
             }
             if let Some(until) = drain_until {
@@ -119,7 +119,7 @@ impl Actor {
             } else if now >= self.next_heartbeat {
                 self.request_log.roll(now);
                 self.heartbeat();
-                self.next_heartbeat = now + Duration::from_millis(self.cfg.heartbeat_ms);
+                self.next_heartbeat = now + self.cfg.heartbeat_interval;
             }
             let accept = drain_until.is_none() && self.pending.len() < self.cfg.max_in_flight;
             let (store, published) = {
@@ -317,7 +317,7 @@ impl Actor {
                 CodigoError::AlmacenamientoNoDisponible,
                 format!(
                     "the storage manager has not answered in {} ms; still trying",
-                    self.cfg.storage_timeout_ms
+                    self.cfg.storage_timeout.as_millis()
                 ),
             )
             .with_id(p.id.clone());

@@ -311,7 +311,7 @@ DEVO 978-0134685991 a/b
         ready_rx.recv().unwrap();
         let mut client = Client::new(ClientConfig {
             endpoints: vec![ep.into()],
-            timeout_ms: 2000,
+            timeout: Duration::from_secs(2),
             retries: 1,
             curve: None,
         })

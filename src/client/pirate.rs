@@ -139,7 +139,7 @@ impl Client {
             curve,
             ctx,
             endpoints: config.endpoints,
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
             retries: config.retries,
             current: 0,
             socket: None,
@@ -365,7 +365,7 @@ mod tests {
     fn config(endpoints: &[&str], retries: u32) -> ClientConfig {
         ClientConfig {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-            timeout_ms: 300,
+            timeout: Duration::from_millis(300),
             retries,
             curve: None,
         }

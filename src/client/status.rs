@@ -87,7 +87,7 @@ fn ask(
 ) -> Result<Respuesta, ClientError> {
     let config = ClientConfig {
         endpoints: vec![s.endpoint.clone()],
-        timeout_ms: (timeout.as_millis() as u64).max(1),
+        timeout: timeout.max(Duration::from_millis(1)),
         retries: 1,
         curve,
     };

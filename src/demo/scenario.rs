@@ -75,7 +75,7 @@ impl Requester {
     pub fn with_curve(endpoint: &str, curve: Option<ClientCurve>) -> Requester {
         let config = ClientConfig {
             endpoints: vec![endpoint.to_string()],
-            timeout_ms: 8000,
+            timeout: Duration::from_secs(8),
             retries: 2,
             curve,
         };

@@ -198,7 +198,7 @@ fn wait_replay<F>(cfg: &FailoverConfig, target: &FailoverNode, mut caught_up: F)
 where
     F: FnMut(&Probe) -> bool,
 {
-    let deadline = Instant::now() + Duration::from_secs(cfg.catchup_secs);
+    let deadline = Instant::now() + cfg.catchup;
     loop {
         let p = pg::probe(target, cfg.connect_timeout());
         if caught_up(&p) || Instant::now() >= deadline {
@@ -371,20 +371,22 @@ pub fn finish_promotion(
     if !already {
         progress.step(format!(
             "promoting {} (pg_promote, waiting up to {}s)",
-            target.name, cfg.promote_timeout_secs
+            target.name,
+            cfg.promote_timeout.as_secs()
         ));
-        let secs = cfg.promote_timeout_secs.min(i32::MAX as u64) as i32;
+        let secs = cfg.promote_timeout.as_secs().min(i32::MAX as u64) as i32;
         let done: bool = c
             .query_one("SELECT pg_promote(true, $1)", &[&secs])
             .map_err(FailoverError::db(&target.name))?
             .get(0);
-        let deadline = Instant::now() + Duration::from_secs(cfg.promote_timeout_secs);
+        let deadline = Instant::now() + cfg.promote_timeout;
         while pg::in_recovery(&mut c, &target.name)? {
             if Instant::now() >= deadline {
                 return Err(FailoverError::stuck(
                     format!(
                         "{} did not leave recovery within {}s (pg_promote returned {done})",
-                        target.name, cfg.promote_timeout_secs
+                        target.name,
+                        cfg.promote_timeout.as_secs()
                     ),
                     "promotion was requested; the storage manager still points at the old primary",
                     format!(

@@ -187,9 +187,10 @@ fn rebuild(
     })?;
     progress.step(format!(
         "waiting up to {}s for {name} to stream from {}",
-        cfg.streaming_timeout_secs, primary.name
+        cfg.streaming_timeout.as_secs(),
+        primary.name
     ));
-    let deadline = Instant::now() + Duration::from_secs(cfg.streaming_timeout_secs);
+    let deadline = Instant::now() + cfg.streaming_timeout;
     while !streaming(cfg, primary, name)? {
         if Instant::now() >= deadline {
             return Err(FailoverError::stuck(

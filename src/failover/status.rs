@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::pg::{self, Lsn, Probe, Role};
 use super::storage::query_target;
@@ -107,7 +106,7 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
-    let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
+    let timeout = cfg.storage.status_timeout;
     let roles_on_disk = cfg.storage.config.as_deref().map(|main| {
         match biblioteca_protocol::config_roles::load_storage(main) {
             Ok(l) => l

@@ -120,8 +120,8 @@ pub fn reload(target: &StorageTarget) -> Result<String> {
 
 /// Waits until the storage manager reports `datos.nodo == node`.
 pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(target.wait_secs);
-    let timeout = Duration::from_millis(target.status_timeout_ms);
+    let deadline = Instant::now() + target.switch_wait;
+    let timeout = target.status_timeout;
     loop {
         let last = match query_target(target, timeout) {
             Ok(Some(s)) if s.writer.as_deref() == Some(node) => {
@@ -139,7 +139,7 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
             return Err(FailoverError::stuck(
                 format!(
                     "the storage manager did not switch to {node} within {}s",
-                    target.wait_secs
+                    target.switch_wait.as_secs()
                 ),
                 format!("the database side is done; {last}"),
                 "check the storage manager's log (journalctl -u biblioteca-almacenamiento) and its config, reload it, then run `biblioteca-failover status`",
@@ -192,7 +192,8 @@ pub fn repoint(
     progress.step(format!("storage manager reload: {how}"));
     progress.step(format!(
         "waiting up to {}s for the storage manager ({}) to serve from {new}",
-        target.wait_secs, target.endpoint
+        target.switch_wait.as_secs(),
+        target.endpoint
     ));
     wait_serving(target, new, progress)
 }

@@ -193,7 +193,7 @@ fn wait_replayed(
     needed: Lsn,
     progress: &Progress,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(cfg.catchup_secs.max(30));
+    let deadline = Instant::now() + cfg.catchup.max(Duration::from_secs(30));
     loop {
         let p = pg::probe(new, cfg.connect_timeout());
         let replay = p.replay_lsn;

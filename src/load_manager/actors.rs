@@ -1,7 +1,7 @@
 //! Which operations have live actors, from their heartbeats.
 //!
-//! Each actor sends `Informe::Latido` every `heartbeat_ms`; an actor silent
-//! for `actor_timeout_ms` counts as gone. With no live actor for an operation
+//! Each actor sends `Informe::Latido` every `heartbeat_interval`; an actor silent
+//! for `actor_timeout` counts as gone. With no live actor for an operation
 //! the load manager answers `ServicioNoDisponible` at once instead of letting
 //! the client wait out the deadline, except during a start-up grace period
 //! (one timeout long) in which actors are still (re)connecting.

@@ -64,11 +64,10 @@ fn unknown_outcome(causa: &str, id: Option<&str>) -> String {
 
 impl Broker {
     pub(super) fn new(cfg: LoadManagerConfig, s: Sockets, now: Instant) -> Broker {
-        let ms = Duration::from_millis;
         Broker {
-            inflight: InFlight::new(ms(cfg.republish_ms), ms(cfg.deadline_ms)),
+            inflight: InFlight::new(cfg.republish_after, cfg.deadline),
             consultas: Consultas::new(),
-            liveness: Liveness::new(ms(cfg.actor_timeout_ms), now),
+            liveness: Liveness::new(cfg.actor_timeout, now),
             ids: Ids::new(),
             started: now,
             atendidas: 0,
@@ -90,7 +89,7 @@ impl Broker {
             shutdown.checkin("broker");
             let now = Instant::now();
             if drain_until.is_none() && shutdown.is_triggered() {
-                let drain = Duration::from_millis(self.cfg.deadline_ms).min(DRAIN_MAX);
+                let drain = self.cfg.deadline.min(DRAIN_MAX);
                 notify::stopping();
                 tracing::info!(
                     en_curso = self.en_curso(),
@@ -291,7 +290,7 @@ impl Broker {
                 CodigoError::ServicioNoDisponible,
                 format!(
                     "no live {op} actor (no heartbeat in the last {} ms); retry later",
-                    self.cfg.actor_timeout_ms
+                    self.cfg.actor_timeout.as_millis()
                 ),
             )
             .with_id(p.id.clone());
@@ -361,7 +360,7 @@ impl Broker {
             operacion,
             isbn,
             received: now,
-            deadline: now + Duration::from_millis(self.cfg.deadline_ms),
+            deadline: now + self.cfg.deadline,
         };
         if !self.consultas.wait(key.clone(), c) {
             return; // the same lookup is already outstanding
@@ -505,7 +504,8 @@ impl Broker {
                     CodigoError::ServicioNoDisponible,
                     format!(
                         "no outcome from the {} actors within {} ms",
-                        e.peticion.operacion, self.cfg.deadline_ms
+                        e.peticion.operacion,
+                        self.cfg.deadline.as_millis()
                     ),
                 ),
             };
@@ -524,7 +524,7 @@ impl Broker {
                 CodigoError::AlmacenamientoNoDisponible,
                 format!(
                     "the storage manager did not answer within {} ms",
-                    self.cfg.deadline_ms
+                    self.cfg.deadline.as_millis()
                 ),
             );
             self.answer_consulta(c, r, now);

@@ -45,7 +45,7 @@ pub fn run(config: LoadManagerConfig, shutdown: Shutdown) -> Result<(), LoadMana
         publisher = config.publisher.as_str(),
         backchannel = config.backchannel.as_str(),
         storage = config.storage.as_str(),
-        deadline_ms = config.deadline_ms,
+        deadline = %humantime::format_duration(config.deadline),
         "load manager ready"
     );
     notify::ready(&format!(

@@ -4,12 +4,14 @@
 //! empty file (or no file) is a valid configuration. Parsing is split into
 //! [`parse`] (a path) and [`parse_reader`] (any reader) so tests can feed
 //! bytes; [`Validate`] checks what serde cannot (exactly one primary, sane
-//! numbers) and every binary's `--check-config` calls both.
+//! numbers) and every binary's `--check-config` calls both. Durations are
+//! written as humantime strings (`"5s"`, `"2500ms"`, `"1m 30s"`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::curve::{ActorCurve, ClientCurve, LoadManagerCurve, StorageCurve};
 use crate::Operacion;
@@ -148,9 +150,12 @@ pub struct DatabaseConfig {
     pub nodes: Vec<NodeConfig>,
     /// Connections per node pool; one per worker is enough.
     pub pool_size: u32,
-    pub connect_timeout_secs: u64,
+    /// How long a connection attempt to a node may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Upper bound on one statement; a request never waits longer on the database.
-    pub statement_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
     /// File holding the application role's password (kept out of the TOML).
     pub password_file: Option<PathBuf>,
 }
@@ -171,8 +176,8 @@ impl Default for DatabaseConfig {
                 },
             ],
             pool_size: 32,
-            connect_timeout_secs: 2,
-            statement_timeout_ms: 4000,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(4),
             password_file: None,
         }
     }
@@ -249,8 +254,8 @@ impl Validate for StorageConfig {
         if db.pool_size == 0 {
             return invalid("database.pool_size must be at least 1");
         }
-        if db.statement_timeout_ms == 0 {
-            return invalid("database.statement_timeout_ms must be at least 1");
+        if db.statement_timeout.is_zero() {
+            return invalid("database.statement_timeout must be positive");
         }
         let primaries = db
             .nodes
@@ -288,11 +293,14 @@ pub struct LoadManagerConfig {
     /// The storage manager, for `consulta`.
     pub storage: String,
     /// A client hears `ServicioNoDisponible` when no outcome arrives in this time.
-    pub deadline_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
     /// Re-publish an unanswered request this often (safe: ids are idempotent).
-    pub republish_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub republish_after: Duration,
     /// An operation's actors count as gone when silent this long.
-    pub actor_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub actor_timeout: Duration,
     /// Requests in flight at once; beyond it clients hear `ServicioOcupado`.
     pub max_in_flight: usize,
     /// CPU scheduling policy of the service's threads (`batch` or `normal`;
@@ -313,9 +321,9 @@ impl Default for LoadManagerConfig {
             publisher: "tcp://*:5556".into(),
             backchannel: "tcp://*:5557".into(),
             storage: "tcp://127.0.0.1:5570".into(),
-            deadline_ms: 5000,
-            republish_ms: 1000,
-            actor_timeout_ms: 3000,
+            deadline: Duration::from_secs(5),
+            republish_after: Duration::from_secs(1),
+            actor_timeout: Duration::from_secs(3),
             max_in_flight: 10_000,
             scheduling: Scheduling::default(),
             request_lines_per_second: REQUEST_LINES_PER_SECOND,
@@ -330,8 +338,9 @@ impl Validate for LoadManagerConfig {
         check_endpoint("publisher", &self.publisher)?;
         check_endpoint("backchannel", &self.backchannel)?;
         check_endpoint("storage", &self.storage)?;
-        if self.deadline_ms == 0 || self.republish_ms == 0 || self.actor_timeout_ms == 0 {
-            return invalid("deadline_ms, republish_ms and actor_timeout_ms must be positive");
+        if self.deadline.is_zero() || self.republish_after.is_zero() || self.actor_timeout.is_zero()
+        {
+            return invalid("deadline, republish_after and actor_timeout must be positive");
         }
         if self.max_in_flight == 0 {
             return invalid("max_in_flight must be at least 1");
@@ -353,10 +362,13 @@ pub struct ActorConfig {
     /// The storage manager.
     pub storage: String,
     /// A storage request unanswered this long is re-sent on a fresh socket.
-    pub storage_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub storage_timeout: Duration,
     /// Requests this actor has at the storage manager at once.
     pub max_in_flight: usize,
-    pub heartbeat_ms: u64,
+    /// How often the actor tells the load manager it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// CPU scheduling policy of the service's threads (`batch` or `normal`;
     /// see `sched`). Read at start.
     pub scheduling: Scheduling,
@@ -374,9 +386,9 @@ impl Default for ActorConfig {
             subscribe: "tcp://127.0.0.1:5556".into(),
             report: "tcp://127.0.0.1:5557".into(),
             storage: "tcp://127.0.0.1:5570".into(),
-            storage_timeout_ms: 2500,
+            storage_timeout: Duration::from_millis(2500),
             max_in_flight: 64,
-            heartbeat_ms: 1000,
+            heartbeat_interval: Duration::from_secs(1),
             scheduling: Scheduling::default(),
             request_lines_per_second: REQUEST_LINES_PER_SECOND,
             curve: None,
@@ -392,8 +404,13 @@ impl Validate for ActorConfig {
         if !self.operacion.is_write() {
             return invalid("an actor serves prestamo, devolucion or renovacion; consulta goes to the storage manager");
         }
-        if self.storage_timeout_ms == 0 || self.heartbeat_ms == 0 || self.max_in_flight == 0 {
-            return invalid("storage_timeout_ms, heartbeat_ms and max_in_flight must be positive");
+        if self.storage_timeout.is_zero()
+            || self.heartbeat_interval.is_zero()
+            || self.max_in_flight == 0
+        {
+            return invalid(
+                "storage_timeout, heartbeat_interval and max_in_flight must be positive",
+            );
         }
         Ok(())
     }
@@ -406,7 +423,8 @@ pub struct ClientConfig {
     /// Load-manager endpoints, tried in order when one does not answer.
     pub endpoints: Vec<String>,
     /// Per-try reply deadline.
-    pub timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
     /// Tries per request (same id each time).
     pub retries: u32,
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
@@ -418,7 +436,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             endpoints: vec!["tcp://127.0.0.1:5555".into()],
-            timeout_ms: 6000,
+            timeout: Duration::from_secs(6),
             retries: 3,
             curve: None,
         }
@@ -433,8 +451,8 @@ impl Validate for ClientConfig {
         for ep in &self.endpoints {
             check_endpoint("endpoints", ep)?;
         }
-        if self.timeout_ms == 0 || self.retries == 0 {
-            return invalid("timeout_ms and retries must be positive");
+        if self.timeout.is_zero() || self.retries == 0 {
+            return invalid("timeout and retries must be positive");
         }
         Ok(())
     }

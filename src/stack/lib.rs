@@ -75,7 +75,7 @@ pub struct StackSpec {
     pub nodes: Vec<NodeConfig>,
     /// One actor per entry (an operation may appear twice).
     pub actors: Vec<Operacion>,
-    pub deadline_ms: u64,
+    pub deadline: Duration,
     /// CURVE keys and the database password; default: neither.
     pub security: StackSecurity,
     /// The role `biblioteca-almacenamiento migrate` runs as before the
@@ -134,7 +134,7 @@ impl StackSpec {
                 },
             ],
             actors: Operacion::WRITES.to_vec(),
-            deadline_ms: LoadManagerConfig::default().deadline_ms,
+            deadline: LoadManagerConfig::default().deadline,
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
             scheduling: Scheduling::default(),
@@ -162,7 +162,7 @@ impl StackSpec {
             publisher: self.ports.publisher_endpoint(),
             backchannel: self.ports.backchannel_endpoint(),
             storage: self.ports.storage_endpoint(),
-            deadline_ms: self.deadline_ms,
+            deadline: self.deadline,
             curve: self
                 .security
                 .keys

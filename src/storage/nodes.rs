@@ -99,7 +99,7 @@ impl r2d2::HandleError<postgres::Error> for QuietErrors {
 }
 
 pub fn connect_timeout(db: &DatabaseConfig) -> Duration {
-    Duration::from_secs(db.connect_timeout_secs.max(1))
+    db.connect_timeout.max(Duration::from_secs(1))
 }
 
 /// The libpq settings of one node with the bounds every connection needs.
@@ -127,7 +127,7 @@ pub fn pg_config(
         .keepalives_idle(Duration::from_secs(2))
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_millis(db.statement_timeout_ms) + connect_timeout(db));
+        .tcp_user_timeout(db.statement_timeout + connect_timeout(db));
     Ok(pg)
 }
 
@@ -166,7 +166,7 @@ impl Backend {
                 .test_on_check_out(false)
                 .error_handler(Box::new(QuietErrors))
                 .connection_customizer(Box::new(SessionSettings {
-                    statement_timeout_ms: db.statement_timeout_ms,
+                    statement_timeout_ms: db.statement_timeout.as_millis() as u64,
                 }))
                 .build_unchecked(manager);
             nodes.push(Node {

@@ -85,7 +85,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
 
     // Longer than any legitimate request (a connection, then statements
     // bounded by statement_timeout); past it the database is hung.
-    let deadline = Duration::from_millis(cfg.database.statement_timeout_ms)
+    let deadline = cfg.database.statement_timeout
         + super::nodes::connect_timeout(&cfg.database)
         + Duration::from_secs(1);
     let mut front = Front {

@@ -68,7 +68,7 @@ impl Resolution {
 fn storage_client(endpoint: &str) -> Client {
     Client::new(ClientConfig {
         endpoints: vec![endpoint.to_string()],
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
         retries: 1,
         curve: None,
     })

@@ -98,7 +98,7 @@ fn sql(node: &Node, q: &str) -> String {
 fn wait_for_actors(frontend: &str, timeout: Duration) {
     let mut c = Client::new(ClientConfig {
         endpoints: vec![frontend.to_string()],
-        timeout_ms: 1000,
+        timeout: Duration::from_millis(1000),
         retries: 1,
         curve: None,
     })
@@ -220,7 +220,7 @@ fn faults_in_turn_keep_the_history_consistent() {
         &cluster.primary().conninfo("app", "library"),
         &cluster.standby().conninfo("app", "library"),
     );
-    spec.deadline_ms = DEADLINE_MS;
+    spec.deadline = Duration::from_millis(DEADLINE_MS);
     let mut stack = Stack::start(spec).unwrap_or_else(|e| panic!("services: {e}"));
     let primary = cluster.primary().clone();
     let isbns: Vec<String> = (1..=BOOKS).map(catalogue::isbn).collect();

@@ -233,7 +233,7 @@ fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> V
     let budget = plan.budgets[c % plan.budgets.len()];
     let cfg = ClientConfig {
         endpoints: vec![plan.frontend.clone()],
-        timeout_ms: budget.try_timeout_ms,
+        timeout: Duration::from_millis(budget.try_timeout_ms),
         // One try per call: the session loop retries (same id) and counts.
         retries: 1,
         curve: None,

@@ -39,7 +39,7 @@ pub struct WorldSpec {
     /// ZeroMQ ports; `None`: free ports.
     pub ports: Option<StackPorts>,
     pub actors: Vec<Operacion>,
-    pub deadline_ms: u64,
+    pub deadline: Duration,
 }
 
 impl World {
@@ -82,7 +82,7 @@ impl World {
             &cluster.standby().conninfo("app", "library"),
         );
         sspec.actors = spec.actors;
-        sspec.deadline_ms = spec.deadline_ms;
+        sspec.deadline = spec.deadline;
         let t = Instant::now();
         let stack = Stack::start(sspec).unwrap_or_else(|e| panic!("services: {e}"));
         eprintln!(

@@ -69,7 +69,7 @@ impl Env {
             &p.conninfo("app", "library"),
             &s.conninfo("app", "library"),
         );
-        stack_spec.deadline_ms = 4000;
+        stack_spec.deadline = Duration::from_millis(4000);
         let stack = Stack::start(stack_spec).unwrap_or_else(|e| panic!("stack: {e}"));
         let mut env = Env {
             failover_toml: dir.join("failover.toml"),
@@ -115,7 +115,7 @@ impl Env {
         };
         let pid = self.stack().storage.pid().expect("storage pid");
         let text = format!(
-            "catchup_secs = 3\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nwait_secs = 30\n",
+            "catchup = \"3s\"\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nswitch_wait = \"30s\"\n",
             node(self.cluster.primary()),
             node(self.cluster.standby()),
             self.ports.storage_endpoint(),
@@ -161,7 +161,7 @@ impl Env {
     pub fn client(&self, timeout_ms: u64) -> Client {
         Client::new(ClientConfig {
             endpoints: vec![self.ports.frontend_endpoint()],
-            timeout_ms,
+            timeout: Duration::from_millis(timeout_ms),
             retries: 3,
             curve: None,
         })

@@ -186,7 +186,7 @@ fn main() {
                 tag: "guide-python",
                 ports: Some(StackPorts::default()),
                 actors: Operacion::WRITES.to_vec(),
-                deadline_ms: 5000,
+                deadline: Duration::from_millis(5000),
             })
         },
         &[

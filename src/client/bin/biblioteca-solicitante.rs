@@ -24,8 +24,8 @@ use biblioteca_runtime::logging;
 use biblioteca_runtime::security::ClientCurve;
 
 const DEFAULT_STORAGE: &str = "tcp://127.0.0.1:5570";
-/// `status` waits at most this long per service unless `--timeout-ms` says otherwise.
-const STATUS_TIMEOUT_MS: u64 = 2000;
+/// `status` waits at most this long per service unless `--timeout` says otherwise.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,12 +41,12 @@ struct Cli {
     /// Load-manager endpoint (repeat for several; tried in order when one does not answer).
     #[arg(long = "endpoint", value_name = "EP", global = true)]
     endpoints: Vec<String>,
-    /// TOML configuration (endpoints, timeout_ms, retries); flags override it.
+    /// TOML configuration (endpoints, timeout, retries); flags override it.
     #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
-    /// Per-try reply deadline in milliseconds.
-    #[arg(long, value_name = "N", global = true)]
-    timeout_ms: Option<u64>,
+    /// Per-try reply deadline, e.g. 6s or 1500ms.
+    #[arg(long, value_name = "DURATION", global = true, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
     /// Tries per request (the same request id each time).
     #[arg(long, value_name = "N", global = true)]
     retries: Option<u32>,
@@ -182,8 +182,8 @@ fn client_config(cli: &Cli) -> anyhow::Result<ClientConfig> {
     if !cli.endpoints.is_empty() {
         cfg.endpoints = cli.endpoints.clone();
     }
-    if let Some(t) = cli.timeout_ms {
-        cfg.timeout_ms = t;
+    if let Some(t) = cli.timeout {
+        cfg.timeout = t;
     }
     if let Some(r) = cli.retries {
         cfg.retries = r;
@@ -365,10 +365,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn status_table(cli: &Cli, cfg: &ClientConfig, storage: &str) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::from_millis(
-        cli.timeout_ms
-            .unwrap_or(cfg.timeout_ms.min(STATUS_TIMEOUT_MS)),
-    );
+    let timeout = cli.timeout.unwrap_or(cfg.timeout.min(STATUS_TIMEOUT));
     let mut servicios: Vec<Servicio> = cfg
         .endpoints
         .iter()

@@ -2,6 +2,7 @@
 //! back-channel for outcomes, `consulta` straight to the storage manager).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -33,9 +34,9 @@ struct Cli {
     /// The storage manager, for consulta, e.g. tcp://127.0.0.1:5570.
     #[arg(long, value_name = "EP")]
     storage: Option<String>,
-    /// Milliseconds a client waits for an outcome before ServicioNoDisponible.
-    #[arg(long, value_name = "N")]
-    deadline_ms: Option<u64>,
+    /// How long a client waits for an outcome before ServicioNoDisponible, e.g. 5s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    deadline: Option<Duration>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -58,8 +59,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.storage {
         cfg.storage = v;
     }
-    if let Some(v) = cli.deadline_ms {
-        cfg.deadline_ms = v;
+    if let Some(v) = cli.deadline {
+        cfg.deadline = v;
     }
     cfg.validate().context("configuration")?;
     biblioteca_runtime::security::check(cfg.curve.as_ref()).context("configuration")?;
