@@ -413,12 +413,12 @@ redeploy_keeps_new_primary() {
         tail -n 20 "$LOGS/site-redeploy.log"
         return 1
     }
-    on app "grep -A2 'name = \"db1\"' /etc/biblioteca/almacenamiento.toml | grep -q 'role = \"primary\"'" || {
-        echo "the redeployed almacenamiento.toml does not name db1 primary"
+    on app "grep -A2 'name = \"primary\"' /etc/biblioteca/almacenamiento.toml | grep -q 'role = \"primary\"'" || {
+        echo "the redeployed almacenamiento.toml does not name db1 (node primary) primary"
         return 1
     }
-    on app "grep -qx 'db2 = \"primary\"' /var/lib/biblioteca/roles.toml" || {
-        echo "no roles file naming db2 primary"
+    on app "grep -qx 'standby = \"primary\"' /var/lib/biblioteca/roles.toml" || {
+        echo "no roles file naming db2 (node standby) primary"
         return 1
     }
     on app "systemctl restart biblioteca-almacenamiento.service" &&
