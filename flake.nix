@@ -1,7 +1,8 @@
 {
   description = "biblioteca: library loans over ZeroMQ, with a storage manager over replicated PostgreSQL";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+  # A supported release branch; flake.lock pins its commit (README.md, "Nix").
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = { self, nixpkgs }:
     let
@@ -14,8 +15,17 @@
         biblioteca = final.callPackage ./nixos/package.nix { };
       };
 
+      # `biblioteca`: the services (what the NixOS module installs);
+      # `tools`: the demo and the benchmarks, whose demo starts the services'
+      # binaries from `biblioteca`.
       packages = forAllSystems (pkgs: rec {
         biblioteca = pkgs.callPackage ./nixos/package.nix { };
+        tools = pkgs.callPackage ./nixos/package.nix {
+          pname = "biblioteca-tools";
+          members = [ "biblioteca-demo" "biblioteca-bench" ];
+          mainProgram = "biblioteca-demo";
+          servicesBin = "${biblioteca}/bin";
+        };
         default = biblioteca;
       });
 
@@ -26,7 +36,8 @@
         let
           demo = {
             type = "app";
-            program = lib.getExe' self.packages.${pkgs.stdenv.hostPlatform.system}.default "biblioteca-demo";
+            program = lib.getExe' self.packages.${pkgs.stdenv.hostPlatform.system}.tools "biblioteca-demo";
+            meta.description = "The whole system on one machine, narrating the reference scenario";
           };
         in
         {
@@ -42,6 +53,9 @@
       checks = forAllSystems (pkgs: {
         package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
         failover = pkgs.testers.runNixOSTest (import ./nixos/tests/failover.nix {
+          module = self.nixosModules.default;
+        });
+        failover-quorum = pkgs.testers.runNixOSTest (import ./nixos/tests/failover-quorum.nix {
           module = self.nixosModules.default;
         });
       });

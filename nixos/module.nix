@@ -51,13 +51,34 @@ let
   # The port of a `tcp://host:port` endpoint, for the firewall.
   endpointPort = ep: lib.toInt (lib.last (lib.splitString ":" ep));
 
-  # A bare address becomes a single-host CIDR for pg_hba.conf.
+  # A bare IPv4 or IPv6 address becomes a single-host CIDR for pg_hba.conf;
+  # anything else (a host name) is refused by an assertion (isAddress), since
+  # `name/32` is no valid pg_hba.conf line and names may resolve to either
+  # family.
+  ipv4 = "([0-9]{1,3}[.]){3}[0-9]{1,3}";
+  ipv6 = "[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*";
+  isAddress = a: builtins.match "(${ipv4}|${ipv6})(/[0-9]{1,3})?" a != null;
   cidr = addr:
     if lib.hasInfix "/" addr then addr
     else if lib.hasInfix ":" addr then "${addr}/128"
     else "${addr}/32";
+  hbaAddresses = pgCfg.peerAddresses ++ pgCfg.clientAddresses ++ pgCfg.adminAddresses;
 
-  settingsOption = name: extraOptions: mkOption {
+  # synchronous_standby_names: one standby by its name, several as a quorum.
+  ssnName = n: if builtins.match "[A-Za-z_][A-Za-z0-9_]*" n != null then n else ''"${n}"'';
+  syncStandbys = pgCfg.synchronousStandbys;
+  synchronousStandbyNames =
+    if !(isPrimary && pgCfg.synchronous) || syncStandbys == [ ] then ""
+    else if lib.length syncStandbys == 1 then ssnName (lib.head syncStandbys)
+    else "ANY ${toString pgCfg.synchronousCount} (${lib.concatMapStringsSep ", " ssnName syncStandbys})";
+
+  # `user=` appended to a key=value conninfo; a URI gets it as a parameter.
+  withUser = conninfo: user:
+    if builtins.match "postgres(ql)?://.*" conninfo != null
+    then "${conninfo}${if lib.hasInfix "?" conninfo then "&" else "?"}user=${user}"
+    else "${conninfo} user=${user}";
+
+  settingsOption = name: extraOptions: extraText: mkOption {
     type = types.submodule {
       freeformType = format.type;
       options = extraOptions;
@@ -67,7 +88,7 @@ let
       Contents of {file}`/etc/biblioteca/${name}.toml`. Keys are those of the
       service's config struct; unknown keys are rejected when the service
       starts (`--check-config` runs first), and unset keys keep the built-in
-      defaults.
+      defaults.${extraText}
     '';
   };
 
@@ -120,13 +141,14 @@ let
   };
 
   # biblioteca-migrate.service's config: the storage manager's nodes, logged
-  # in as the schema owner (a later `user=` wins in a conninfo), with the
+  # in as the schema owner (a later `user=` wins in a conninfo, a URI gets a
+  # `user` parameter), with the
   # owner's password; no [curve], no state_dir, no application password.
   migrateSettings = {
     database = (removeAttrs cfg.settings.almacenamiento.database [ "password_file" ]) // {
       password_file = "${credentialsDir "biblioteca-migrate"}/owner-password";
       nodes = map
-        (n: n // { conninfo = "${n.conninfo} user=${pgCfg.ownerUser}"; })
+        (n: n // { conninfo = withUser n.conninfo pgCfg.ownerUser; })
         (cfg.settings.almacenamiento.database.nodes or [ ]);
     };
   };
@@ -173,7 +195,7 @@ let
   # application role and the schema owner (migrations), only failover hosts
   # as the superuser (also for replication: rejoin); all with SCRAM.
   hbaLines =
-    [ "host replication ${pgCfg.replicationUser} ${cidr pgCfg.peerAddress} scram-sha-256" ]
+    map (a: "host replication ${pgCfg.replicationUser} ${cidr a} scram-sha-256") pgCfg.peerAddresses
     ++ map (a: "host ${pgCfg.database} ${pgCfg.user} ${cidr a} scram-sha-256") pgCfg.clientAddresses
     ++ map (a: "host ${pgCfg.database} ${pgCfg.ownerUser} ${cidr a} scram-sha-256") pgCfg.clientAddresses
     ++ map (a: "host all postgres ${cidr a} scram-sha-256") pgCfg.adminAddresses
@@ -186,6 +208,13 @@ let
   PGOPTIONS = "-c synchronous_commit=local";
 in
 {
+  imports = [
+    (lib.mkChangedOptionModule
+      [ "services" "biblioteca" "postgresql" "peerAddress" ]
+      [ "services" "biblioteca" "postgresql" "peerAddresses" ]
+      (config: [ config.services.biblioteca.postgresql.peerAddress ]))
+  ];
+
   options.services.biblioteca = {
     enable = mkEnableOption "the biblioteca library-loan services";
 
@@ -332,44 +361,74 @@ in
     };
 
     settings = {
-      carga = settingsOption "carga" { };
-      solicitante = settingsOption "solicitante" { };
-      actor = settingsOption "actor" { };
-      almacenamiento = settingsOption "almacenamiento" {
-        state_dir = mkOption {
-          type = types.nullOr types.str;
-          default = "/var/lib/biblioteca";
-          description = "Where the storage manager keeps what must survive restarts (its StateDirectory).";
-        };
-        database = mkOption {
-          type = types.submodule {
-            freeformType = format.type;
-            options.password_file = mkOption {
-              type = types.nullOr types.str;
-              default =
-                if cfg.databasePasswordFile != null
-                then "${credentialsDir "biblioteca-almacenamiento"}/db-password"
-                else null;
-              defaultText = lib.literalExpression ''
-                "/run/credentials/biblioteca-almacenamiento.service/db-password" when databasePasswordFile is set
-              '';
-              description = "Where the storage manager reads the application role's password.";
-            };
+      carga = settingsOption "carga" { } "";
+      solicitante = settingsOption "solicitante" { } "";
+      actor = settingsOption "actor" { } "";
+      almacenamiento = settingsOption "almacenamiento"
+        {
+          state_dir = mkOption {
+            type = types.nullOr types.str;
+            default = "/var/lib/biblioteca";
+            description = ''
+              Where the storage manager keeps what must survive restarts (its
+              StateDirectory): the newest timeline seen, and `roles.toml`, the
+              nodes' roles as `biblioteca-failover` last set them, which
+              override the roles of `database.nodes`.
+            '';
           };
-          default = { };
-          description = "The `[database]` table: `nodes`, `pool_size`, timeouts, `password_file`.";
-        };
-      };
-      failover = settingsOption "failover" {
-        pg_bin = mkOption {
-          type = types.str;
-          default = "${lib.getBin (if pg.enable then pg.package else pkgs.postgresql)}/bin";
-          defaultText = lib.literalExpression ''
-            "''${lib.getBin config.services.postgresql.package}/bin" on a database host, else pkgs.postgresql's
-          '';
-          description = "PostgreSQL client and server binaries used by `biblioteca-failover`.";
-        };
-      };
+          database = mkOption {
+            type = types.submodule {
+              freeformType = format.type;
+              options.password_file = mkOption {
+                type = types.nullOr types.str;
+                default =
+                  if cfg.databasePasswordFile != null
+                  then "${credentialsDir "biblioteca-almacenamiento"}/db-password"
+                  else null;
+                defaultText = lib.literalExpression ''
+                  "/run/credentials/biblioteca-almacenamiento.service/db-password" when databasePasswordFile is set
+                '';
+                description = "Where the storage manager reads the application role's password.";
+              };
+            };
+            default = { };
+            description = "The `[database]` table: `nodes`, `pool_size`, timeouts, `password_file`.";
+          };
+        }
+        ''
+
+          Any other key the storage manager reads passes through unchanged,
+          e.g. its replication mode (`replicacion = "estricta"` or
+          `"disponible"`, and `degradar_tras`, default `"5s"`) in the table
+          its documentation names; `--check-config` rejects what it does not
+          know.
+
+          After `biblioteca-failover promote|switchover|rejoin`, the roles in
+          `database.nodes` no longer decide where writes go: the tool's
+          {file}`''${state_dir}/roles.toml` overrides them, and this file
+          (re-created by every switch and boot) is never written. Set the
+          new roles in `database.nodes` (and in
+          {option}`services.biblioteca.postgresql.role` on the database
+          hosts) in your next deployment so the two agree; `biblioteca-failover
+          status` shows which file set the roles.
+        '';
+      failover = settingsOption "failover"
+        {
+          pg_bin = mkOption {
+            type = types.str;
+            default = "${lib.getBin (if pg.enable then pg.package else pkgs.postgresql)}/bin";
+            defaultText = lib.literalExpression ''
+              "''${lib.getBin config.services.postgresql.package}/bin" on a database host, else pkgs.postgresql's
+            '';
+            description = "PostgreSQL client and server binaries used by `biblioteca-failover`.";
+          };
+        }
+        ''
+
+          `storage.config` names the storage manager's main file
+          ({file}`/etc/biblioteca/almacenamiento.toml`); the tool reads it to
+          find the roles file under its `state_dir` and writes only there.
+        '';
     };
 
     postgresql = {
@@ -380,7 +439,13 @@ in
         description = ''
           What this node is when first deployed. A standby clones the primary
           with `pg_basebackup -R` into an empty data directory before
-          PostgreSQL first starts. After a failover, swap the roles here too.
+          PostgreSQL first starts. After a failover, set the new roles here
+          (and {option}`primaryHost` on the standbys) in the next
+          deployment: until then the promoted node keeps running as a primary
+          (a data directory is never cloned twice, and `biblioteca-failover`'s
+          `ALTER SYSTEM` settings win over this module's), and the storage
+          manager follows the failover tool's roles file, not
+          {option}`services.biblioteca.settings.almacenamiento`.
         '';
       };
 
@@ -399,22 +464,58 @@ in
         type = types.strMatching "[A-Za-z0-9_-]+";
         default = if isPrimary then "standby" else "primary";
         defaultText = lib.literalExpression ''if role == "primary" then "standby" else "primary"'';
-        description = "The other node's name (the synchronous standby a primary waits for).";
+        description = ''
+          The other node's name, with a single standby: the default of
+          {option}`synchronousStandbys`.
+        '';
+      };
+
+      synchronousStandbys = mkOption {
+        type = types.listOf (types.strMatching "[A-Za-z0-9_-]+");
+        default = [ pgCfg.peerName ];
+        defaultText = lib.literalExpression "[ config.services.biblioteca.postgresql.peerName ]";
+        example = [ "db2" "db3" ];
+        description = ''
+          Names (`cluster_name`, hence `application_name`) of the standbys a
+          primary waits for. One standby: `synchronous_standby_names` is its
+          name; two or more: `ANY k (s1, s2, ...)` with k =
+          {option}`synchronousCount`, so a commit is acknowledged once k of
+          them have it. List every standby the storage manager's
+          `database.nodes` names.
+        '';
+      };
+
+      synchronousCount = mkOption {
+        type = types.ints.positive;
+        default = 1;
+        description = ''
+          With several {option}`synchronousStandbys`: how many must confirm a
+          commit (the k of `ANY k (...)`); at most their number.
+        '';
       };
 
       primaryHost = mkOption {
         type = types.nullOr types.str;
         default = null;
         example = "10.0.0.1";
-        description = "Address of the primary a standby clones and streams from.";
+        description = ''
+          Address of the primary a standby clones and streams from. Prefer an
+          IP address to a name: a name that resolves to IPv6 first connects
+          from an address pg_hba.conf may not list, and libpq does not try
+          the next address after an authentication refusal.
+        '';
       };
 
-      peerAddress = mkOption {
-        type = types.str;
-        example = "10.0.0.2";
+      peerAddresses = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "10.0.0.2" "fd00::2" "10.0.0.3" ];
         description = ''
-          Address (or CIDR) of the other database node; the only one allowed
-          to connect for replication (scram-sha-256).
+          Every address (IPv4 and IPv6, or CIDRs) of every other database
+          node: the only hosts allowed to connect for replication
+          (scram-sha-256). Any node may become the primary, so list them on
+          every node. IP addresses only: pg_hba.conf cannot take a host name
+          as a CIDR.
         '';
       };
 
@@ -496,9 +597,23 @@ in
         type = types.bool;
         default = true;
         description = ''
-          Make the primary wait for the standby ({option}`peerName`) to
-          confirm every commit (`synchronous_standby_names`). A promoted
-          standby runs without a synchronous peer until one rejoins.
+          Make the primary wait for its standbys
+          ({option}`synchronousStandbys`) to confirm every commit
+          (`synchronous_standby_names`). A promoted standby runs with what
+          `biblioteca-failover` set (`ALTER SYSTEM`, which wins over this
+          file) until a standby rejoins.
+        '';
+      };
+
+      basebackupAttempts = mkOption {
+        type = types.ints.positive;
+        default = 60;
+        description = ''
+          How often a standby's first clone (`pg_basebackup`) is tried, 5 s
+          apart, emptying the data directory between tries: when every
+          machine boots at once, the primary creates the replication role
+          and its password after it first accepts connections. The unit
+          fails after the last try (and PostgreSQL with it).
         '';
       };
     };
@@ -627,7 +742,7 @@ in
             serviceConfig = hardening // {
               Type = "oneshot";
               ExecStart = "${cfg.package}/bin/biblioteca-almacenamiento --config /etc/biblioteca/migrate.toml migrate --app-role ${pgCfg.user}";
-              LoadCredential = [ "owner-password:${cfg.ownerPasswordFile}" ];
+              LoadCredential = [ "owner-password:${toString cfg.ownerPasswordFile}" ];
               # Migrations wait for each other (advisory lock).
               TimeoutStartSec = "10min";
               DynamicUser = true;
@@ -679,7 +794,22 @@ in
           assertion = pgCfg.replicationPasswordFile != null;
           message = "services.biblioteca.postgresql.replicationPasswordFile must be set: replication uses scram-sha-256.";
         }
+        {
+          assertion = pgCfg.peerAddresses != [ ];
+          message = "services.biblioteca.postgresql.peerAddresses must list the other database nodes' addresses (IPv4 and IPv6).";
+        }
+        {
+          assertion = lib.all isAddress hbaAddresses;
+          message = "services.biblioteca.postgresql: peerAddresses, clientAddresses and adminAddresses take IP addresses or CIDRs, not host names: ${lib.concatStringsSep ", " (lib.filter (a: !isAddress a) hbaAddresses)}.";
+        }
+        {
+          assertion = !(isPrimary && pgCfg.synchronous) || pgCfg.synchronousCount <= lib.length syncStandbys;
+          message = "services.biblioteca.postgresql.synchronousCount (${toString pgCfg.synchronousCount}) exceeds the number of synchronousStandbys (${toString (lib.length syncStandbys)}).";
+        }
       ];
+
+      warnings = lib.optional (!isPrimary && pgCfg.primaryHost != null && !isAddress pgCfg.primaryHost)
+        "services.biblioteca.postgresql.primaryHost = \"${pgCfg.primaryHost}\" is a name: if it resolves to an address pg_hba.conf on the primary does not list (IPv6 first), the clone fails; prefer the primary's IP address.";
 
       networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ pgCfg.port ];
 
@@ -719,8 +849,7 @@ in
           wal_log_hints = true;
           password_encryption = "scram-sha-256";
           synchronous_commit = "on";
-          synchronous_standby_names =
-            if isPrimary && pgCfg.synchronous then pgCfg.peerName else "";
+          synchronous_standby_names = synchronousStandbyNames;
         };
         authentication = lib.concatLines hbaLines;
       };
@@ -747,7 +876,7 @@ in
               User = "postgres";
               Group = "postgres";
               LoadCredential =
-                [ "replication-password:${pgCfg.replicationPasswordFile}" ]
+                [ "replication-password:${toString pgCfg.replicationPasswordFile}" ]
                 ++ lib.optional (cfg.databasePasswordFile != null) "db-password:${cfg.databasePasswordFile}"
                 ++ lib.optional (cfg.ownerPasswordFile != null) "owner-password:${cfg.ownerPasswordFile}"
                 ++ lib.optional (pgCfg.adminPasswordFile != null) "admin-password:${pgCfg.adminPasswordFile}";
@@ -810,7 +939,7 @@ in
               RemainAfterExit = true;
               User = "postgres";
               Group = "postgres";
-              LoadCredential = [ "replication-password:${pgCfg.replicationPasswordFile}" ];
+              LoadCredential = [ "replication-password:${toString pgCfg.replicationPasswordFile}" ];
               TimeoutStartSec = "30min";
               ReadWritePaths = [ pg.dataDir ];
               PrivateTmp = true;
@@ -819,21 +948,32 @@ in
               NoNewPrivileges = true;
               UMask = "0077";
             };
+            # Booting with the primary, the replication role or its
+            # password may not exist yet: retry (bounded), from an empty
+            # directory each time.
             script = ''
               set -eu
-              until pg_isready -q -h ${lib.escapeShellArg pgCfg.primaryHost} -p ${pgPort}; do
-                echo "waiting for the primary ${pgCfg.primaryHost}:${pgPort}"
-                sleep 2
-              done
-              # A half-finished clone from an earlier attempt is discarded.
-              find ${lib.escapeShellArg pg.dataDir} -mindepth 1 -delete
+              host=${lib.escapeShellArg (toString pgCfg.primaryHost)}
               PGPASSWORD="$(cat "$CREDENTIALS_DIRECTORY/replication-password")"
               export PGPASSWORD
-              pg_basebackup --no-password \
-                -h ${lib.escapeShellArg pgCfg.primaryHost} -p ${pgPort} \
-                -U ${lib.escapeShellArg pgCfg.replicationUser} \
-                -D ${lib.escapeShellArg pg.dataDir} \
-                -R -X stream -c fast
+              attempt=1
+              while :; do
+                find ${lib.escapeShellArg pg.dataDir} -mindepth 1 -delete
+                if pg_isready -q -h "$host" -p ${pgPort} \
+                  && pg_basebackup --no-password -h "$host" -p ${pgPort} \
+                    -U ${lib.escapeShellArg pgCfg.replicationUser} \
+                    -D ${lib.escapeShellArg pg.dataDir} -R -X stream -c fast; then
+                  exit 0
+                fi
+                if [ "$attempt" -ge ${toString pgCfg.basebackupAttempts} ]; then
+                  echo "no clone of $host:${pgPort} after $attempt attempts; giving up" >&2
+                  find ${lib.escapeShellArg pg.dataDir} -mindepth 1 -delete
+                  exit 1
+                fi
+                echo "clone of $host:${pgPort} failed (attempt $attempt of ${toString pgCfg.basebackupAttempts}); retrying in 5 s"
+                attempt=$((attempt + 1))
+                sleep 5
+              done
             '';
           };
 

@@ -1,5 +1,7 @@
-# The biblioteca binaries. libzmq comes from pkg-config (zmq-sys 0.11 links
-# the system library rather than vendoring it).
+# biblioteca binaries, built per workspace member (`cargo build -p`).
+# The default set is the services a deployment runs; flake.nix builds the
+# demo and benchmark tools as a second package from the same file. libzmq
+# comes from pkg-config (zmq-sys 0.11 links the system library).
 { lib
 , rustPlatform
 , pkg-config
@@ -7,13 +9,26 @@
 , postgresql
 , makeWrapper
 , dejavu_fonts
+, pname ? "biblioteca"
+  # Workspace members whose binaries are installed.
+, members ? [
+    "biblioteca-storage" # biblioteca-almacenamiento
+    "biblioteca-load-manager" # biblioteca-carga
+    "biblioteca-actor"
+    "biblioteca-failover"
+    "biblioteca-runtime" # biblioteca-claves
+    "biblioteca-client" # biblioteca-solicitante
+  ]
+, mainProgram ? "biblioteca-almacenamiento"
+  # The tools package: where the demo finds the service binaries it starts.
+, servicesBin ? null
 }:
 
 let
   cargo = lib.importTOML ../Cargo.toml;
 in
 rustPlatform.buildRustPackage {
-  pname = cargo.package.name;
+  inherit pname;
   inherit (cargo.workspace.package) version;
 
   src = lib.fileset.toSource {
@@ -30,6 +45,7 @@ rustPlatform.buildRustPackage {
   };
 
   cargoLock.lockFile = ../Cargo.lock;
+  cargoBuildFlags = lib.concatMap (m: [ "-p" m ]) members;
 
   nativeBuildInputs = [
     pkg-config
@@ -53,14 +69,19 @@ rustPlatform.buildRustPackage {
       fi
     done
     # Chart labels (`carga --grafico`) need a TrueType font at run time.
-    wrapProgram "$out/bin/biblioteca-solicitante" \
-      --set-default BIBLIOTECA_FONT ${dejavu_fonts}/share/fonts/truetype/DejaVuSans.ttf
+    if [ -e "$out/bin/biblioteca-solicitante" ]; then
+      wrapProgram "$out/bin/biblioteca-solicitante" \
+        --set-default BIBLIOTECA_FONT ${dejavu_fonts}/share/fonts/truetype/DejaVuSans.ttf
+    fi
+  '' + lib.optionalString (servicesBin != null) ''
+    # The demo starts the services' binaries from the services package.
+    wrapProgram "$out/bin/biblioteca-demo" --add-flags "--bin-dir ${servicesBin}"
   '';
 
   meta = {
-    description = cargo.package.description;
+    description = "biblioteca: library loans over ZeroMQ with a storage manager over replicated PostgreSQL";
     license = lib.licenses.mit;
     platforms = lib.platforms.linux;
-    mainProgram = "biblioteca-demo";
+    inherit mainProgram;
   };
 }

@@ -29,6 +29,10 @@ let
     ];
   };
 
+  # Every address of a node: the test network lists each under IPv4 and
+  # IPv6, and a name resolves to IPv6 first; pg_hba.conf needs both.
+  addresses = node: [ node.networking.primaryIPAddress node.networking.primaryIPv6Address ];
+
   dbNode = role: peer: { nodes, ... }: {
     imports = [ module secretFiles ];
     virtualisation.memorySize = 1024;
@@ -39,17 +43,18 @@ let
       postgresql = {
         enable = true;
         inherit role;
-        primaryHost = if role == "standby" then "primary" else null;
-        peerAddress = nodes.${peer}.networking.primaryIPAddress;
-        clientAddresses = [ nodes.app.networking.primaryIPAddress ];
-        adminAddresses = [ nodes.app.networking.primaryIPAddress ];
+        # An address, not a name (see addresses).
+        primaryHost = if role == "standby" then nodes.primary.networking.primaryIPAddress else null;
+        peerAddresses = addresses nodes.${peer};
+        clientAddresses = addresses nodes.app;
+        adminAddresses = addresses nodes.app;
         replicationPasswordFile = "/var/lib/secrets/replication-password";
         adminPasswordFile = "/var/lib/secrets/admin-password";
       };
     };
   };
 
-  conninfo = host: user: "host=${host} port=5432 user=${user} dbname=library";
+  conninfo = node: user: "host=${node.networking.primaryIPAddress} port=5432 user=${user} dbname=library";
 
   # Test-only CURVE key pairs, made at boot on the app machine before any
   # service: secret keys in the module's keyDirectory, public ones where the
@@ -89,7 +94,7 @@ in
     primary = dbNode "primary" "standby";
     standby = dbNode "standby" "primary";
 
-    app = { ... }: {
+    app = { nodes, ... }: {
       imports = [ module secretFiles testKeys ];
       virtualisation.memorySize = 1024;
       services.biblioteca = {
@@ -113,12 +118,12 @@ in
           almacenamiento.database.nodes = [
             {
               name = "primary";
-              conninfo = conninfo "primary" "app";
+              conninfo = conninfo nodes.primary "app";
               role = "primary";
             }
             {
               name = "standby";
-              conninfo = conninfo "standby" "app";
+              conninfo = conninfo nodes.standby "app";
               role = "standby";
             }
           ];
@@ -126,11 +131,11 @@ in
             nodes = [
               {
                 name = "primary";
-                conninfo = conninfo "primary" "postgres";
+                conninfo = conninfo nodes.primary "postgres";
               }
               {
                 name = "standby";
-                conninfo = conninfo "standby" "postgres";
+                conninfo = conninfo nodes.standby "postgres";
               }
             ];
             storage = {
@@ -157,6 +162,13 @@ in
         ).strip()
 
     CLIENT = "biblioteca-solicitante --config /etc/biblioteca/solicitante.toml"
+
+    def wait_replayed(machine, lsn):
+        machine.wait_until_succeeds(
+            "runuser -u postgres -- psql -tAc "
+            + shlex.quote(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn")
+            + " | grep -qx t"
+        )
 
     def client(*args):
         return app.succeed(CLIENT + " --json " + " ".join(shlex.quote(a) for a in args))
@@ -190,7 +202,9 @@ in
         app.succeed("test \"$(systemctl show -p Result --value biblioteca-migrate.service)\" = success")
         assert sql(primary, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'library'") == "biblioteca_owner"
         assert sql(primary, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> 'biblioteca_owner'") == "0"
-        app.fail("ls /run/credentials/biblioteca-almacenamiento.service | grep owner")
+        creds = "/run/credentials/biblioteca-almacenamiento.service"
+        app.succeed(f"test -e {creds}/db-password")
+        app.fail(f"test -e {creds}/owner-password")
 
     with subtest("CURVE everywhere: a client without a key is not answered"):
         for f in ["carga", "almacenamiento", "actor", "solicitante"]:
@@ -235,7 +249,8 @@ in
         for i in range(10):
             client("prestamo", isbns[i % 4], f"usuario_carga_{i}")
         assert sql(primary, "SELECT count(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%'") == "10"
-        # Synchronous replication: committed on the standby too.
+        # Synchronous commit waits for the standby's flush, not its replay.
+        wait_replayed(standby, sql(primary, "SELECT pg_current_wal_flush_lsn()"))
         assert sql(standby, "SELECT count(*) FROM prestamos WHERE usuario LIKE 'usuario_carga_%'") == "10"
 
     libros = sql(primary, "SELECT count(*) FROM libros")
@@ -248,15 +263,37 @@ in
         standby.wait_until_succeeds(
             "test \"$(runuser -u postgres -- psql -tAc 'SELECT pg_is_in_recovery()')\" = f"
         )
-        app.succeed("grep -q fenced /etc/biblioteca/almacenamiento.toml")
+        # The failover tool's roles file, not the deployment's config.
+        app.succeed("grep -qx 'primary = \"fenced\"' /var/lib/biblioteca/roles.toml")
+        app.succeed("grep -qx 'standby = \"primary\"' /var/lib/biblioteca/roles.toml")
+        app.fail("grep -q fenced /etc/biblioteca/almacenamiento.toml")
 
     with subtest("nothing was lost"):
         assert sql(standby, "SELECT count(*) FROM libros") == libros
         assert sql(standby, "SELECT count(*) FROM prestamos") == prestamos
 
     with subtest("a new loan after the failover"):
-        app.wait_until_succeeds(f"{CLIENT} prestamo 978-0596007126 usuario_post_failover", timeout=60)
+        # One request id for the one loan, however often it is retried.
+        app.wait_until_succeeds(
+            f"{CLIENT} prestamo --id post-failover-1 978-0596007126 usuario_post_failover", timeout=60
+        )
         assert sql(standby, "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_failover'") == "ACTIVO"
         app.succeed("systemctl is-active biblioteca-almacenamiento.service")
+
+    with subtest("the next deployment keeps the new primary"):
+        # Activation puts /etc back as the generation has it (the old roles);
+        # the unit restarts as it would on a changed configuration.
+        app.succeed("/run/current-system/bin/switch-to-configuration test")
+        app.succeed("systemctl restart biblioteca-almacenamiento.service")
+        app.wait_for_unit("biblioteca-almacenamiento.service")
+        app.succeed("grep -q 'role = \"primary\"' /etc/biblioteca/almacenamiento.toml")
+        app.wait_until_succeeds(
+            f"{CLIENT} prestamo --id post-redeploy-1 978-1491950357 usuario_post_redeploy", timeout=60
+        )
+        assert sql(standby, "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_redeploy'") == "ACTIVO"
+        app.succeed(
+            "biblioteca-failover --config /etc/biblioteca/failover.toml status"
+            + " | grep -q 'roles from: /var/lib/biblioteca/roles.toml'"
+        )
   '';
 }

@@ -4,8 +4,9 @@
 //! nodes ([`status`]), promoting a standby after the primary died
 //! ([`promote`]), turning a former primary back into a standby ([`rejoin`])
 //! and a planned role swap with nothing lost ([`switchover`]). Each command
-//! ends by re-pointing the storage manager (its TOML rewritten atomically,
-//! then a reload) and waits until the storage manager reports it serves from
+//! ends by re-pointing the storage manager (the new roles written atomically
+//! to its roles drop-in, never to the deployment's main file, then a
+//! reload) and waits until the storage manager reports it serves from
 //! the new node, so "exit 0" means writes flow again. Every step prints one
 //! line through [`Progress`]; a failure says what state things were left in
 //! and what to do next ([`FailoverError::Stuck`]).
@@ -18,6 +19,7 @@ pub mod pg;
 pub mod promote;
 pub mod quorum;
 pub mod rejoin;
+pub mod roles_file;
 pub mod status;
 pub mod storage;
 pub mod switchover;

@@ -16,7 +16,6 @@ use super::pg::{self, Lsn, Probe, Role};
 use super::status::probe_all;
 use super::storage;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use biblioteca_protocol::config::StorageConfig;
 
 #[derive(Debug, Clone, Default)]
 pub struct PromoteOptions {
@@ -179,8 +178,8 @@ fn old_primary<'a>(
         .storage
         .config
         .as_deref()
-        .and_then(|path| biblioteca_protocol::config::parse::<StorageConfig>(path).ok())
-        .and_then(|s| s.database.primary().map(|n| n.name.clone()))
+        .and_then(|path| biblioteca_protocol::config_roles::load_storage(path).ok())
+        .and_then(|s| s.config.database.primary().map(|n| n.name.clone()))
         .filter(|n| n != target);
     if let Some(name) = configured {
         if let Some(n) = cfg.node(&name) {

@@ -94,7 +94,7 @@ pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<(
         FailoverError::stuck(
             format!("cannot update the storage manager: {e}"),
             format!("{name} streams from {} as a standby", primary.name),
-            format!("set role = \"standby\" for {name} in the storage config and reload it"),
+            format!("set {name} = \"standby\" under [roles] in the storage manager's roles file (see `status`) and reload it"),
         )
     })?;
     progress.step(format!(

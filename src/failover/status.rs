@@ -35,6 +35,10 @@ pub struct StorageView {
     pub reachable: bool,
     /// The node it writes to (`datos.nodo`).
     pub serving_from: Option<String>,
+    /// The file that set its nodes' roles, as it reports it (`datos.roles_from`).
+    pub roles_from: Option<String>,
+    /// The same, as read here from `storage.config` and its roles drop-in.
+    pub roles_on_disk: Option<String>,
     pub reply: Option<serde_json::Value>,
 }
 
@@ -103,17 +107,34 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
     let timeout = cfg.storage.status_timeout;
+    let roles_on_disk = cfg.storage.config.as_deref().map(|main| {
+        match biblioteca_protocol::config_roles::load_storage(main) {
+            Ok(l) => l
+                .config
+                .roles_from
+                .map_or_else(|| main.display().to_string(), |p| p.display().to_string()),
+            Err(e) => format!("invalid: {e}"),
+        }
+    });
     let storage = match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,
             serving_from: s.writer,
+            roles_from: s
+                .raw
+                .pointer("/datos/roles_from")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+            roles_on_disk,
             reply: Some(s.raw),
         },
         _ => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: false,
             serving_from: None,
+            roles_from: None,
+            roles_on_disk,
             reply: None,
         },
     };
@@ -182,6 +203,12 @@ pub fn render(report: &Report) -> String {
         .map(replication_line)
     {
         let _ = writeln!(out, "{line}");
+    }
+    if let Some(from) = &report.storage.roles_from {
+        let _ = writeln!(out, "storage manager roles from: {from}");
+    }
+    if let Some(from) = &report.storage.roles_on_disk {
+        let _ = writeln!(out, "roles on disk from: {from}");
     }
     out
 }

@@ -227,6 +227,10 @@ pub struct StorageConfig {
     /// before synchronous replication is switched off.
     #[serde(with = "humantime_serde")]
     pub degradar_tras: Duration,
+    /// Not a key: the file that set the nodes' roles, the main file or the
+    /// failover tool's drop-in (see `config_roles`).
+    #[serde(skip)]
+    pub roles_from: Option<PathBuf>,
 }
 
 /// The storage manager's answer to "the synchronous standby is gone".
@@ -296,6 +300,7 @@ impl Default for StorageConfig {
             curve: None,
             replicacion: Replicacion::Estricta,
             degradar_tras: Duration::from_secs(5),
+            roles_from: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Nothing here does I/O beyond parsing: the messages (this module), each
 //! process's TOML configuration ([`config`], with its `[curve]` sections in
-//! [`curve`]) and the generated catalogue's ISBNs ([`catalogue`]).
+//! [`curve`], and the failover tool's roles drop-in over the storage
+//! manager's in [`config_roles`]) and the generated catalogue's ISBNs ([`catalogue`]).
 //!
 //! Clients, the load manager, the actors and the storage manager all speak one
 //! JSON request shape ([`Peticion`]) and one JSON reply shape ([`Respuesta`]);
@@ -13,6 +14,7 @@
 
 pub mod catalogue;
 pub mod config;
+pub mod config_roles;
 pub mod curve;
 
 use serde::{Deserialize, Serialize};

@@ -150,6 +150,19 @@ pub fn check_config(config: &StorageConfig) -> Result<(), ConfigError> {
     biblioteca_runtime::security::check(config.curve.as_ref())
 }
 
+/// Logs the names in the failover tool's roles file that the main
+/// configuration no longer lists (they are ignored).
+pub fn warn_unknown_roles(loaded: &biblioteca_protocol::config_roles::Loaded) {
+    if !loaded.unknown.is_empty() {
+        let from = loaded.config.roles_from.as_deref();
+        tracing::warn!(
+            nodes = loaded.unknown.join(", "),
+            roles_from = %from.unwrap_or(std::path::Path::new("-")).display(),
+            "the roles file names nodes the configuration does not list; ignored"
+        );
+    }
+}
+
 /// Runs the storage manager until `shutdown`: waits for a writable node,
 /// checks the schema is migrated, binds `config.bind`, signals READY and serves.
 /// `config_path` is re-read on SIGHUP (`shutdown.reload_generation()`).

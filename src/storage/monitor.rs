@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::nodes::{connect_timeout, Backend, PROBE_SQL};
 use super::Shared;
-use biblioteca_protocol::config::{self, NodeRole, StorageConfig};
+use biblioteca_protocol::config::{NodeRole, StorageConfig};
+use biblioteca_protocol::config_roles;
 use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
 
@@ -192,9 +193,12 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
         return;
     };
     let parsed =
-        config::parse(path).and_then(|c: StorageConfig| crate::check_config(&c).map(|()| c));
+        config_roles::load_storage(path).and_then(|l| crate::check_config(&l.config).map(|()| l));
     let mut cfg: StorageConfig = match parsed {
-        Ok(c) => c,
+        Ok(loaded) => {
+            crate::warn_unknown_roles(&loaded);
+            loaded.config
+        }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload refused: keeping the running configuration");
             return;
@@ -239,6 +243,7 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
     tracing::info!(
         node = after.as_deref().unwrap_or("none"),
         previous = before.as_deref().unwrap_or("none"),
+        roles_from = %backend.config.roles_from.as_deref().unwrap_or(Path::new("-")).display(),
         "configuration reloaded"
     );
     if let (Some(from), Some((_, node))) = (switched, backend.writer()) {

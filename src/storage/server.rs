@@ -369,6 +369,7 @@ pub fn status_reply(shared: &Shared) -> Vec<u8> {
             "nodos": backend.nodes_status(),
             "timeline": shared.fencing.newest(),
             "replicacion": shared.replication.status(backend.config.replicacion),
+            "roles_from": backend.config.roles_from,
         }),
     )
     .to_bytes()

@@ -99,6 +99,18 @@ impl Env {
         self.stack().storage.spec().config_path()
     }
 
+    /// The failover tool's roles drop-in for the storage manager.
+    pub fn roles_path(&self) -> PathBuf {
+        let main = self.storage_config_path();
+        let cfg = biblioteca_protocol::config_roles::parse_main(&main).unwrap();
+        biblioteca_protocol::config_roles::path_for(&cfg, &main)
+    }
+
+    pub fn roles_text(&self) -> String {
+        let path = self.roles_path();
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     pub fn stack(&self) -> &Stack {
         self.stack.as_ref().expect("stack running")
     }

@@ -9,18 +9,21 @@
 mod env;
 mod load;
 mod replication;
+mod redeploy;
 
 use std::time::{Duration, Instant};
 
 use biblioteca_cluster::StopMode;
-use biblioteca_failover::storage::{query_status, set_roles};
+use biblioteca_failover::roles_file;
+use biblioteca_failover::storage::query_status;
 use biblioteca_protocol::config::NodeRole;
+use biblioteca_protocol::config_roles;
 use biblioteca_protocol::Operacion;
 use env::{serial, sql, wait_sync, Env, ISBNS};
 use load::{check_nothing_lost, pause, Load};
 
 /// The node the storage manager writes to, per its status reply.
-fn serving_from(env: &Env) -> Option<String> {
+pub(crate) fn serving_from(env: &Env) -> Option<String> {
     query_status(&env.ports.storage_endpoint(), Duration::from_secs(2))
         .unwrap()
         .and_then(|s| s.writer)
@@ -113,8 +116,8 @@ fn guide_parts_5_and_6() {
     let report: serde_json::Value =
         serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
     assert_eq!(report["storage"]["serving_from"], "standby");
-    let storage_cfg = std::fs::read_to_string(env.storage_config_path()).unwrap();
-    assert!(storage_cfg.contains("fenced"), "{storage_cfg}");
+    let roles = env.roles_text();
+    assert!(roles.contains("primary = \"fenced\""), "{roles}");
 }
 
 /// A config that does not parse, or breaks an invariant, sent with SIGHUP:
@@ -151,12 +154,17 @@ fn sighup_with_a_broken_config_keeps_serving() {
         );
     }
     std::fs::write(&path, &good).unwrap();
-    let err = set_roles(&path, &[("ghost", NodeRole::Primary)]).unwrap_err();
-    println!("set_roles refused: {err}");
+    let err = roles_file::record(&path, &[("ghost", NodeRole::Primary)]).unwrap_err();
+    println!("roles change refused: {err}");
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         good,
-        "refused rewrite left the file as it was"
+        "a refused roles change left the main file as it was"
+    );
+    let drop_in = config_roles::path_for(&config_roles::parse_main(&path).unwrap(), &path);
+    assert!(
+        !drop_in.exists(),
+        "a refused roles change wrote no roles file"
     );
     env.stack().storage.sighup().unwrap();
     pause(1);
@@ -269,13 +277,13 @@ fn returning_old_primary_receives_no_write() {
     sql(env.primary(), "SELECT pg_reload_conf()");
     assert_eq!(sql(env.primary(), "SELECT pg_is_in_recovery()"), "f");
     let old_loans = sql(env.primary(), "SELECT count(*) FROM prestamos");
-    let path = env.storage_config_path();
+    let drop_in = env.roles_path();
     for round in ["fenced in config", "stale timeline only"] {
         if round == "stale timeline only" {
-            let text = std::fs::read_to_string(&path)
+            let text = std::fs::read_to_string(&drop_in)
                 .unwrap()
-                .replace("role = \"fenced\"", "role = \"standby\"");
-            std::fs::write(&path, text).unwrap();
+                .replace("primary = \"fenced\"", "primary = \"standby\"");
+            std::fs::write(&drop_in, text).unwrap();
         }
         env.stack().storage.sighup().unwrap();
         pause(3);
@@ -322,9 +330,7 @@ fn rejoin_then_fail_back() {
         "rewound, not rebuilt:\n{out}"
     );
     wait_sync(env.standby(), "primary", Duration::from_secs(30));
-    assert!(std::fs::read_to_string(env.storage_config_path())
-        .unwrap()
-        .contains("role = \"standby\""));
+    assert!(env.roles_text().contains("primary = \"standby\""));
     assert!(env.request(Operacion::Prestamo, ISBNS[2], "tres").exito);
     let (ok, out) = env.failover(&["status"]);
     assert!(

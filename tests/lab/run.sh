@@ -440,6 +440,40 @@ loan_after_failover() {
         on app "systemctl is-active biblioteca-almacenamiento.service"
 }
 
+# ---------------------------------------------------------------- redeploy
+# (Kept in one block: site.yml re-applied with the original inventory after
+# the failover, which names db1 primary again.)
+
+# site.yml again with the inventory of the first deployment (db1 is down:
+# --limit leaves it out, the templates still name it primary); the storage
+# manager follows the failover tool's roles file and writes to db2.
+redeploy_keeps_new_primary() {
+    ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ansible-playbook \
+        -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" --limit '!db1' \
+        "$ROOT/ansible/site.yml" >"$LOGS/site-redeploy.log" 2>&1 || {
+        tail -n 20 "$LOGS/site-redeploy.log"
+        return 1
+    }
+    on app "grep -A2 'name = \"primary\"' /etc/biblioteca/almacenamiento.toml | grep -q 'role = \"primary\"'" || {
+        echo "the redeployed almacenamiento.toml does not name db1 (node primary) primary"
+        return 1
+    }
+    on app "grep -qx 'standby = \"primary\"' /var/lib/biblioteca/roles.toml" || {
+        echo "no roles file naming db2 (node standby) primary"
+        return 1
+    }
+    on app "systemctl restart biblioteca-almacenamiento.service" &&
+        eventually 60 client prestamo --id lab-redeploy-1 978-0135957059 usuario_post_redeploy &&
+        [[ $(sql db2 "SELECT estado FROM prestamos WHERE usuario = 'usuario_post_redeploy'") == ACTIVO ]] &&
+        on app "biblioteca-failover --config /etc/biblioteca/failover.toml status" |
+        grep -q 'storage manager roles from: /var/lib/biblioteca/roles.toml'
+}
+
+redeploy_phase() {
+    phase "site.yml again with the original inventory"
+    check "after site.yml with the old roles, writes still go to the new primary" redeploy_keeps_new_primary
+}
+
 # ---------------------------------------------------------------- run
 
 prerequisites
@@ -484,6 +518,7 @@ check "a new loan after the failover" loan_after_failover
 phase "restart and reload on the promoted node"
 check "storage manager restart re-runs the migration step on the promoted node" restart_after_failover
 check "systemctl reload biblioteca.target keeps serving" reload_keeps_serving
+redeploy_phase
 phase ""
 
 echo "lab: $PASSED passed, $FAILED failed"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Static checks of the deployment artefacts: units/, nixos/ + flake.nix,
+# Static checks of the deployment artefacts: units/, nixos/ + flake.nix
+# (parsed, formatted, linted, and evaluated by tests/static/nix_eval.sh),
 # ansible/. Prints one PASS/FAIL line per check, then "N passed, M failed",
 # and exits non-zero when any check failed.
 #
@@ -152,7 +153,7 @@ check "units' hardening = nixos/hardening.nix" hardening_matches_nix
 
 # ---------------------------------------------------------------- nix
 
-NIX_FILES=(flake.nix $(find nixos -name '*.nix' | sort))
+NIX_FILES=(flake.nix $(find nixos tests/static -name '*.nix' | sort))
 
 nix_parse() {
     local f ok=0
@@ -165,6 +166,10 @@ nix_parse() {
 check "nix-instantiate --parse (${#NIX_FILES[@]} files)" nix_parse
 check "nixpkgs-fmt --check" nixpkgs-fmt --check "${NIX_FILES[@]}"
 check "deadnix --fail" deadnix --fail "${NIX_FILES[@]}"
+
+# The module under nixpkgs' lib, deployment by deployment: its own PASS/FAIL
+# lines and "nix_eval: N passed, M failed" (counted by tests/all.sh), or SKIP.
+bash tests/static/nix_eval.sh || NIX_EVAL_FAILED=1
 
 # ---------------------------------------------------------------- ansible
 
@@ -278,4 +283,4 @@ check "rendered TOML accepted by each binary's --check-config" configs_accepted
 check "rendered postgresql.conf/pg_hba.conf accepted by PostgreSQL" postgres_accepts_templates
 
 echo "static: $PASSED passed, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+[[ $FAILED -eq 0 && -z ${NIX_EVAL_FAILED:-} ]]

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use biblioteca_protocol::config::{self, NodeConfig, NodeRole, StorageConfig, Validate};
+use biblioteca_protocol::config_roles;
 use biblioteca_runtime::logging;
 use biblioteca_runtime::shutdown;
 use biblioteca_storage as storage;
@@ -19,8 +20,9 @@ use biblioteca_storage as storage;
     about = "The biblioteca storage manager: the only process that talks to PostgreSQL",
     long_about = "The biblioteca storage manager: the only process that talks to PostgreSQL.\n\n\
         Without a subcommand it serves requests on a ROUTER socket (default tcp://*:5570). \
-        SIGHUP re-reads --config (database nodes and timeouts); SIGTERM stops after in-flight \
-        requests. Flags override the file at start only."
+        SIGHUP re-reads --config (database nodes and timeouts) and the roles drop-in that \
+        biblioteca-failover writes (STATE_DIR/roles.toml, overriding the nodes' roles); \
+        SIGTERM stops after in-flight requests. Flags override the file at start only."
 )]
 struct Cli {
     /// TOML configuration; flags override it.
@@ -118,7 +120,14 @@ fn apply_flags(cli: &Cli, cfg: &mut StorageConfig) {
 fn main() -> anyhow::Result<()> {
     logging::init("biblioteca-almacenamiento");
     let cli = Cli::parse();
-    let mut cfg: StorageConfig = config::load(cli.config.as_deref()).context("configuration")?;
+    let mut cfg: StorageConfig = match cli.config.as_deref() {
+        Some(path) => {
+            let loaded = config_roles::load_storage(path).context("configuration")?;
+            storage::warn_unknown_roles(&loaded);
+            loaded.config
+        }
+        None => config::load(None).context("configuration")?,
+    };
     apply_flags(&cli, &mut cfg);
     cfg.validate().context("configuration")?;
     storage::check_config(&cfg).context("configuration")?;
