@@ -43,6 +43,8 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod failover;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod launch;
 pub mod logging;
 pub mod net;

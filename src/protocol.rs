@@ -13,8 +13,12 @@ use std::fmt;
 
 /// Largest request frame accepted; larger frames get `PeticionInvalida`.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
-/// Hard cap handed to libzmq (`ZMQ_MAXMSGSIZE`): a peer sending more is disconnected.
-pub const MAX_WIRE_BYTES: i64 = 1024 * 1024;
+/// Largest reply or report frame (a reply carries data besides the request).
+pub const MAX_REPLY_BYTES: usize = 4 * MAX_FRAME_BYTES;
+/// Hard cap handed to libzmq (`ZMQ_MAXMSGSIZE`), the largest legal frame on
+/// any socket: a peer sending a larger one is disconnected before it is read.
+/// Requests between [`MAX_FRAME_BYTES`] and this get `PeticionInvalida`.
+pub const MAX_WIRE_BYTES: i64 = MAX_REPLY_BYTES as i64;
 const MAX_USUARIO: usize = 64;
 const MAX_ID: usize = 64;
 
@@ -367,7 +371,7 @@ impl Respuesta {
     }
 
     pub fn from_bytes(frame: &[u8]) -> Result<Respuesta, Invalida> {
-        if frame.len() > MAX_FRAME_BYTES * 4 {
+        if frame.len() > MAX_REPLY_BYTES {
             return invalid("reply too large");
         }
         serde_json::from_slice(frame).or_else(|e| invalid(format!("malformed reply: {e}")))
@@ -390,7 +394,7 @@ impl Informe {
     }
 
     pub fn from_bytes(frame: &[u8]) -> Result<Informe, Invalida> {
-        if frame.len() > MAX_FRAME_BYTES * 4 {
+        if frame.len() > MAX_REPLY_BYTES {
             return invalid("report too large");
         }
         serde_json::from_slice(frame).or_else(|e| invalid(format!("malformed report: {e}")))

@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         esqueleto: args.esqueleto,
     };
     let json = args.json;
-    biblioteca::shutdown::run_with_signals(move |shutdown| {
+    biblioteca::shutdown::run_with_signals("bench", move |shutdown| {
         let report = bench::run(&opts, &shutdown).context("biblioteca-bench failed")?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);

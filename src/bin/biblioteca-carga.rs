@@ -63,5 +63,5 @@ fn main() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    shutdown::run_with_signals(move |sd| carga::run(cfg, sd).map_err(Into::into))
+    shutdown::run_with_signals("broker", move |sd| carga::run(cfg, sd).map_err(Into::into))
 }

@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         bin_dir: args.bin_dir,
         seguro: args.seguro,
     };
-    biblioteca::shutdown::run_with_signals(move |shutdown| {
+    biblioteca::shutdown::run_with_signals("demo", move |shutdown| {
         demo::run(config, shutdown).context("biblioteca-demo failed")
     })
 }

@@ -230,9 +230,9 @@ impl Client {
         let Some(socket) = &self.socket else {
             return Ok(None);
         };
-        let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
-            Ok(b) => b,
-            Err(zmq::Error::EAGAIN) => return Ok(None),
+        let bytes = match net::try_recv(socket) {
+            Ok(Some(mut frames)) => frames.pop().unwrap_or_default(),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(self.broken(e.into())),
         };
         Respuesta::from_bytes(&bytes)

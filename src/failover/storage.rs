@@ -59,10 +59,9 @@ pub fn query_status_with(
     net::connect(&s, endpoint)?;
     s.send(&br#"{"operacion":"status"}"#[..], 0)
         .map_err(net::NetError::from)?;
-    if !net::readable(&s, timeout)? {
+    let Some(frame) = net::recv_within(&s, timeout)?.and_then(|mut f| f.pop()) else {
         return Ok(None);
-    }
-    let frame = s.recv_bytes(0).map_err(net::NetError::from)?;
+    };
     let raw: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
     let nodo = raw
         .pointer("/datos/nodo")

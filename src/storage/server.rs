@@ -27,6 +27,8 @@ use crate::protocol::{self, CodigoError, Entrada, Respuesta};
 use crate::shutdown::Shutdown;
 
 const POLL: Duration = Duration::from_millis(100);
+/// Longest an idle worker waits for a job before checking in again.
+const WORKER_IDLE: Duration = Duration::from_secs(1);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
 const BURST: usize = 256;
 
@@ -51,7 +53,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) = crate::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
-    let router = net::socket(&ctx, zmq::ROUTER)?;
+    let router = net::client_facing(&ctx, zmq::ROUTER)?;
     curve
         .serve(&router, crate::security::DOMAIN_STORAGE)
         .map_err(NetError::from)?;
@@ -71,9 +73,10 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         net::connect(&push, &inproc)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("storage-worker-{i}"))
-            .spawn(move || worker(i, &shared, &rx, &push))?;
+        let shutdown = shutdown.clone();
+        let handle = crate::shutdown::spawn(format!("storage-worker-{i}"), move || {
+            worker(i, &shared, &rx, &push, &shutdown)
+        })?;
         workers.push(handle);
         channels.push(tx);
     }
@@ -158,7 +161,7 @@ impl Front {
                 zmq::PollEvents::empty()
             }),
         ];
-        zmq::poll(&mut items, POLL.as_millis() as i64).map_err(net::NetError::from)?;
+        net::poll(&mut items, POLL.as_millis() as i64)?;
         while let Some(frames) = net::try_recv(&self.replies)? {
             self.deliver(frames);
         }
@@ -312,17 +315,25 @@ impl Front {
     }
 }
 
-fn worker(me: usize, shared: &Shared, rx: &Receiver<Job>, push: &zmq::Socket) {
+fn worker(me: usize, shared: &Shared, rx: &Receiver<Job>, push: &zmq::Socket, shutdown: &Shutdown) {
+    let name = format!("storage-worker-{me}");
     let me = (me as u64).to_be_bytes();
-    // Ends when the front-end closes the channel.
-    while let Ok(job) = rx.recv() {
+    loop {
+        // An idle worker still checks in: the watchdog hears from every worker.
+        shutdown.checkin(&name);
+        let job = match rx.recv_timeout(WORKER_IDLE) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // The front-end closed the channel: stop.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let op = match &job.entrada {
             Entrada::Operacion(p) => p.operacion.as_str(),
             _ => "resultado",
         };
         let entrada = job.entrada.clone();
-        // A bug in one request must not take a worker (and its future
-        // requests) down with it.
+        // The client still gets an answer when the handler panics; the
+        // panic hook then stops the process so it is restarted whole.
         let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handler::handle(shared, entrada)
         }))

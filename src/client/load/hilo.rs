@@ -263,10 +263,7 @@ fn esperar(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
     let d = hasta.saturating_duration_since(now);
     // Round up so a deadline under a millisecond away does not spin.
     let ms = d.as_millis() as i64 + i64::from(d.subsec_nanos() % 1_000_000 != 0);
-    match zmq::poll(&mut items, ms) {
-        Ok(_) | Err(zmq::Error::EINTR) => {}
-        Err(e) => return Err(e.into()),
-    }
+    crate::net::poll(&mut items, ms)?;
     let mut atender = vec![false; vs.len()];
     for (i, it) in quien.iter().zip(&items) {
         if it.is_readable() {
