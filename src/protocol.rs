@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
 
 /// Largest request frame accepted; larger frames get `PeticionInvalida`.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
@@ -135,6 +137,8 @@ impl fmt::Display for CodigoError {
 pub struct Peticion {
     pub operacion: Operacion,
     pub isbn: String,
+    /// Empty for a `consulta` that names no user (the field is then left out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub usuario: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -206,11 +210,9 @@ pub fn parse_entrada(frame: &[u8]) -> Result<Entrada, Invalida> {
     let isbn = string_field(&obj, "isbn")?;
     validate_isbn(isbn)?;
     let usuario = if operacion == Operacion::Consulta && !obj.contains_key("usuario") {
-        ""
+        String::new()
     } else {
-        let u = string_field(&obj, "usuario")?;
-        validate_usuario(u)?;
-        u
+        normalize_usuario(string_field(&obj, "usuario")?)?
     };
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
@@ -223,7 +225,7 @@ pub fn parse_entrada(frame: &[u8]) -> Result<Entrada, Invalida> {
     Ok(Entrada::Operacion(Peticion {
         operacion,
         isbn: isbn.to_string(),
-        usuario: usuario.to_string(),
+        usuario,
         id,
     }))
 }
@@ -271,19 +273,35 @@ pub fn validate_isbn(isbn: &str) -> Result<(), Invalida> {
     }
 }
 
-/// 1 to 64 characters of letters, digits, `_`, `-`, `.` and `@`.
-pub fn validate_usuario(usuario: &str) -> Result<(), Invalida> {
-    if usuario.len() > MAX_USUARIO
-        || !usuario
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
-    {
+/// The user name in Unicode NFC, so `muñoz` typed precomposed or with a
+/// combining tilde is one user: 1 to 64 characters, each a letter or digit
+/// of any script, a combining mark after one, `_`, `-`, `.` or `@`.
+pub fn normalize_usuario(usuario: &str) -> Result<String, Invalida> {
+    let nfc: String = usuario.nfc().collect();
+    let mut count = 0;
+    let mut after_letter = false;
+    let ok = nfc.chars().all(|c| {
+        count += 1;
+        let fits = if is_combining_mark(c) {
+            after_letter
+        } else {
+            after_letter = c.is_alphanumeric();
+            after_letter || matches!(c, '_' | '-' | '.' | '@')
+        };
+        fits && count <= MAX_USUARIO
+    });
+    if !ok || nfc.is_empty() {
         return invalid(format!(
             "usuario {:?} must be 1 to {MAX_USUARIO} characters of letters, digits, '_', '-', '.' or '@'",
             truncate(usuario)
         ));
     }
-    Ok(())
+    Ok(nfc)
+}
+
+/// Whether [`normalize_usuario`] accepts `usuario`.
+pub fn validate_usuario(usuario: &str) -> Result<(), Invalida> {
+    normalize_usuario(usuario).map(|_| ())
 }
 
 /// 1 to 64 characters of letters, digits, `_`, `-`, `.` and `:`.
@@ -474,6 +492,34 @@ mod tests {
             .unwrap_err()
             .0
             .contains("exceeds"));
+    }
+
+    #[test]
+    fn user_names_of_any_script_in_one_normal_form() {
+        for ok in ["muñoz", "joão", "usuário_ñandú", "usuario_test_1", "李明", "a.b@c-d"] {
+            assert!(validate_usuario(ok).is_ok(), "{ok}");
+        }
+        let nfd = "mun\u{303}oz";
+        assert_eq!(normalize_usuario(nfd).unwrap(), "muñoz");
+        assert_eq!(normalize_usuario(&"ñ".repeat(64)).unwrap().chars().count(), 64);
+        for bad in ["a b", "x/y", "\u{303}a", "tab\t", &"ñ".repeat(65)] {
+            assert!(validate_usuario(bad).is_err(), "{bad}");
+        }
+        let e = op(r#"{"operacion":"prestamo","isbn":"978-0134685991","usuario":"jo\u0061\u0303o"}"#);
+        match e.unwrap() {
+            Entrada::Operacion(p) => assert_eq!(p.usuario, "joão"),
+            other => panic!("{other:?}"),
+        }
+        let consulta = Peticion {
+            operacion: Operacion::Consulta,
+            isbn: "978-0134685991".into(),
+            usuario: String::new(),
+            id: None,
+        };
+        assert_eq!(
+            parse_entrada(&consulta.to_bytes()).unwrap(),
+            Entrada::Operacion(consulta)
+        );
     }
 
     #[test]

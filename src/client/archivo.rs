@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::client::pirate::{Client, ClientError};
 use crate::client::stats::{self, Latencias};
-use crate::protocol::{validate_isbn, validate_usuario, Operacion, Peticion, Respuesta};
+use crate::protocol::{normalize_usuario, validate_isbn, Operacion, Peticion, Respuesta};
 
 /// Label under which requests without a reply are counted.
 pub const SIN_RESPUESTA: &str = "SinRespuesta";
@@ -76,13 +76,15 @@ fn parse_fields(fields: &[&str]) -> Result<Peticion, String> {
         }
     };
     validate_isbn(isbn).map_err(|e| e.0)?;
-    if !usuario.is_empty() {
-        validate_usuario(usuario).map_err(|e| e.0)?;
-    }
+    let usuario = if usuario.is_empty() {
+        String::new()
+    } else {
+        normalize_usuario(usuario).map_err(|e| e.0)?
+    };
     Ok(Peticion {
         operacion,
         isbn: isbn.to_string(),
-        usuario: usuario.to_string(),
+        usuario,
         id: None,
     })
 }
