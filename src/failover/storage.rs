@@ -175,20 +175,11 @@ pub fn reload(target: &StorageTarget) -> Result<String> {
         ReloadMethod::None => Ok("reload = \"none\": reload the storage manager yourself".into()),
         ReloadMethod::Systemd => {
             let command = format!("systemctl reload {}", target.unit);
-            let out = std::process::Command::new("systemctl")
-                .arg("reload")
-                .arg(&target.unit)
-                .output()
-                .map_err(|e| FailoverError::Command {
-                    command: command.clone(),
-                    reason: e.to_string(),
-                })?;
-            if !out.status.success() {
-                return Err(FailoverError::Command {
-                    command,
-                    reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
+            crate::cluster::pg::run_command(
+                std::process::Command::new("systemctl")
+                    .arg("reload")
+                    .arg(&target.unit),
+            )?;
             Ok(format!("ran `{command}`"))
         }
         ReloadMethod::Pid => {
