@@ -58,7 +58,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    biblioteca::logging::init("biblioteca-bench");
+    biblioteca::logging::init_terminal("biblioteca-bench");
     let args = Args::parse();
     let opts = Opciones {
         clientes: args.clientes,

@@ -44,7 +44,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    biblioteca::logging::init("biblioteca-demo");
+    biblioteca::logging::init_terminal("biblioteca-demo");
     let args = Args::parse();
     let config = DemoConfig {
         data_dir: args.data_dir,

@@ -65,7 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    biblioteca::logging::init("biblioteca-failover");
+    biblioteca::logging::init_terminal("biblioteca-failover");
     let cli = Cli::parse();
     let cfg: FailoverConfig = match biblioteca::config::parse(&cli.config) {
         Ok(c) => c,

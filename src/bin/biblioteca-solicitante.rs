@@ -166,7 +166,7 @@ struct CargaArgs {
 }
 
 fn main() -> ExitCode {
-    logging::init("biblioteca-solicitante");
+    logging::init_terminal("biblioteca-solicitante");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
