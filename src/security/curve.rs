@@ -63,6 +63,10 @@ pub struct ClientCurve {
     pub secret_key_file: PathBuf,
     /// The load manager's public key (every configured endpoint).
     pub carga_key: String,
+    /// The storage manager's public key, for an operator's `status` table
+    /// (this client's key must then be on the storage manager's allow list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_key: Option<String>,
 }
 
 /// `biblioteca-failover` (an operator's tool): its own key, allowed on the
@@ -129,7 +133,11 @@ impl OperatorCurve {
 impl ClientCurve {
     pub fn load(&self) -> Result<Curve, SecurityError> {
         let pair = KeyPair::load(&self.secret_key_file)?;
-        let servers = [(Peer::Carga, keys::resolve_one(&self.carga_key)?)].into();
+        let mut servers: HashMap<Peer, PublicKey> =
+            [(Peer::Carga, keys::resolve_one(&self.carga_key)?)].into();
+        if let Some(k) = &self.storage_key {
+            servers.insert(Peer::Storage, keys::resolve_one(k)?);
+        }
         Ok(Curve::new(pair, servers))
     }
 }
@@ -160,6 +168,11 @@ impl Curve {
 
     pub fn is_on(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether `peer`'s key is known (always so in plaintext).
+    pub fn knows(&self, peer: Peer) -> bool {
+        self.keys.as_ref().map_or(true, |k| k.servers.contains_key(&peer))
     }
 
     /// This process's public key, when CURVE is on.
