@@ -5,7 +5,7 @@
 # The systemd services mirror units/*.service (same Type, watchdog, restart
 # policy and, through ./hardening.nix, the same sandbox); the TOML files are
 # rendered with pkgs.formats.toml from `settings`, whose keys are those of
-# src/config.rs (CargaConfig, ActorConfig, StorageConfig) and
+# src/protocol/config.rs (CargaConfig, ActorConfig, StorageConfig) and
 # src/failover/config.rs (FailoverConfig). Secrets never enter the Nix store:
 # `*PasswordFile` options name files on the host, handed to the services with
 # LoadCredential=; biblioteca-failover (run by root) reads its password file
@@ -83,7 +83,7 @@ let
   };
   pub = curve.publicKeys;
 
-  # The [curve] sections (src/security/curve.rs) unless settings set one.
+  # The [curve] sections (src/protocol/curve.rs) unless settings set one.
   curveSettings = lib.optionalAttrs curve.enable {
     almacenamiento.curve = {
       secret_key_file = secretKey "almacenamiento";

@@ -14,7 +14,7 @@ let
 in
 rustPlatform.buildRustPackage {
   pname = cargo.package.name;
-  inherit (cargo.package) version;
+  inherit (cargo.workspace.package) version;
 
   src = lib.fileset.toSource {
     root = ../.;
@@ -23,6 +23,9 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../clippy.toml
       ../src
+      # The root package's [[test]] targets must exist for cargo to load the
+      # workspace, though the build does not run them.
+      ../tests
     ];
   };
 

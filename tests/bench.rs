@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use biblioteca_stack::launch::find_binary;
 use serde_json::Value;
 
 fn num(v: &Value, path: &[&str]) -> f64 {
@@ -79,7 +80,7 @@ fn kept_run_is_stopped_and_logged(dir: &Path) {
 
 #[test]
 fn the_benchmark_measures_every_system_it_is_asked_for() {
-    let out = Command::new(env!("CARGO_BIN_EXE_biblioteca-bench"))
+    let out = Command::new(find_binary("biblioteca-bench", None).unwrap())
         .args([
             "--clientes",
             "2",

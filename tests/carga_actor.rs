@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca::config::{ActorConfig, CargaConfig};
-use biblioteca::protocol::{Informe, Operacion};
-use biblioteca::shutdown::Shutdown;
+use biblioteca_protocol::config::{ActorConfig, LoadManagerConfig};
+use biblioteca_protocol::{Informe, Operacion};
+use biblioteca_runtime::shutdown::Shutdown;
 use serde_json::{json, Value};
 
 fn ep(port: u16) -> String {
@@ -52,23 +52,23 @@ impl Harness {
         ep(self.base)
     }
 
-    fn carga(&mut self, tweak: impl FnOnce(&mut CargaConfig)) {
+    fn carga(&mut self, tweak: impl FnOnce(&mut LoadManagerConfig)) {
         self.carga_until(self.sd.clone(), tweak);
     }
 
     /// A load manager that stops on its own `sd` (or with the harness).
-    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut CargaConfig)) {
-        let mut cfg = CargaConfig {
+    fn carga_until(&mut self, sd: Shutdown, tweak: impl FnOnce(&mut LoadManagerConfig)) {
+        let mut cfg = LoadManagerConfig {
             frontend: ep(self.base),
             publisher: ep(self.base + 1),
             backchannel: ep(self.base + 2),
             storage: ep(self.base + 3),
-            deadline_ms: 3000,
-            republish_ms: 200,
-            actor_timeout_ms: 600,
+            deadline: Duration::from_millis(3000),
+            republish_after: Duration::from_millis(200),
+            actor_timeout: Duration::from_millis(600),
             max_in_flight: 100,
             curve: None,
-            ..CargaConfig::default()
+            ..LoadManagerConfig::default()
         };
         tweak(&mut cfg);
         let all = self.sd.clone();
@@ -80,7 +80,7 @@ impl Harness {
                 }
                 own.trigger();
             });
-            biblioteca::carga::run(cfg, sd).unwrap();
+            biblioteca_load_manager::run(cfg, sd).unwrap();
             watcher.join().unwrap();
         }));
     }
@@ -91,15 +91,15 @@ impl Harness {
             subscribe: ep(self.base + 1),
             report: ep(self.base + 2),
             storage: ep(self.base + 3),
-            storage_timeout_ms: 1000,
+            storage_timeout: Duration::from_millis(1000),
             max_in_flight: 16,
-            heartbeat_ms: 100,
+            heartbeat_interval: Duration::from_millis(100),
             curve: None,
             ..ActorConfig::default()
         };
         let sd = self.sd.clone();
         self.threads.push(std::thread::spawn(move || {
-            biblioteca::actor::run(cfg, sd).unwrap();
+            biblioteca_actor::run(cfg, sd).unwrap();
         }));
     }
 
@@ -299,7 +299,7 @@ fn the_same_id_twice_is_one_storage_call() {
 fn no_live_actor_is_service_unavailable_at_once() {
     let mut h = Harness::new(21020);
     h.storage(Storage::Answer { delay_ms: 0 });
-    h.carga(|c| c.actor_timeout_ms = 300);
+    h.carga(|c| c.actor_timeout = Duration::from_millis(300));
     h.actor(Operacion::Prestamo);
     std::thread::sleep(Duration::from_millis(400));
     let t0 = Instant::now();
@@ -371,7 +371,7 @@ fn no_outcome_within_the_deadline_is_service_unavailable() {
     let mut h = Harness::new(21040);
     h.storage(Storage::Swallow);
     h.carga(|c| {
-        c.deadline_ms = 700;
+        c.deadline = Duration::from_millis(700);
         c.max_in_flight = 1;
     });
     h.actor(Operacion::Prestamo);
@@ -460,21 +460,21 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
 fn actors_recover_after_the_load_manager_and_the_storage_manager_restart() {
     let mut h = Harness::new(21060);
     let first = Shutdown::new();
-    h.carga_until(first.clone(), |c| c.deadline_ms = 4000);
+    h.carga_until(first.clone(), |c| c.deadline = Duration::from_millis(4000));
     let cfg = ActorConfig {
         operacion: Operacion::Renovacion,
         subscribe: ep(h.base + 1),
         report: ep(h.base + 2),
         storage: ep(h.base + 3),
-        storage_timeout_ms: 300,
+        storage_timeout: Duration::from_millis(300),
         max_in_flight: 16,
-        heartbeat_ms: 100,
+        heartbeat_interval: Duration::from_millis(100),
         curve: None,
         ..ActorConfig::default()
     };
     let sd = h.sd.clone();
     h.threads.push(std::thread::spawn(move || {
-        biblioteca::actor::run(cfg, sd).unwrap()
+        biblioteca_actor::run(cfg, sd).unwrap()
     }));
     h.wait_for_actor("renovacion");
 

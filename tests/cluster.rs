@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, StopMode, OWNER_USER};
-use biblioteca::launch::free_port;
+use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, StopMode, OWNER_USER};
+use biblioteca_stack::launch::free_port;
 
 fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("bib-{tag}-{}", std::process::id()))

@@ -3,7 +3,7 @@
 //! valid request survives serialisation and parsing unchanged (user names in
 //! their NFC form).
 
-use biblioteca::protocol::{
+use biblioteca_protocol::{
     parse_entrada, CodigoError, Entrada, Operacion, Peticion, Respuesta, MAX_FRAME_BYTES,
 };
 use proptest::prelude::*;

@@ -1,4 +1,4 @@
-//! Issue 7, "nobody gets in who does not belong", against real processes: a
+//! "Nobody gets in who does not belong", against real processes: a
 //! PostgreSQL pair with scram-sha-256 and every service with CURVE on.
 //!
 //! One world (cluster + stack, ports in 30000..32000) runs every case in
@@ -20,15 +20,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use biblioteca::client::Client;
-use biblioteca::cluster::auth::Passwords;
-use biblioteca::cluster::{Cluster, ClusterSpec, Node};
-use biblioteca::config::ClientConfig;
-use biblioteca::launch::{find_binary, LaunchError, Service};
-use biblioteca::protocol::{CodigoError, Informe, Operacion, Peticion};
-use biblioteca::security::provision::{self, HostKeys};
-use biblioteca::security::{ClientCurve, Curve, KeyPair, Peer};
-use biblioteca::stack::{Stack, StackPorts, StackSecurity, StackSpec};
+use biblioteca_client::Client;
+use biblioteca_cluster::auth::Passwords;
+use biblioteca_cluster::{Cluster, ClusterSpec, Node};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{CodigoError, Informe, Operacion, Peticion};
+use biblioteca_runtime::security::provision::{self, HostKeys};
+use biblioteca_runtime::security::{ClientCurve, Curve, KeyPair, Load, Peer};
+use biblioteca_stack::launch::{find_binary, LaunchError, Service};
+use biblioteca_stack::{Stack, StackPorts, StackSecurity, StackSpec};
 use serde_json::{json, Value};
 
 const ISBN: &str = "978-0134685991";
@@ -60,7 +60,7 @@ fn db_state(n: &Node) -> String {
 fn client(frontend: &str, curve: Option<ClientCurve>) -> Client {
     Client::new(ClientConfig {
         endpoints: vec![frontend.to_string()],
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
         retries: 1,
         curve,
     })
@@ -98,12 +98,13 @@ fn hears(s: &zmq::Socket, ms: i64) -> bool {
 
 /// A curve with `pair` that knows the stack's real server keys.
 fn curve_of(pair: &KeyPair, keys: &HostKeys) -> Curve {
-    let carga = biblioteca::security::keys::load_public(&keys.public(provision::CARGA)).unwrap();
+    let carga =
+        biblioteca_runtime::security::keys::load_public(&keys.public(provision::CARGA)).unwrap();
     let storage =
-        biblioteca::security::keys::load_public(&keys.public(provision::STORAGE)).unwrap();
+        biblioteca_runtime::security::keys::load_public(&keys.public(provision::STORAGE)).unwrap();
     Curve::new(
         pair.clone(),
-        [(Peer::Carga, carga), (Peer::Storage, storage)]
+        [(Peer::LoadManager, carga), (Peer::Storage, storage)]
             .into_iter()
             .collect(),
     )
@@ -149,8 +150,8 @@ fn nobody_gets_in_who_does_not_belong() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(biblioteca::cluster::auth::app_login(&primary, "wrong").is_err());
-    biblioteca::cluster::auth::app_login(&primary, &app_password).unwrap();
+    assert!(biblioteca_cluster::auth::app_login(&primary, "wrong").is_err());
+    biblioteca_cluster::auth::app_login(&primary, &app_password).unwrap();
 
     let keys = HostKeys::generate(&dir.join("claves")).unwrap();
     let ports = StackPorts {
@@ -167,7 +168,7 @@ fn nobody_gets_in_who_does_not_belong() {
     );
     // No renovacion actor: a forged one must not appear.
     spec.actors = vec![Operacion::Prestamo, Operacion::Devolucion];
-    spec.deadline_ms = 2500;
+    spec.deadline = Duration::from_millis(2500);
     spec.security = StackSecurity {
         keys: Some(keys.clone()),
         password_file: Some(passwords.app.clone()),
@@ -201,7 +202,7 @@ fn nobody_gets_in_who_does_not_belong() {
                  WHERE relname IN ('libros', 'prestamos', 'solicitudes', 'schema_migrations')"
             )
             .unwrap(),
-        biblioteca::cluster::OWNER_USER
+        biblioteca_cluster::OWNER_USER
     );
     let libros_before = primary.sql("SELECT count(*) FROM libros").unwrap();
     for ddl in [
@@ -290,18 +291,18 @@ fn nobody_gets_in_who_does_not_belong() {
     );
     // The operator's key (biblioteca-failover) is on the storage allow-list.
     let operator = spec.operator_curve().unwrap().load().unwrap();
-    let status = biblioteca::failover::storage::query_status_with(
+    let status = biblioteca_failover::storage::query_status_with(
         &ports.storage_endpoint(),
         &operator,
         Duration::from_secs(3),
     )
     .unwrap();
     assert_eq!(
-        status.and_then(|s| s.nodo).as_deref(),
+        status.and_then(|s| s.writer).as_deref(),
         Some("primary"),
         "the operator's key got no storage status"
     );
-    let plain = biblioteca::failover::storage::query_status(
+    let plain = biblioteca_failover::storage::query_status(
         &ports.storage_endpoint(),
         Duration::from_millis(1500),
     )
@@ -312,7 +313,13 @@ fn nobody_gets_in_who_does_not_belong() {
     let subs: Vec<zmq::Socket> = [Curve::plaintext(), curve_of(&client_pair, &keys)]
         .iter()
         .map(|c| {
-            let s = socket(&ctx, zmq::SUB, c, Peer::Carga, &ports.publisher_endpoint());
+            let s = socket(
+                &ctx,
+                zmq::SUB,
+                c,
+                Peer::LoadManager,
+                &ports.publisher_endpoint(),
+            );
             s.set_subscribe(b"").unwrap();
             s
         })
@@ -329,7 +336,7 @@ fn nobody_gets_in_who_does_not_belong() {
         &ctx,
         zmq::PUSH,
         &curve_of(&stranger, &keys),
-        Peer::Carga,
+        Peer::LoadManager,
         &ports.backchannel_endpoint(),
     );
     let forged_id = "sec-forged-1";
@@ -375,7 +382,7 @@ fn nobody_gets_in_who_does_not_belong() {
         &ctx,
         zmq::PUSH,
         &curve_of(&actor_pair, &keys),
-        Peer::Carga,
+        Peer::LoadManager,
         &ports.backchannel_endpoint(),
     );
     let counted = (0..30).any(|_| {
@@ -519,7 +526,7 @@ fn nobody_gets_in_who_does_not_belong() {
     files_under(&dir.join("run-wrong"), &mut scanned);
     scanned.push(primary.log_file.clone());
     scanned.push(cluster.standby().log_file.clone());
-    scanned.retain(|p| !p.extension().is_some_and(|e| e == "notify"));
+    scanned.retain(|p| p.extension().is_none_or(|e| e != "notify"));
     assert!(scanned
         .iter()
         .any(|p| p.extension().is_some_and(|e| e == "log")));

@@ -196,7 +196,7 @@ in
         for f in ["carga", "almacenamiento", "actor", "solicitante"]:
             app.succeed(f"grep -q '^\\[curve\\]' /etc/biblioteca/{f}.toml")
         app.succeed("grep -q '^\\[storage.curve\\]' /etc/biblioteca/failover.toml")
-        app.fail(f"biblioteca-solicitante --timeout-ms 1500 --retries 1 consulta {ISBN}")
+        app.fail(f"biblioteca-solicitante --timeout 1500ms --retries 1 consulta {ISBN}")
         # Passwords only in files: none in a config (the store holds them).
         app.fail("grep -rlE '${secrets.db}|${secrets.owner}|${secrets.admin}' /etc/biblioteca/*.toml")
 

@@ -2,13 +2,13 @@
 //!
 //! The load manager re-publishes unanswered requests, so the same id can
 //! arrive many times; while it is here it is not sent again. A request that
-//! the storage manager leaves unanswered for `storage_timeout_ms` is re-sent
+//! the storage manager leaves unanswered for `storage_timeout` is re-sent
 //! (the id makes that safe), and after a few tries given up on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::protocol::Peticion;
+use biblioteca_protocol::Peticion;
 
 /// Tries (first send included) before a request is given up on.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -35,14 +35,14 @@ pub struct Sweep {
 }
 
 #[derive(Debug)]
-pub struct Pendientes {
+pub struct PendingTable {
     map: HashMap<String, Pending>,
     timeout: Duration,
 }
 
-impl Pendientes {
-    pub fn new(timeout: Duration) -> Pendientes {
-        Pendientes {
+impl PendingTable {
+    pub fn new(timeout: Duration) -> PendingTable {
+        PendingTable {
             map: HashMap::new(),
             timeout,
         }
@@ -126,13 +126,13 @@ impl Pendientes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Operacion;
+    use biblioteca_protocol::Operacion;
 
     #[test]
     fn resends_then_gives_up() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut p = Pendientes::new(ms(100));
+        let mut p = PendingTable::new(ms(100));
         let pet = Peticion {
             operacion: Operacion::Prestamo,
             isbn: "978-0134685991".into(),

@@ -7,16 +7,17 @@
 
 use std::time::{Duration, Instant};
 
-use super::pending::{Pendientes, MAX_ATTEMPTS};
+use super::pending::{PendingTable, MAX_ATTEMPTS};
 use super::ActorError;
-use crate::config::ActorConfig;
-use crate::net;
-use crate::notify;
-use crate::protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
-use crate::request_line;
-use crate::request_log::RequestLog;
-use crate::security::{Curve, Peer};
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::config::ActorConfig;
+use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
+use biblioteca_runtime::net;
+use biblioteca_runtime::notify;
+use biblioteca_runtime::request_line;
+use biblioteca_runtime::request_log::ms_between;
+use biblioteca_runtime::request_log::RequestLog;
+use biblioteca_runtime::security::{Curve, Peer};
+use biblioteca_runtime::shutdown::Shutdown;
 
 const BATCH: usize = 256;
 const TICK: Duration = Duration::from_millis(100);
@@ -36,7 +37,7 @@ pub(super) struct Actor {
     sub: zmq::Socket,
     report: zmq::Socket,
     storage: zmq::Socket,
-    pending: Pendientes,
+    pending: PendingTable,
     timeout_rounds: u32,
     next_heartbeat: Instant,
     request_log: RequestLog,
@@ -56,10 +57,6 @@ fn storage_socket(
     Ok(s)
 }
 
-fn ms_between(from: Instant, to: Instant) -> u64 {
-    to.saturating_duration_since(from).as_millis() as u64
-}
-
 impl Actor {
     pub(super) fn open(
         ctx: &zmq::Context,
@@ -69,11 +66,11 @@ impl Actor {
     ) -> Result<Actor, ActorError> {
         let sub = net::socket(ctx, zmq::SUB)?;
         sub.set_subscribe(cfg.operacion.as_str().as_bytes())?;
-        curve.connect_to(&sub, Peer::Carga)?;
+        curve.connect_to(&sub, Peer::LoadManager)?;
         net::connect(&sub, &cfg.subscribe)?;
         let report = net::socket(ctx, zmq::PUSH)?;
         report.set_sndhwm(REPORT_HWM)?;
-        curve.connect_to(&report, Peer::Carga)?;
+        curve.connect_to(&report, Peer::LoadManager)?;
         net::connect(&report, &cfg.report)?;
         let storage = storage_socket(ctx, &cfg.storage, &curve)?;
         tracing::info!(
@@ -87,7 +84,7 @@ impl Actor {
         notify::ready(&format!("serving {} as {name}", cfg.operacion));
         Ok(Actor {
             ctx: ctx.clone(),
-            pending: Pendientes::new(Duration::from_millis(cfg.storage_timeout_ms)),
+            pending: PendingTable::new(cfg.storage_timeout),
             request_log: RequestLog::new(cfg.request_lines_per_second, Instant::now()),
             cfg,
             curve,
@@ -111,7 +108,7 @@ impl Actor {
                     pendientes = self.pending.len(),
                     "stopping: waiting for outstanding storage replies"
                 );
-                let drain = Duration::from_millis(self.cfg.storage_timeout_ms).min(DRAIN_MAX);
+                let drain = self.cfg.storage_timeout.min(DRAIN_MAX);
                 drain_until = Some(now + drain);
             }
             if let Some(until) = drain_until {
@@ -122,7 +119,7 @@ impl Actor {
             } else if now >= self.next_heartbeat {
                 self.request_log.roll(now);
                 self.heartbeat();
-                self.next_heartbeat = now + Duration::from_millis(self.cfg.heartbeat_ms);
+                self.next_heartbeat = now + self.cfg.heartbeat_interval;
             }
             let accept = drain_until.is_none() && self.pending.len() < self.cfg.max_in_flight;
             let (store, published) = {
@@ -169,7 +166,7 @@ impl Actor {
             due = due.min(now + Duration::from_millis(10));
         }
         let d = due.saturating_duration_since(now);
-        (d.as_millis() as i64) + i64::from(d.subsec_nanos() % 1_000_000 != 0)
+        (d.as_millis() as i64) + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
     }
 
     fn send_report(&self, informe: &Informe) -> bool {
@@ -279,11 +276,7 @@ impl Actor {
 
     /// Reports an outcome and logs it.
     fn finish(&mut self, p: &Peticion, r: Respuesta, received: Instant, now: Instant) {
-        let resultado = match r.error {
-            Some(code) => code.as_str(),
-            None if r.exito => "ok",
-            None => "error",
-        };
+        let resultado = r.outcome();
         request_line!(
             self.request_log.admit(now),
             id = p.id.as_deref(),
@@ -320,7 +313,7 @@ impl Actor {
                 CodigoError::AlmacenamientoNoDisponible,
                 format!(
                     "the storage manager has not answered in {} ms; still trying",
-                    self.cfg.storage_timeout_ms
+                    self.cfg.storage_timeout.as_millis()
                 ),
             )
             .with_id(p.id.clone());

@@ -1,7 +1,7 @@
 //! The shape's ceiling: a load manager and an actor that do nothing but
 //! forward, in front of the real storage manager.
 //!
-//! The ratio target asks how close the pipeline can come to the
+//! The ratio target asks how close the pipeline can come to the
 //! database alone. The transport floor ([`super::suelo`]) answers for the
 //! ZeroMQ hops with no database behind them; this answers for the whole
 //! shape with the real database work. `biblioteca-esqueleto` runs one
@@ -30,11 +30,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::launch::{find_binary, free_port, LaunchError, Service, ServiceSpec};
-use crate::net::{self, NetError};
-use crate::notify;
-use crate::sched::{self, Scheduling};
-use crate::shutdown::Shutdown;
+use biblioteca_runtime::net::{self, NetError};
+use biblioteca_runtime::notify;
+use biblioteca_runtime::sched::{self, Scheduling};
+use biblioteca_runtime::shutdown::Shutdown;
+use biblioteca_stack::launch::{find_binary, free_port, LaunchError, Service, ServiceSpec};
 
 /// The only topic the skeleton publishes under.
 const TEMA: &[u8] = b"w";
@@ -272,7 +272,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::free_port;
+    use biblioteca_stack::launch::free_port;
 
     fn tcp() -> String {
         format!("tcp://127.0.0.1:{}", free_port().expect("port"))

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::esqueleto::Esqueleto;
 use super::{cpu, pgbench, BenchError, CpuSistema, Fila, Nuestro, Opciones};
-use crate::client::load::{self, spec, Opciones as CargaOpciones};
-use crate::cluster::{Cluster, APP_DB, SUPERUSER};
-use crate::config::ClientConfig;
-use crate::shutdown::Shutdown;
-use crate::stack::Stack;
+use biblioteca_client::load::{self, spec, Opciones as CargaOpciones};
+use biblioteca_cluster::{Cluster, APP_DB, SUPERUSER};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_runtime::shutdown::Shutdown;
+use biblioteca_stack::Stack;
 
 /// The run whose `key` is the median (the lower one of an even count): a
 /// real run, so its latencies belong with its throughput.

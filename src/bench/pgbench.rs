@@ -16,8 +16,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cluster::PgBin;
-use crate::cluster::{APP_DB, APP_USER};
+use biblioteca_cluster::PgBin;
+use biblioteca_cluster::{APP_DB, APP_USER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgbenchError {
@@ -35,7 +35,7 @@ pub enum PgbenchError {
     #[error("histogram: {0}")]
     Histogram(#[from] hdrhistogram::CreationError),
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] biblioteca_cluster::ClusterError),
 }
 
 /// The pgbench script. Variables: `libros` (catalogue size), `run` (keeps
@@ -265,7 +265,7 @@ tps = 2061.593190 (without initial connection time)
         };
         for n in [1, 7, 42, 999, 1000, 123_456, 987_654_321] {
             let isbn = format!("979-{:010}", n * 10 + c(n));
-            assert_eq!(isbn, crate::storage::seed_isbn(n), "book {n}");
+            assert_eq!(isbn, biblioteca_protocol::catalogue::isbn(n), "book {n}");
         }
         assert!(script().contains("biblioteca_devolucion("));
     }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::cpu::{Parte, Partes};
-use crate::launch::free_port;
-use crate::net::{self, NetError};
+use biblioteca_runtime::net::{self, NetError};
+use biblioteca_stack::launch::free_port;
 
 /// TCP hops one write request makes through the pipeline.
 pub const SALTOS: u32 = 6;
@@ -35,9 +35,9 @@ pub enum SueloError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error(transparent)]
-    Launch(#[from] crate::launch::LaunchError),
+    Launch(#[from] biblioteca_stack::launch::LaunchError),
     #[error(transparent)]
-    Ficheros(#[from] crate::client::load::LoadError),
+    Ficheros(#[from] biblioteca_client::load::LoadError),
     #[error("the echo thread: {0}")]
     Hilo(std::io::Error),
     #[error("no round trip completed in {0:?}")]
@@ -87,7 +87,7 @@ fn eco(router: &zmq::Socket, stop: &AtomicBool) -> Result<(), NetError> {
 /// (after a short warm-up).
 pub fn medir(en_vuelo: usize, duracion: Duration) -> Result<Suelo, SueloError> {
     // Both ends' sockets live in this process: twice a load run's files.
-    crate::client::load::abrir_ficheros(2 * en_vuelo)?;
+    biblioteca_client::load::abrir_ficheros(2 * en_vuelo)?;
     let endpoint = format!("tcp://127.0.0.1:{}", free_port()?);
     let ctx_eco = zmq::Context::new();
     let router = net::socket(&ctx_eco, zmq::ROUTER)?;

@@ -1,11 +1,11 @@
-//! The benchmark's printed table and the issue's targets checked against it.
+//! The benchmark's printed table and the performance targets checked against it.
 
 use serde::Serialize;
 
 use super::suelo::Suelo;
 use super::{Fila, Memoria, Nuestro, Reporte};
 
-/// One target of the issue and whether this run met it.
+/// One performance target and whether this run met it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Objetivo {
     pub descripcion: String,
@@ -262,7 +262,7 @@ fn tabla_suelo(filas: &[Fila], suelo: &[Suelo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::pgbench::Resultado;
+    use crate::pgbench::Resultado;
 
     fn fila(clientes: usize, pgb: f64, ours: f64, p99: f64) -> Fila {
         Fila {
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn cpu_table_has_a_row_per_system_and_a_dash_for_idle_parts() {
-        use crate::bench::{cpu::CostoParte, CpuSistema};
+        use crate::{cpu::CostoParte, CpuSistema};
         let c = |p: &str, us: f64| CostoParte {
             parte: p.into(),
             us_por_peticion: us,

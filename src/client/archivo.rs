@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::pirate::{Client, ClientError};
-use crate::client::stats::{self, Latencias};
-use crate::protocol::{normalize_usuario, validate_isbn, Operacion, Peticion, Respuesta};
+use crate::pirate::{Client, ClientError};
+use crate::stats::{self, Latencias};
+use biblioteca_protocol::{normalize_usuario, validate_isbn, Operacion, Peticion, Respuesta};
 
 /// Label under which requests without a reply are counted.
 pub const SIN_RESPUESTA: &str = "SinRespuesta";
@@ -280,9 +280,9 @@ DEVO 978-0134685991 a/b
 
     #[test]
     fn sends_a_file_and_tallies_replies_and_bad_lines() {
-        use crate::config::ClientConfig;
-        use crate::net;
-        use crate::protocol::{parse_entrada, CodigoError, Entrada};
+        use biblioteca_protocol::config::ClientConfig;
+        use biblioteca_protocol::{parse_entrada, CodigoError, Entrada};
+        use biblioteca_runtime::net;
 
         let ep = "tcp://127.0.0.1:27451";
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -313,7 +313,7 @@ DEVO 978-0134685991 a/b
         ready_rx.recv().unwrap();
         let mut client = Client::new(ClientConfig {
             endpoints: vec![ep.into()],
-            timeout_ms: 2000,
+            timeout: Duration::from_secs(2),
             retries: 1,
             curve: None,
         })

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::config::{ClientConfig, Validate};
-use crate::net::{self, NetError};
-use crate::protocol::{Peticion, Respuesta};
-use crate::security::{self, Curve, Peer};
+use biblioteca_protocol::config::{ClientConfig, Validate};
+use biblioteca_protocol::{Peticion, Respuesta};
+use biblioteca_runtime::net::{self, NetError};
+use biblioteca_runtime::security::{self, Curve, Peer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -141,11 +141,11 @@ impl Client {
             curve,
             ctx,
             endpoints: config.endpoints,
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
             retries: config.retries,
             current: 0,
             socket: None,
-            peer: Peer::Carga,
+            peer: Peer::LoadManager,
         })
     }
 
@@ -332,8 +332,8 @@ fn id_of(frame: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::Envelope;
-    use crate::protocol::{parse_entrada, Entrada, Operacion};
+    use biblioteca_protocol::{parse_entrada, Entrada, Operacion};
+    use biblioteca_runtime::net::Envelope;
     use std::sync::mpsc;
     use std::thread;
 
@@ -382,7 +382,7 @@ mod tests {
     fn config(endpoints: &[&str], retries: u32) -> ClientConfig {
         ClientConfig {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-            timeout_ms: 300,
+            timeout: Duration::from_millis(300),
             retries,
             curve: None,
         }
@@ -404,7 +404,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 18);
         assert!(a.starts_with("s-") && a[2..].chars().all(|c| c.is_ascii_hexdigit()));
-        assert!(crate::protocol::validate_id(&a).is_ok());
+        assert!(biblioteca_protocol::validate_id(&a).is_ok());
     }
 
     #[test]

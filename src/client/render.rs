@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::protocol::Respuesta;
+use biblioteca_protocol::Respuesta;
 
 /// Longest `datos` summary before it is cut with an ellipsis.
 const MAX_DATOS: usize = 160;
@@ -72,7 +72,7 @@ fn cortar(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::CodigoError;
+    use biblioteca_protocol::CodigoError;
     use serde_json::json;
 
     #[test]

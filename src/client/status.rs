@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::client::pirate::{Client, ClientError};
-use crate::config::ClientConfig;
-use crate::protocol::Respuesta;
-use crate::security::ClientCurve;
+use crate::pirate::{Client, ClientError};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::Respuesta;
+use biblioteca_runtime::security::ClientCurve;
 
 /// A service to ask: a display name and its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ fn ask(
 ) -> Result<Respuesta, ClientError> {
     let config = ClientConfig {
         endpoints: vec![s.endpoint.clone()],
-        timeout_ms: (timeout.as_millis() as u64).max(1),
+        timeout: timeout.max(Duration::from_millis(1)),
         retries: 1,
         curve,
     };
@@ -248,7 +248,7 @@ pub fn tabla(filas: &[Fila]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net;
+    use biblioteca_runtime::net;
     use serde_json::json;
 
     fn svc(n: &str, ep: &str) -> Servicio {

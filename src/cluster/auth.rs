@@ -19,7 +19,7 @@ use super::{
     append, Cluster, ClusterError, Node, APP_DB, APP_USER, OWNER_USER, REPLICATION_USER,
     STANDBY_NAME, SUPERUSER,
 };
-use crate::security::secrets;
+use biblioteca_runtime::security::secrets;
 
 /// File name of the pgpass file at the top of a secured cluster directory.
 pub const PGPASS: &str = "pgpass";
@@ -58,7 +58,9 @@ impl Passwords {
     }
 }
 
-fn sec(path: &Path) -> impl FnOnce(crate::security::SecurityError) -> ClusterError + '_ {
+fn sec(
+    path: &Path,
+) -> impl FnOnce(biblioteca_runtime::security::SecurityError) -> ClusterError + '_ {
     move |e| ClusterError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Demo, DemoError};
-use crate::failover::config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
-use crate::security::ClientCurve;
+use biblioteca_failover::config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
+use biblioteca_runtime::security::ClientCurve;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DbNode {

@@ -13,12 +13,12 @@ use serde_json::Value;
 
 use super::scenario::{describe, Narrator, Requester, GUIDE_ISBNS};
 use super::Demo;
-use crate::cluster::pg::run_within;
-use crate::cluster::Node;
-use crate::failover::storage::query_target;
-use crate::failover::StorageTarget;
-use crate::launch::find_binary;
-use crate::protocol::{CodigoError, Operacion};
+use biblioteca_cluster::pg::run_within;
+use biblioteca_cluster::Node;
+use biblioteca_failover::storage::query_target;
+use biblioteca_failover::StorageTarget;
+use biblioteca_protocol::{CodigoError, Operacion};
+use biblioteca_stack::launch::find_binary;
 
 /// The failover tool bounds each of its own steps; this bounds the whole.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -42,7 +42,7 @@ fn serving_node(demo: &Demo) -> String {
         ..StorageTarget::default()
     };
     match query_target(&target, Duration::from_secs(2)) {
-        Ok(Some(s)) => s.nodo.unwrap_or_else(|| "<none>".into()),
+        Ok(Some(s)) => s.writer.unwrap_or_else(|| "<none>".into()),
         Ok(None) => "<no answer>".into(),
         Err(e) => format!("<{e}>"),
     }

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::Demo;
-use crate::client::Client;
-use crate::cluster::Node;
-use crate::config::ClientConfig;
-use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
-use crate::security::ClientCurve;
+use biblioteca_client::Client;
+use biblioteca_cluster::Node;
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use biblioteca_runtime::security::ClientCurve;
 
 /// The guide's catalogue.
 pub const GUIDE_ISBNS: [&str; 4] = [
@@ -75,7 +75,7 @@ impl Requester {
     pub fn with_curve(endpoint: &str, curve: Option<ClientCurve>) -> Requester {
         let config = ClientConfig {
             endpoints: vec![endpoint.to_string()],
-            timeout_ms: 8000,
+            timeout: Duration::from_secs(8),
             retries: 2,
             curve,
         };
@@ -117,7 +117,7 @@ impl Requester {
 pub fn describe(r: &Respuesta) -> String {
     match (&r.error, r.exito) {
         (_, true) => {
-            let datos = crate::client::render::datos(&r.datos);
+            let datos = biblioteca_client::render::datos(&r.datos);
             if datos.is_empty() {
                 format!("exito: true, {}", r.mensaje)
             } else {

@@ -5,15 +5,15 @@
 //! slots), optionally a file holding that role's password and the data
 //! directory this host manages for it, and the storage manager to re-point
 //! after a role change (with a CURVE key it allows, when it has `[curve]`).
-//! Parsing and validation go through the shared [`crate::config::parse`] like
+//! Parsing and validation go through the shared [`biblioteca_protocol::config::parse`] like
 //! every other service.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Validate};
-use crate::security::OperatorCurve;
+use biblioteca_protocol::config::{ConfigError, Validate};
+use biblioteca_runtime::security::OperatorCurve;
 
 /// One PostgreSQL node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct FailoverNode {
 impl FailoverNode {
     /// The password from `password_file`, without its trailing newline.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
-        crate::config::read_password_file(self.password_file.as_deref())
+        biblioteca_protocol::config::read_password_file(self.password_file.as_deref())
     }
 
     /// Whether this host can stop and start the node.
@@ -80,9 +80,11 @@ pub struct StorageTarget {
     pub pid_file: Option<PathBuf>,
     pub pid: Option<i32>,
     /// One status request waits this long for a reply.
-    pub status_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub status_timeout: Duration,
     /// After a reload, how long to wait for it to serve from the new node.
-    pub wait_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub switch_wait: Duration,
     /// Needed when the storage manager has `[curve]`: a key on its `allow`
     /// list and its public key.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,8 +100,8 @@ impl Default for StorageTarget {
             unit: "biblioteca-almacenamiento.service".into(),
             pid_file: None,
             pid: None,
-            status_timeout_ms: 1500,
-            wait_secs: 30,
+            status_timeout: Duration::from_millis(1500),
+            switch_wait: Duration::from_secs(30),
             curve: None,
         }
     }
@@ -113,14 +115,19 @@ pub struct FailoverConfig {
     /// PostgreSQL binaries (pg_ctl, pg_rewind, pg_basebackup, pg_controldata);
     /// default: `PG_BIN`, the Debian PostgreSQL 15 directory, `pg_config --bindir`.
     pub pg_bin: Option<PathBuf>,
-    pub connect_timeout_secs: u64,
+    /// Per connection attempt to a node.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Longest wait for `pg_promote` and for a node to leave recovery.
-    pub promote_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub promote_timeout: Duration,
     /// How long a standby may take to replay WAL it already received before
     /// promotion is refused.
-    pub catchup_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub catchup: Duration,
     /// Longest wait for a rejoined standby to stream.
-    pub streaming_timeout_secs: u64,
+    #[serde(with = "humantime_serde")]
+    pub streaming_timeout: Duration,
     /// After `rejoin`, commits wait for the rejoined standby
     /// (`synchronous_standby_names`); false keeps replication asynchronous.
     pub synchronous: bool,
@@ -132,10 +139,10 @@ impl Default for FailoverConfig {
             nodes: Vec::new(),
             storage: StorageTarget::default(),
             pg_bin: None,
-            connect_timeout_secs: 3,
-            promote_timeout_secs: 60,
-            catchup_secs: 10,
-            streaming_timeout_secs: 120,
+            connect_timeout: Duration::from_secs(3),
+            promote_timeout: Duration::from_secs(60),
+            catchup: Duration::from_secs(10),
+            streaming_timeout: Duration::from_secs(120),
             synchronous: true,
         }
     }
@@ -147,7 +154,7 @@ impl FailoverConfig {
     }
 
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs.max(1))
+        self.connect_timeout.max(Duration::from_secs(1))
     }
 
     pub fn names(&self) -> String {
@@ -201,18 +208,16 @@ impl Validate for FailoverConfig {
                 ));
             }
         }
-        crate::config::check_endpoint("storage.endpoint", &self.storage.endpoint)?;
-        if let Some(c) = &self.storage.curve {
-            crate::security::check(c.load())?;
-        }
+        biblioteca_protocol::config::check_endpoint("storage.endpoint", &self.storage.endpoint)?;
+        biblioteca_runtime::security::check(self.storage.curve.as_ref())?;
         if self.storage.reload == ReloadMethod::Pid
             && self.storage.pid.is_none()
             && self.storage.pid_file.is_none()
         {
             return invalid("storage.reload = \"pid\" needs storage.pid or storage.pid_file");
         }
-        if self.promote_timeout_secs == 0 || self.storage.status_timeout_ms == 0 {
-            return invalid("promote_timeout_secs and storage.status_timeout_ms must be positive");
+        if self.promote_timeout.is_zero() || self.storage.status_timeout.is_zero() {
+            return invalid("promote_timeout and storage.status_timeout must be positive");
         }
         Ok(())
     }
@@ -221,7 +226,7 @@ impl Validate for FailoverConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_reader;
+    use biblioteca_protocol::config::parse_reader;
 
     const TWO: &str = r#"
         [[nodes]]

@@ -2,7 +2,7 @@
 //! host manages: start, stop, `pg_rewind`, `pg_basebackup`, reading
 //! `pg_controldata`, and writing the settings that make it a standby.
 //!
-//! Programs run through [`crate::cluster`]'s [`PgBin`] (as `postgres` when we
+//! Programs run through [`biblioteca_cluster`]'s [`PgBin`] (as `postgres` when we
 //! are root) and a node's start/stop through its [`Node`], unless the config
 //! gives `start`/`stop` commands, which run under `sh -c`. `pg_rewind` and
 //! `pg_basebackup` overwrite the target's configuration files with the
@@ -22,7 +22,7 @@ use std::process::Command;
 
 use super::pg::Lsn;
 use super::{FailoverConfig, FailoverError, FailoverNode, Result};
-use crate::cluster::{pg::run_command, Node, PgBin, StopMode};
+use biblioteca_cluster::{pg::run_command, Node, PgBin, StopMode};
 
 /// PostgreSQL programs and how to run them on this host.
 #[derive(Debug, Clone)]
@@ -131,12 +131,11 @@ impl Local {
         let Some(password) = source.password()? else {
             return Ok(false);
         };
-        crate::security::secrets::write_private(path, &pgpass_line(&password)).map_err(|e| {
-            FailoverError::Command {
+        biblioteca_runtime::security::secrets::write_private(path, &pgpass_line(&password))
+            .map_err(|e| FailoverError::Command {
                 command: format!("write {}", path.display()),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         self.pg.give(path)?;
         Ok(true)
     }

@@ -86,7 +86,7 @@ pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Clien
         })?;
     match rx.recv_timeout(deadline + Duration::from_secs(1)) {
         Ok(result) => result.map_err(FailoverError::db(&node.name)),
-        Err(_) => Err(crate::cluster::ClusterError::Timeout {
+        Err(_) => Err(biblioteca_cluster::ClusterError::Timeout {
             what: format!(
                 "node {}: connecting and logging in (the host took the connection but never answered)",
                 node.name

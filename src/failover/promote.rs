@@ -16,7 +16,7 @@ use super::pg::{self, Lsn, Probe, Role};
 use super::status::probe_all;
 use super::storage;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use crate::config::StorageConfig;
+use biblioteca_protocol::config::StorageConfig;
 
 #[derive(Debug, Clone, Default)]
 pub struct PromoteOptions {
@@ -132,7 +132,7 @@ fn pick_target<'a>(
             )
         })?;
         let p = find(probes, name);
-        if p.map_or(true, |p| !p.reachable()) {
+        if p.is_none_or(|p| !p.reachable()) {
             return Err(FailoverError::stuck(
                 format!("cannot promote {name}: it is unreachable"),
                 format!(
@@ -179,7 +179,7 @@ fn old_primary<'a>(
         .storage
         .config
         .as_deref()
-        .and_then(|path| crate::config::parse::<StorageConfig>(path).ok())
+        .and_then(|path| biblioteca_protocol::config::parse::<StorageConfig>(path).ok())
         .and_then(|s| s.database.primary().map(|n| n.name.clone()))
         .filter(|n| n != target);
     if let Some(name) = configured {
@@ -199,7 +199,7 @@ fn wait_replay<F>(cfg: &FailoverConfig, target: &FailoverNode, mut caught_up: F)
 where
     F: FnMut(&Probe) -> bool,
 {
-    let deadline = Instant::now() + Duration::from_secs(cfg.catchup_secs);
+    let deadline = Instant::now() + cfg.catchup;
     loop {
         let p = pg::probe(target, cfg.connect_timeout());
         if caught_up(&p) || Instant::now() >= deadline {
@@ -302,7 +302,7 @@ fn fence_old_primary(
     probe: Option<&Probe>,
     progress: &Progress,
 ) -> Result<()> {
-    if probe.map_or(true, |p| p.role != Role::Primary) {
+    if probe.is_none_or(|p| p.role != Role::Primary) {
         return Ok(());
     }
     if !old.managed() {
@@ -372,20 +372,22 @@ pub fn finish_promotion(
     if !already {
         progress.step(format!(
             "promoting {} (pg_promote, waiting up to {}s)",
-            target.name, cfg.promote_timeout_secs
+            target.name,
+            cfg.promote_timeout.as_secs()
         ));
-        let secs = cfg.promote_timeout_secs.min(i32::MAX as u64) as i32;
+        let secs = cfg.promote_timeout.as_secs().min(i32::MAX as u64) as i32;
         let done: bool = c
             .query_one("SELECT pg_promote(true, $1)", &[&secs])
             .map_err(FailoverError::db(&target.name))?
             .get(0);
-        let deadline = Instant::now() + Duration::from_secs(cfg.promote_timeout_secs);
+        let deadline = Instant::now() + cfg.promote_timeout;
         while pg::in_recovery(&mut c, &target.name)? {
             if Instant::now() >= deadline {
                 return Err(FailoverError::stuck(
                     format!(
                         "{} did not leave recovery within {}s (pg_promote returned {done})",
-                        target.name, cfg.promote_timeout_secs
+                        target.name,
+                        cfg.promote_timeout.as_secs()
                     ),
                     "promotion was requested; the storage manager still points at the old primary",
                     format!(

@@ -17,7 +17,7 @@ use super::pg::{self, Role};
 use super::status::probe_all;
 use super::storage::set_role_and_reload;
 use super::{FailoverConfig, FailoverError, FailoverNode, Progress, Result};
-use crate::config::NodeRole;
+use biblioteca_protocol::config::NodeRole;
 
 pub fn rejoin(cfg: &FailoverConfig, name: &str, progress: &Progress) -> Result<()> {
     let old = cfg.node(name).ok_or_else(|| {
@@ -187,9 +187,10 @@ fn rebuild(
     })?;
     progress.step(format!(
         "waiting up to {}s for {name} to stream from {}",
-        cfg.streaming_timeout_secs, primary.name
+        cfg.streaming_timeout.as_secs(),
+        primary.name
     ));
-    let deadline = Instant::now() + Duration::from_secs(cfg.streaming_timeout_secs);
+    let deadline = Instant::now() + cfg.streaming_timeout;
     while !streaming(cfg, primary, name)? {
         if Instant::now() >= deadline {
             return Err(FailoverError::stuck(

@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::pg::{self, Lsn, Probe, Role};
 use super::storage::query_target;
@@ -103,12 +102,12 @@ pub fn rows(probes: &[Probe]) -> Vec<NodeStatus> {
 
 pub fn collect(cfg: &FailoverConfig) -> Report {
     let probes = probe_all(cfg);
-    let timeout = Duration::from_millis(cfg.storage.status_timeout_ms);
+    let timeout = cfg.storage.status_timeout;
     let storage = match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => StorageView {
             endpoint: cfg.storage.endpoint.clone(),
             reachable: true,
-            serving_from: s.nodo,
+            serving_from: s.writer,
             reply: Some(s.raw),
         },
         _ => StorageView {

@@ -15,15 +15,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{FailoverConfig, FailoverError, Progress, ReloadMethod, Result, StorageTarget};
-use crate::config::{parse_reader, NodeRole, StorageConfig};
-use crate::net;
-use crate::security::{Curve, Peer};
+use biblioteca_protocol::config::{parse_reader, NodeRole, StorageConfig};
+use biblioteca_runtime::net;
+use biblioteca_runtime::security::Load;
+use biblioteca_runtime::security::{Curve, Peer};
 
 /// What the storage manager says about itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageStatus {
     /// The node it currently writes to (`datos.nodo`), if any.
-    pub nodo: Option<String>,
+    pub writer: Option<String>,
     /// The whole reply, for `status --json`.
     pub raw: Value,
 }
@@ -63,11 +64,11 @@ pub fn query_status_with(
         return Ok(None);
     };
     let raw: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
-    let nodo = raw
+    let writer = raw
         .pointer("/datos/nodo")
         .and_then(Value::as_str)
         .map(str::to_string);
-    Ok(Some(StorageStatus { nodo, raw }))
+    Ok(Some(StorageStatus { writer, raw }))
 }
 
 /// Sets the named nodes' roles in the storage manager's TOML. A node made
@@ -87,14 +88,6 @@ pub fn set_roles(path: &Path, changes: &[(&str, NodeRole)]) -> Result<PathBuf> {
         .map_err(|e| fail(format!("cannot write backup {}: {e}", backup.display())))?;
     write_atomically(path, new_text.as_bytes(), path).map_err(|e| fail(e.to_string()))?;
     Ok(backup)
-}
-
-pub fn role_name(r: NodeRole) -> &'static str {
-    match r {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
-    }
 }
 
 /// The TOML text with roles changed; unknown keys are kept.
@@ -117,7 +110,7 @@ pub fn rewrite_roles(text: &str, changes: &[(&str, NodeRole)]) -> Result<String,
             .filter_map(|n| n.as_table_mut())
             .find(|n| n.get("name").and_then(|v| v.as_str()) == Some(name));
         let node = found.ok_or_else(|| format!("no node named {name:?} in [[database.nodes]]"))?;
-        node.insert("role".into(), toml::Value::String(role_name(*role).into()));
+        node.insert("role".into(), toml::Value::String(role.as_str().into()));
     }
     if !promoted.is_empty() {
         for n in nodes.iter_mut().filter_map(|n| n.as_table_mut()) {
@@ -175,7 +168,7 @@ pub fn reload(target: &StorageTarget) -> Result<String> {
         ReloadMethod::None => Ok("reload = \"none\": reload the storage manager yourself".into()),
         ReloadMethod::Systemd => {
             let command = format!("systemctl reload {}", target.unit);
-            crate::cluster::pg::run_command(
+            biblioteca_cluster::pg::run_command(
                 std::process::Command::new("systemctl")
                     .arg("reload")
                     .arg(&target.unit),
@@ -214,15 +207,18 @@ pub fn reload(target: &StorageTarget) -> Result<String> {
 
 /// Waits until the storage manager reports `datos.nodo == node`.
 pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(target.wait_secs);
-    let timeout = Duration::from_millis(target.status_timeout_ms);
+    let deadline = Instant::now() + target.switch_wait;
+    let timeout = target.status_timeout;
     loop {
         let last = match query_target(target, timeout) {
-            Ok(Some(s)) if s.nodo.as_deref() == Some(node) => {
+            Ok(Some(s)) if s.writer.as_deref() == Some(node) => {
                 progress.step(format!("storage manager now serves from {node}"));
                 return Ok(());
             }
-            Ok(Some(s)) => format!("it reports node {}", s.nodo.as_deref().unwrap_or("(none)")),
+            Ok(Some(s)) => format!(
+                "it reports node {}",
+                s.writer.as_deref().unwrap_or("(none)")
+            ),
             Ok(None) => format!("no answer from {}", target.endpoint),
             Err(e) => e.to_string(),
         };
@@ -230,7 +226,7 @@ pub fn wait_serving(target: &StorageTarget, node: &str, progress: &Progress) -> 
             return Err(FailoverError::stuck(
                 format!(
                     "the storage manager did not switch to {node} within {}s",
-                    target.wait_secs
+                    target.switch_wait.as_secs()
                 ),
                 format!("the database side is done; {last}"),
                 "check the storage manager's log (journalctl -u biblioteca-almacenamiento) and its config, reload it, then run `biblioteca-failover status`",
@@ -283,7 +279,8 @@ pub fn repoint(
     progress.step(format!("storage manager reload: {how}"));
     progress.step(format!(
         "waiting up to {}s for the storage manager ({}) to serve from {new}",
-        target.wait_secs, target.endpoint
+        target.switch_wait.as_secs(),
+        target.endpoint
     ));
     wait_serving(target, new, progress)
 }
@@ -301,7 +298,7 @@ pub fn set_role_and_reload(
         progress.step(format!(
             "storage config {}: {node} is now {}",
             path.display(),
-            role_name(role)
+            role.as_str()
         ));
     }
     let how = reload(&cfg.storage)?;
@@ -350,7 +347,7 @@ role = "standby"
         std::fs::write(&path, CFG).unwrap();
         let backup = set_roles(&path, &[("standby", NodeRole::Primary)]).unwrap();
         assert_eq!(std::fs::read_to_string(&backup).unwrap(), CFG);
-        let now: StorageConfig = crate::config::parse(&path).unwrap();
+        let now: StorageConfig = biblioteca_protocol::config::parse(&path).unwrap();
         assert_eq!(now.database.primary().unwrap().name, "standby");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -45,7 +45,7 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
         .iter()
         .filter(|p| p.role == Role::Standby)
         .map(|p| p.name.as_str())
-        .filter(|n| wanted.map_or(true, |w| w == *n))
+        .filter(|n| wanted.is_none_or(|w| w == *n))
         .collect();
     let target = match standbys.as_slice() {
         [one] => one.to_string(),
@@ -193,7 +193,7 @@ fn wait_replayed(
     needed: Lsn,
     progress: &Progress,
 ) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(cfg.catchup_secs.max(30));
+    let deadline = Instant::now() + cfg.catchup.max(Duration::from_secs(30));
     loop {
         let p = pg::probe(new, cfg.connect_timeout());
         let replay = p.replay_lsn;

@@ -8,7 +8,7 @@
 use postgres::error::SqlState;
 
 use super::nodes::Backend;
-use crate::config::NodeRole;
+use biblioteca_protocol::config::NodeRole;
 
 /// Why some reachable node refused our credentials, if one did.
 pub(super) fn refused(backend: &Backend) -> Option<String> {

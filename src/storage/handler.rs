@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::nodes::{Backend, Node};
 use super::ops::{self, TxError};
 use super::Shared;
-use crate::protocol::{CodigoError, Entrada, Operacion, Peticion, Respuesta};
+use biblioteca_protocol::{CodigoError, Entrada, Operacion, Peticion, Respuesta};
 
 /// Tries of one write when the database asks for a retry (serialization
 /// failure, deadlock, a lost race on the one-active-loan index).
@@ -305,7 +305,7 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_ne!(a, b);
-        assert!(crate::protocol::validate_id(&a).is_ok());
+        assert!(biblioteca_protocol::validate_id(&a).is_ok());
         assert_eq!(a.len(), 18);
     }
 }

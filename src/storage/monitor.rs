@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use super::nodes::{connect_timeout, Backend, PROBE_SQL};
 use super::Shared;
-use crate::config::{self, NodeRole, StorageConfig};
-use crate::notify;
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::config::{self, NodeRole, StorageConfig};
+use biblioteca_runtime::notify;
+use biblioteca_runtime::shutdown::Shutdown;
 
 const INTERVAL: Duration = Duration::from_secs(1);
 /// Lower bound between probes when workers keep asking for one.
@@ -93,7 +93,7 @@ impl Probes {
             let client = self.clients.remove(&key);
             let pg = node.pg.clone();
             let (tx, rx) = mpsc::channel();
-            let spawned = crate::shutdown::spawn("storage-probe", move || {
+            let spawned = biblioteca_runtime::shutdown::spawn("storage-probe", move || {
                 let _ = tx.send(probe_one(&pg, client, timeout));
             });
             waiting.push(Some((key, spawned.map(|_| rx))));
@@ -186,7 +186,9 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
         refresh(shared, probes);
         return;
     };
-    let mut cfg: StorageConfig = match config::parse(path) {
+    let parsed =
+        config::parse(path).and_then(|c: StorageConfig| crate::check_config(&c).map(|()| c));
+    let mut cfg: StorageConfig = match parsed {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload refused: keeping the running configuration");
@@ -230,7 +232,7 @@ pub fn reload(shared: &Shared, config_path: Option<&Path>, probes: &mut Probes, 
     shared.swap(backend.clone());
     let after = backend.writer().map(|(_, n)| n.cfg.name.clone());
     tracing::info!(
-        nodo = after.as_deref().unwrap_or("none"),
+        node = after.as_deref().unwrap_or("none"),
         previous = before.as_deref().unwrap_or("none"),
         "configuration reloaded"
     );

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::fencing::Fencing;
 use super::StorageError;
-use crate::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
+use biblioteca_protocol::config::{DatabaseConfig, NodeConfig, NodeRole, StorageConfig};
 
 pub type PgPool = r2d2::Pool<Manager>;
 
@@ -99,7 +99,7 @@ impl r2d2::HandleError<postgres::Error> for QuietErrors {
 }
 
 pub fn connect_timeout(db: &DatabaseConfig) -> Duration {
-    Duration::from_secs(db.connect_timeout_secs.max(1))
+    db.connect_timeout.max(Duration::from_secs(1))
 }
 
 /// The libpq settings of one node with the bounds every connection needs.
@@ -127,7 +127,7 @@ pub fn pg_config(
         .keepalives_idle(Duration::from_secs(2))
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_millis(db.statement_timeout_ms) + connect_timeout(db));
+        .tcp_user_timeout(db.statement_timeout + connect_timeout(db));
     Ok(pg)
 }
 
@@ -166,7 +166,7 @@ impl Backend {
                 .test_on_check_out(false)
                 .error_handler(Box::new(QuietErrors))
                 .connection_customizer(Box::new(SessionSettings {
-                    statement_timeout_ms: db.statement_timeout_ms,
+                    statement_timeout_ms: db.statement_timeout.as_millis() as u64,
                 }))
                 .build_unchecked(manager);
             nodes.push(Node {
@@ -319,8 +319,8 @@ impl Backend {
             .map(|(i, n)| {
                 let s = n.state();
                 let mut v = json!({
-                    "name": n.cfg.name,
-                    "role": role_name(n.cfg.role),
+                    "nombre": n.cfg.name,
+                    "rol": n.cfg.role.as_str(),
                     "estado": estado(n.cfg.role, &s, Some(i) == writer),
                     "timeline": s.timeline,
                 });
@@ -331,14 +331,6 @@ impl Backend {
             })
             .collect();
         Value::Array(list)
-    }
-}
-
-pub fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Primary => "primary",
-        NodeRole::Standby => "standby",
-        NodeRole::Fenced => "fenced",
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::conexion::Conexion;
-use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
 /// Loan period and renewal rules, passed to the write functions.
 const DIAS_PRESTAMO: i32 = 14;

@@ -21,10 +21,10 @@ use serde_json::json;
 
 use super::dispatch::{Dispatch, Refused};
 use super::{handler, Shared, StorageError};
-use crate::net::{self, Envelope, NetError};
-use crate::notify;
-use crate::protocol::{self, CodigoError, Entrada, Respuesta};
-use crate::shutdown::Shutdown;
+use biblioteca_protocol::{self as protocol, CodigoError, Entrada, Respuesta};
+use biblioteca_runtime::net::{self, Envelope, NetError};
+use biblioteca_runtime::notify;
+use biblioteca_runtime::shutdown::Shutdown;
 
 const POLL: Duration = Duration::from_millis(100);
 /// Longest an idle worker waits for a job before checking in again.
@@ -52,10 +52,11 @@ static INSTANCE: AtomicU64 = AtomicU64::new(0);
 pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(), StorageError> {
     let ctx = zmq::Context::new();
     // Declared before the sockets, so it outlives them (dropped after).
-    let (curve, _zap) = crate::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
+    let (curve, _zap) =
+        biblioteca_runtime::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
     let router = net::client_facing(&ctx, zmq::ROUTER)?;
     curve
-        .serve(&router, crate::security::DOMAIN_STORAGE)
+        .serve(&router, biblioteca_runtime::security::DOMAIN_STORAGE)
         .map_err(NetError::from)?;
     net::bind(&router, bind)?;
     let replies = net::socket(&ctx, zmq::PULL)?;
@@ -74,20 +75,20 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let handle = crate::shutdown::spawn(format!("storage-worker-{i}"), move || {
+        let handle = biblioteca_runtime::shutdown::spawn(format!("storage-worker-{i}"), move || {
             worker(i, &shared, &rx, &push, &shutdown)
         })?;
         workers.push(handle);
         channels.push(tx);
     }
 
-    let nodo = shared.writer_name().unwrap_or_else(|| "none".into());
-    notify::ready(&format!("serving on {bind}, writes to {nodo}"));
-    tracing::info!(endpoint = bind, nodo, workers = cfg.workers, "ready");
+    let node = shared.writer_name().unwrap_or_else(|| "none".into());
+    notify::ready(&format!("serving on {bind}, writes to {node}"));
+    tracing::info!(endpoint = bind, node, workers = cfg.workers, "ready");
 
     // Longer than any legitimate request (a connection, then statements
     // bounded by statement_timeout); past it the database is hung.
-    let deadline = Duration::from_millis(cfg.database.statement_timeout_ms)
+    let deadline = cfg.database.statement_timeout
         + super::nodes::connect_timeout(&cfg.database)
         + Duration::from_secs(1);
     let mut front = Front {

@@ -12,10 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use biblioteca::client::pirate::Client;
-use biblioteca::cluster::Node;
-use biblioteca::config::ClientConfig;
-use biblioteca::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use biblioteca_client::pirate::Client;
+use biblioteca_cluster::Node;
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 use serde_json::json;
 
 use crate::workload::{Entry, Outcome};
@@ -68,7 +68,7 @@ impl Resolution {
 fn storage_client(endpoint: &str) -> Client {
     Client::new(ClientConfig {
         endpoints: vec![endpoint.to_string()],
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
         retries: 1,
         curve: None,
     })
@@ -114,7 +114,7 @@ fn resolve_one(client: &mut Client, e: &Entry, deadline: Instant) -> Resolution 
                     Err(err) => last = err.to_string(),
                 }
             }
-            Ok(r) if r.error.map_or(true, CodigoError::is_definitive) => {
+            Ok(r) if r.error.is_none_or(CodigoError::is_definitive) => {
                 return Resolution::Applied(r)
             }
             Ok(r) => last = r.mensaje,

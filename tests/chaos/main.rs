@@ -1,4 +1,4 @@
-//! Chaos test of the messaging layer (issue 4).
+//! Chaos test of the messaging layer.
 //!
 //! One synchronous primary/standby pair and every service as a real process
 //! (ports in 28000-29999, clear of the other suites). Client threads run
@@ -28,13 +28,13 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use biblioteca::client::pirate::Client;
-use biblioteca::cluster::{Cluster, ClusterSpec, Node, OWNER_USER};
-use biblioteca::config::ClientConfig;
-use biblioteca::launch::{port_in_use, Service};
-use biblioteca::protocol::Operacion;
-use biblioteca::stack::{Stack, StackPorts, StackSpec};
-use biblioteca::storage::seed;
+use biblioteca_client::pirate::Client;
+use biblioteca_cluster::{Cluster, ClusterSpec, Node, OWNER_USER};
+use biblioteca_protocol::catalogue;
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::Operacion;
+use biblioteca_stack::launch::{port_in_use, Service};
+use biblioteca_stack::{Stack, StackPorts, StackSpec};
 
 use report::{emit, Fault};
 use workload::{Plan, Workload};
@@ -98,7 +98,7 @@ fn sql(node: &Node, q: &str) -> String {
 fn wait_for_actors(frontend: &str, timeout: Duration) {
     let mut c = Client::new(ClientConfig {
         endpoints: vec![frontend.to_string()],
-        timeout_ms: 1000,
+        timeout: Duration::from_millis(1000),
         retries: 1,
         curve: None,
     })
@@ -220,10 +220,10 @@ fn faults_in_turn_keep_the_history_consistent() {
         &cluster.primary().conninfo("app", "library"),
         &cluster.standby().conninfo("app", "library"),
     );
-    spec.deadline_ms = DEADLINE_MS;
+    spec.deadline = Duration::from_millis(DEADLINE_MS);
     let mut stack = Stack::start(spec).unwrap_or_else(|e| panic!("services: {e}"));
     let primary = cluster.primary().clone();
-    let isbns: Vec<String> = (1..=BOOKS).map(seed::isbn).collect();
+    let isbns: Vec<String> = (1..=BOOKS).map(catalogue::isbn).collect();
     sql(
         &primary,
         &format!(
@@ -280,7 +280,7 @@ fn faults_in_turn_keep_the_history_consistent() {
     violations.extend(crashed);
     let rows = report::table(&faults, &history, &resolved);
     for r in &rows[1..rows.len() - 1] {
-        if r.recover.map_or(true, |d| d > Duration::from_secs(15)) {
+        if r.recover.is_none_or(|d| d > Duration::from_secs(15)) {
             violations.push(format!(
                 "{}: no recovery within 15 s ({:?})",
                 r.name, r.recover

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 
 use crate::checker::Resolution;
 use crate::workload::{Entry, Outcome};

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca::client::pirate::{Client, ClientError};
-use biblioteca::config::ClientConfig;
-use biblioteca::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use biblioteca_client::pirate::{Client, ClientError};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
 /// How hard a client tries before it reports a request as unknown.
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +187,7 @@ impl Session<'_> {
         while tries < self.budget.tries && start.elapsed() < self.budget.total {
             tries += 1;
             match self.client.request(&p) {
-                Ok(r) if r.error.map_or(true, CodigoError::is_definitive) => {
+                Ok(r) if r.error.is_none_or(CodigoError::is_definitive) => {
                     answer = Some(r);
                     break;
                 }
@@ -233,7 +233,7 @@ fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> V
     let budget = plan.budgets[c % plan.budgets.len()];
     let cfg = ClientConfig {
         endpoints: vec![plan.frontend.clone()],
-        timeout_ms: budget.try_timeout_ms,
+        timeout: Duration::from_millis(budget.try_timeout_ms),
         // One try per call: the session loop retries (same id) and counts.
         retries: 1,
         curve: None,

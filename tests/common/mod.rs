@@ -10,10 +10,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use biblioteca::cluster::{Cluster, ClusterSpec, Node};
-use biblioteca::launch::{free_port, port_in_use};
-use biblioteca::protocol::Operacion;
-use biblioteca::stack::{Stack, StackPorts, StackSpec};
+use biblioteca_cluster::{Cluster, ClusterSpec, Node};
+use biblioteca_protocol::Operacion;
+use biblioteca_stack::launch::{free_port, port_in_use};
+use biblioteca_stack::{Stack, StackPorts, StackSpec};
 use serde_json::{json, Value};
 
 /// The guide's catalogue.
@@ -39,7 +39,7 @@ pub struct WorldSpec {
     /// ZeroMQ ports; `None`: free ports.
     pub ports: Option<StackPorts>,
     pub actors: Vec<Operacion>,
-    pub deadline_ms: u64,
+    pub deadline: Duration,
 }
 
 impl World {
@@ -82,7 +82,7 @@ impl World {
             &cluster.standby().conninfo("app", "library"),
         );
         sspec.actors = spec.actors;
-        sspec.deadline_ms = spec.deadline_ms;
+        sspec.deadline = spec.deadline;
         let t = Instant::now();
         let stack = Stack::start(sspec).unwrap_or_else(|e| panic!("services: {e}"));
         eprintln!(
@@ -265,7 +265,7 @@ pub fn run_suite(suite: &str, setup: impl FnOnce() -> World, cases: &[Case]) -> 
     let list = std::env::args().any(|a| a == "--list");
     let selected: Vec<&Case> = cases
         .iter()
-        .filter(|(name, _)| filter.as_deref().map_or(true, |f| name.contains(f)))
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
         .collect();
     if list {
         for (name, _) in &selected {

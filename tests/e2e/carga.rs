@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use biblioteca::launch::find_binary;
+use biblioteca_stack::launch::find_binary;
 use serde_json::Value;
 
 use crate::common::{sql, World};
@@ -21,7 +21,7 @@ fn exitos(report: &Value, op: &str) -> i64 {
 }
 
 pub fn load_generator_agrees_with_the_database(w: &mut World) {
-    biblioteca::storage::seed(&w.stack.spec().storage_config(), LIBROS, 1000).unwrap();
+    biblioteca_storage::seed(&w.stack.spec().storage_config(), LIBROS, 1000).unwrap();
     let out_dir = w.dir.join("carga");
     std::fs::create_dir_all(&out_dir).unwrap();
     let bin = find_binary("biblioteca-solicitante", None).unwrap();
@@ -87,7 +87,7 @@ pub fn load_generator_agrees_with_the_database(w: &mut World) {
         &format!(
             "SELECT sum(ejemplares) FROM libros WHERE isbn IN ({})",
             (1..=LIBROS)
-                .map(|n| format!("'{}'", biblioteca::storage::seed_isbn(n)))
+                .map(|n| format!("'{}'", biblioteca_protocol::catalogue::isbn(n)))
                 .collect::<Vec<_>>()
                 .join(",")
         ),

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 use serde_json::{json, Value};
 
 use crate::common::{assert_err, assert_ok, field, request, sql, World};

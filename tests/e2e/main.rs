@@ -21,8 +21,9 @@ mod guide;
 mod idempotency;
 mod outage;
 
-use biblioteca::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 use common::{run_suite, World, WorldSpec};
+use std::time::Duration;
 
 fn main() {
     run_suite(
@@ -32,7 +33,7 @@ fn main() {
                 tag: "e2e",
                 ports: None,
                 actors: Operacion::WRITES.to_vec(),
-                deadline_ms: 5000,
+                deadline: Duration::from_millis(5000),
             })
         },
         &[

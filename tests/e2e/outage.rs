@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use biblioteca::protocol::Operacion;
-use biblioteca::sched::{self, Scheduling};
+use biblioteca_protocol::Operacion;
+use biblioteca_runtime::sched::{self, Scheduling};
 use serde_json::json;
 
-use biblioteca::launch::Service;
+use biblioteca_stack::launch::Service;
 
 use crate::common::{assert_err, assert_ok, sql, World};
 

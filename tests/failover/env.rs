@@ -11,12 +11,12 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use biblioteca::client::pirate::Client;
-use biblioteca::cluster::{wait_until, Cluster, ClusterSpec, Node};
-use biblioteca::config::ClientConfig;
-use biblioteca::launch::{find_binary, port_in_use};
-use biblioteca::protocol::{Operacion, Peticion, Respuesta};
-use biblioteca::stack::{Stack, StackPorts, StackSpec};
+use biblioteca_client::pirate::Client;
+use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, Node};
+use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::{Operacion, Peticion, Respuesta};
+use biblioteca_stack::launch::{find_binary, port_in_use};
+use biblioteca_stack::{Stack, StackPorts, StackSpec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -69,7 +69,7 @@ impl Env {
             &p.conninfo("app", "library"),
             &s.conninfo("app", "library"),
         );
-        stack_spec.deadline_ms = 4000;
+        stack_spec.deadline = Duration::from_millis(4000);
         let stack = Stack::start(stack_spec).unwrap_or_else(|e| panic!("stack: {e}"));
         let mut env = Env {
             failover_toml: dir.join("failover.toml"),
@@ -103,7 +103,7 @@ impl Env {
         };
         let pid = self.stack().storage.pid().expect("storage pid");
         let text = format!(
-            "catchup_secs = 3\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nwait_secs = 30\n",
+            "catchup = \"3s\"\n\n{}{}[storage]\nendpoint = \"{}\"\nconfig = \"{}\"\nreload = \"pid\"\npid = {pid}\nswitch_wait = \"30s\"\n",
             node(self.cluster.primary()),
             node(self.cluster.standby()),
             self.ports.storage_endpoint(),
@@ -149,7 +149,7 @@ impl Env {
     pub fn client(&self, timeout_ms: u64) -> Client {
         Client::new(ClientConfig {
             endpoints: vec![self.ports.frontend_endpoint()],
-            timeout_ms,
+            timeout: Duration::from_millis(timeout_ms),
             retries: 3,
             curve: None,
         })

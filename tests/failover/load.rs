@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use biblioteca::cluster::Node;
-use biblioteca::protocol::Operacion;
+use biblioteca_cluster::Node;
+use biblioteca_protocol::Operacion;
 
 use crate::env::{copies, peticion, sql, Env, ISBNS};
 

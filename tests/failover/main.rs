@@ -11,10 +11,10 @@ mod load;
 
 use std::time::{Duration, Instant};
 
-use biblioteca::cluster::StopMode;
-use biblioteca::config::NodeRole;
-use biblioteca::failover::storage::{query_status, set_roles};
-use biblioteca::protocol::Operacion;
+use biblioteca_cluster::StopMode;
+use biblioteca_failover::storage::{query_status, set_roles};
+use biblioteca_protocol::config::NodeRole;
+use biblioteca_protocol::Operacion;
 use env::{serial, sql, wait_sync, Env, ISBNS};
 use load::{check_nothing_lost, pause, Load};
 
@@ -22,7 +22,7 @@ use load::{check_nothing_lost, pause, Load};
 fn serving_from(env: &Env) -> Option<String> {
     query_status(&env.ports.storage_endpoint(), Duration::from_secs(2))
         .unwrap()
-        .and_then(|s| s.nodo)
+        .and_then(|s| s.writer)
 }
 
 /// Keeps an environment up for trying the tool by hand: run with
@@ -64,7 +64,7 @@ fn guide_parts_5_and_6() {
     let prestamos = sql(env.primary(), "SELECT count(*) FROM prestamos");
     // 5.2
     env.primary()
-        .stop(biblioteca::cluster::StopMode::Fast)
+        .stop(biblioteca_cluster::StopMode::Fast)
         .unwrap();
     // 5.3: fails, times out, or is answered from the standby.
     let r = env
@@ -170,7 +170,7 @@ fn promote_refused_while_the_standby_is_behind() {
     let env = Env::new("behind", 2);
     let config_before = std::fs::read_to_string(env.storage_config_path()).unwrap();
     sql(env.standby(), "SELECT pg_wal_replay_pause()");
-    biblioteca::cluster::wait_until(Duration::from_secs(10), "replay paused", || {
+    biblioteca_cluster::wait_until(Duration::from_secs(10), "replay paused", || {
         Ok(sql(env.standby(), "SELECT pg_get_wal_replay_pause_state()") == "paused")
     })
     .unwrap();

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use biblioteca::protocol::Operacion;
-use biblioteca::stack::StackPorts;
+use biblioteca_protocol::Operacion;
+use biblioteca_stack::StackPorts;
 use common::{assert_on_standby, run_suite, sql, World, WorldSpec, ISBNS};
 use serde_json::{json, Value};
 
@@ -186,7 +186,7 @@ fn main() {
                 tag: "guide-python",
                 ports: Some(StackPorts::default()),
                 actors: Operacion::WRITES.to_vec(),
-                deadline_ms: 5000,
+                deadline: Duration::from_millis(5000),
             })
         },
         &[

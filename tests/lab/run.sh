@@ -345,7 +345,7 @@ curve_everywhere() {
         on app "journalctl -b -u biblioteca-carga.service | grep -q 'CURVE on'" &&
         on act "journalctl -b -u biblioteca-actor@prestamo.service | grep -q 'CURVE on'" || { echo "a service did not log 'CURVE on'"; return 1; }
     local rc=0
-    on act "biblioteca-solicitante --endpoint tcp://$NET.21:5555 --timeout-ms 1500 --retries 1 consulta $ISBN" >/dev/null 2>&1 || rc=$?
+    on act "biblioteca-solicitante --endpoint tcp://$NET.21:5555 --timeout 1500ms --retries 1 consulta $ISBN" >/dev/null 2>&1 || rc=$?
     [[ $rc -ne 0 ]] || { echo "a plaintext client was answered"; return 1; }
 }
 

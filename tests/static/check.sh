@@ -176,7 +176,7 @@ check "ansible-lint --offline (profile production)" \
 
 # Renders every template for the example inventory, CURVE on (the default)
 # and off, and feeds each TOML to its binary: serde's deny_unknown_fields
-# makes --check-config reject any key that src/config.rs (or
+# makes --check-config reject any key that src/protocol/config.rs (or
 # src/failover/config.rs) does not know, and a [curve] section must load.
 # The role's credentials and public-key directories point at $WORK, filled
 # as site.yml would fill them: one key pair per kind, its public key copied
@@ -272,6 +272,7 @@ postgres_accepts_templates() {
     return $rc
 }
 
+check "Cargo.toml's rust-version is the locked tree's real minimum" python3 tests/static/rust_version.py
 check "ansible templates render for the example inventory" render_configs
 check "rendered TOML accepted by each binary's --check-config" configs_accepted
 check "rendered postgresql.conf/pg_hba.conf accepted by PostgreSQL" postgres_accepts_templates

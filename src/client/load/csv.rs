@@ -101,8 +101,8 @@ pub fn escribir(informe: &Informe, prefix: &Path) -> std::io::Result<(PathBuf, P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::load::informe::{Agregado, Muestra};
-    use crate::protocol::Operacion;
+    use crate::load::informe::{Agregado, Muestra};
+    use biblioteca_protocol::Operacion;
     use std::time::Duration;
 
     #[test]

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::register_font;
 
 use super::informe::{FilaOp, Informe, Punto};
-use crate::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw {path}: {reason}")]
@@ -284,8 +284,8 @@ fn panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::load::informe::{Agregado, Muestra};
-    use crate::protocol::Operacion;
+    use crate::load::informe::{Agregado, Muestra};
+    use biblioteca_protocol::Operacion;
     use std::time::Duration;
 
     fn informe() -> Informe {

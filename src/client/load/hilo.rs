@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use super::informe::{Muestra, SIN_RESPUESTA};
 use super::usuario::{Rng, Usuario};
 use super::{Lote, Opciones, LOTE, RESPUESTA_INVALIDA, TICK};
-use crate::client::pirate::{encode, new_request_id, Client, ClientError, InFlight};
-use crate::protocol::Peticion;
+use crate::pirate::{encode, new_request_id, Client, ClientError, InFlight};
+use biblioteca_protocol::Peticion;
 
 /// Where one virtual client is.
 enum Estado {
@@ -262,8 +262,8 @@ fn esperar(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
     }
     let d = hasta.saturating_duration_since(now);
     // Round up so a deadline under a millisecond away does not spin.
-    let ms = d.as_millis() as i64 + i64::from(d.subsec_nanos() % 1_000_000 != 0);
-    crate::net::poll(&mut items, ms)?;
+    let ms = d.as_millis() as i64 + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
+    biblioteca_runtime::net::poll(&mut items, ms)?;
     let mut atender = vec![false; vs.len()];
     for (i, it) in quien.iter().zip(&items) {
         if it.is_readable() {

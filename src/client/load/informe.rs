@@ -12,7 +12,7 @@ use std::time::Duration;
 use hdrhistogram::{CreationError, Histogram};
 use serde::Serialize;
 
-use crate::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 
 /// Latencies above this are recorded as this (microseconds).
 const MAX_US: u64 = 600_000_000;

@@ -22,8 +22,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::pirate::ClientError;
-use crate::config::ClientConfig;
+use crate::pirate::ClientError;
+use biblioteca_protocol::config::ClientConfig;
 
 pub use informe::Informe;
 use informe::{Agregado, Muestra};
@@ -44,7 +44,7 @@ const POR_CONTEXTO: usize = 1000;
 /// Raises the open-file limit to what `clientes` sockets need (a ZeroMQ
 /// socket holds an eventfd and a TCP connection), or says how far short the
 /// hard limit falls.
-pub(crate) fn abrir_ficheros(clientes: usize) -> Result<(), LoadError> {
+pub fn abrir_ficheros(clientes: usize) -> Result<(), LoadError> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let needed = (clientes as u64) * 2 + 256;
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -121,7 +121,7 @@ impl Opciones {
 
 /// A fresh user-name prefix: `carga-` and 8 hex digits.
 pub fn prefijo_nuevo() -> String {
-    let id = crate::client::new_request_id();
+    let id = crate::new_request_id();
     format!("carga-{}", id.get(2..10).unwrap_or("00000000"))
 }
 

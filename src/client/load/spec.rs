@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::protocol::Operacion;
+use biblioteca_protocol::Operacion;
 
 /// ISBNs of the guide's catalogue, used when no `--libros` is given.
 pub const CATALOGO_GUIA: [&str; 4] = [
@@ -19,7 +19,7 @@ pub const CATALOGO_GUIA: [&str; 4] = [
 pub fn catalogo(libros: Option<u64>) -> Vec<String> {
     match libros {
         // Books 1..=N of `biblioteca-almacenamiento seed --libros N`.
-        Some(n) if n > 0 => (1..=n).map(crate::storage::seed_isbn).collect(),
+        Some(n) if n > 0 => (1..=n).map(biblioteca_protocol::catalogue::isbn).collect(),
         _ => CATALOGO_GUIA.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -216,8 +216,10 @@ mod tests {
     fn catalogues() {
         assert_eq!(catalogo(None).len(), 4);
         let c = catalogo(Some(3));
-        assert_eq!(c[0], crate::storage::seed_isbn(1));
-        assert_eq!(c[2], crate::storage::seed_isbn(3));
-        assert!(c.iter().all(|i| crate::protocol::validate_isbn(i).is_ok()));
+        assert_eq!(c[0], biblioteca_protocol::catalogue::isbn(1));
+        assert_eq!(c[2], biblioteca_protocol::catalogue::isbn(3));
+        assert!(c
+            .iter()
+            .all(|i| biblioteca_protocol::validate_isbn(i).is_ok()));
     }
 }

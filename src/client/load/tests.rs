@@ -2,11 +2,12 @@
 
 use super::informe::SIN_RESPUESTA;
 use super::*;
-use crate::net::{self, Envelope};
-use crate::protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
+use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Operacion, Respuesta};
+use biblioteca_runtime::net::{self, Envelope};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::thread;
+use std::time::Duration;
 
 /// Serves loans from memory until idle for a second; returns the number of
 /// incoherent requests it saw (returns/renewals of books not held).
@@ -69,7 +70,7 @@ fn opts(endpoint: &str) -> Opciones {
     Opciones {
         cliente: ClientConfig {
             endpoints: vec![endpoint.into()],
-            timeout_ms: 2000,
+            timeout: Duration::from_millis(2000),
             retries: 2,
             curve: None,
         },
@@ -177,7 +178,7 @@ fn stop_flag_and_think_time_end_a_run_early() {
 #[test]
 fn unreachable_manager_counts_unknown_outcomes_and_bad_options_are_rejected() {
     let mut o = opts("tcp://127.0.0.1:27464");
-    o.cliente.timeout_ms = 100;
+    o.cliente.timeout = Duration::from_millis(100);
     o.cliente.retries = 1;
     o.clientes = 1;
     o.peticiones = Some(2);

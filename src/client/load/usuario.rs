@@ -6,7 +6,7 @@
 //! from the replies; an unknown outcome is assumed applied, and the next reply
 //! about that book corrects the belief either way.
 
-use crate::protocol::{CodigoError, Operacion, Peticion, Respuesta};
+use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
 use super::spec::Mezcla;
 
@@ -121,7 +121,7 @@ impl Usuario {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::load::spec::catalogo;
+    use crate::load::spec::catalogo;
     use serde_json::Value;
 
     fn ok(op: Operacion) -> Respuesta {
