@@ -453,7 +453,10 @@ fn nobody_gets_in_who_does_not_belong() {
         "status through CURVE failed: {status_out}"
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let storage_row = rows.iter().find(|r| r["servicio"] == "almacenamiento").unwrap();
+    let storage_row = rows
+        .iter()
+        .find(|r| r["servicio"] == "almacenamiento")
+        .unwrap();
     assert!(
         storage_row["nota"]
             .as_str()
@@ -473,7 +476,10 @@ fn nobody_gets_in_who_does_not_belong() {
         .output()
         .unwrap();
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let storage_row = rows.iter().find(|r| r["servicio"] == "almacenamiento").unwrap();
+    let storage_row = rows
+        .iter()
+        .find(|r| r["servicio"] == "almacenamiento")
+        .unwrap();
     assert_eq!(storage_row["up"], true, "storage row under CURVE: {rows:?}");
     assert_eq!(storage_row["db_node"], "primary", "{storage_row}");
     // `resultado` goes through the load manager with the client's key.

@@ -5,9 +5,9 @@
 //! that overruns is killed with its process group and the error names it.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 

@@ -511,16 +511,27 @@ mod tests {
 
     #[test]
     fn user_names_of_any_script_in_one_normal_form() {
-        for ok in ["muñoz", "joão", "usuário_ñandú", "usuario_test_1", "李明", "a.b@c-d"] {
+        for ok in [
+            "muñoz",
+            "joão",
+            "usuário_ñandú",
+            "usuario_test_1",
+            "李明",
+            "a.b@c-d",
+        ] {
             assert!(validate_usuario(ok).is_ok(), "{ok}");
         }
         let nfd = "mun\u{303}oz";
         assert_eq!(normalize_usuario(nfd).unwrap(), "muñoz");
-        assert_eq!(normalize_usuario(&"ñ".repeat(64)).unwrap().chars().count(), 64);
+        assert_eq!(
+            normalize_usuario(&"ñ".repeat(64)).unwrap().chars().count(),
+            64
+        );
         for bad in ["a b", "x/y", "\u{303}a", "tab\t", &"ñ".repeat(65)] {
             assert!(validate_usuario(bad).is_err(), "{bad}");
         }
-        let e = op(r#"{"operacion":"prestamo","isbn":"978-0134685991","usuario":"jo\u0061\u0303o"}"#);
+        let e =
+            op(r#"{"operacion":"prestamo","isbn":"978-0134685991","usuario":"jo\u0061\u0303o"}"#);
         match e.unwrap() {
             Entrada::Operacion(p) => assert_eq!(p.usuario, "joão"),
             other => panic!("{other:?}"),

@@ -75,9 +75,10 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let handle = biblioteca_runtime::shutdown::spawn(format!("storage-worker-{i}"), move || {
-            worker(i, &shared, &rx, &push, &shutdown)
-        })?;
+        let handle =
+            biblioteca_runtime::shutdown::spawn(format!("storage-worker-{i}"), move || {
+                worker(i, &shared, &rx, &push, &shutdown)
+            })?;
         workers.push(handle);
         channels.push(tx);
     }

@@ -28,5 +28,7 @@ fn main() -> anyhow::Result<()> {
     logging::init("biblioteca-esqueleto");
     let cli = Cli::parse();
     let cfg = EsqueletoConfig::parse(&cli.config).context("configuration")?;
-    shutdown::run_with_signals("esqueleto", move |sd| esqueleto::run(&cfg, &sd).map_err(Into::into))
+    shutdown::run_with_signals("esqueleto", move |sd| {
+        esqueleto::run(&cfg, &sd).map_err(Into::into)
+    })
 }

@@ -129,7 +129,9 @@ impl Curve {
 
     /// Whether `peer`'s key is known (always so in plaintext).
     pub fn knows(&self, peer: Peer) -> bool {
-        self.keys.as_ref().map_or(true, |k| k.servers.contains_key(&peer))
+        self.keys
+            .as_ref()
+            .map_or(true, |k| k.servers.contains_key(&peer))
     }
 
     /// This process's public key, when CURVE is on.
