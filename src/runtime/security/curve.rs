@@ -131,7 +131,7 @@ impl Curve {
     pub fn knows(&self, peer: Peer) -> bool {
         self.keys
             .as_ref()
-            .map_or(true, |k| k.servers.contains_key(&peer))
+            .is_none_or(|k| k.servers.contains_key(&peer))
     }
 
     /// This process's public key, when CURVE is on.
