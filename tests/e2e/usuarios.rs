@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::common::{assert_ok, sql, World, ISBNS};
 
-pub fn one_user_per_name_in_any_form(w: &World) {
+pub fn one_user_per_name_in_any_form(w: &mut World) {
     let isbn = ISBNS[2];
     let (nfc, nfd) = ("muñoz", "mun\u{303}oz");
     assert_ne!(nfc.as_bytes(), nfd.as_bytes());
