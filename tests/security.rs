@@ -244,6 +244,7 @@ fn nobody_gets_in_who_does_not_belong() {
     let plain = client(&frontend, None).request(&prestamo("eva", "sec-plain-1"));
     assert!(plain.is_err(), "a plaintext client was served: {plain:?}");
     let stranger_curve = ClientCurve {
+        storage_key: None,
         secret_key_file: stranger_secret.clone(),
         carga_key: keys.public(provision::CARGA).display().to_string(),
     };
@@ -433,7 +434,7 @@ fn nobody_gets_in_who_does_not_belong() {
 
     // 7. No secret in logs, configs, status output; secret files private.
     let solicitante = find_binary("biblioteca-solicitante", None).unwrap();
-    let out = std::process::Command::new(solicitante)
+    let out = std::process::Command::new(&solicitante)
         .args(["--json", "--endpoint", &frontend, "--secret-key-file"])
         .arg(keys.secret(provision::CLIENT))
         .arg("--carga-key")
@@ -451,6 +452,52 @@ fn nobody_gets_in_who_does_not_belong() {
         status_out.contains("\"up\":true"),
         "status through CURVE failed: {status_out}"
     );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let storage_row = rows
+        .iter()
+        .find(|r| r["servicio"] == "almacenamiento")
+        .unwrap();
+    assert!(
+        storage_row["nota"]
+            .as_str()
+            .is_some_and(|n| n.contains("storage_key")),
+        "without the storage manager's key the row must say what is missing: {storage_row}"
+    );
+    // With the storage manager's key and a key it allows (the operator's),
+    // the storage row is up.
+    let out = std::process::Command::new(&solicitante)
+        .args(["--json", "--endpoint", &frontend, "--secret-key-file"])
+        .arg(keys.secret(provision::OPERATOR))
+        .arg("--carga-key")
+        .arg(keys.public(provision::CARGA))
+        .arg("--storage-key")
+        .arg(keys.public(provision::STORAGE))
+        .args(["status", "--storage", &ports.storage_endpoint()])
+        .output()
+        .unwrap();
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let storage_row = rows
+        .iter()
+        .find(|r| r["servicio"] == "almacenamiento")
+        .unwrap();
+    assert_eq!(storage_row["up"], true, "storage row under CURVE: {rows:?}");
+    assert_eq!(storage_row["db_node"], "primary", "{storage_row}");
+    // `resultado` goes through the load manager with the client's key.
+    let out = std::process::Command::new(&solicitante)
+        .args(["--json", "--endpoint", &frontend, "--secret-key-file"])
+        .arg(keys.secret(provision::CLIENT))
+        .arg("--carga-key")
+        .arg(keys.public(provision::CARGA))
+        .args(["resultado", "sec-ok-1"])
+        .output()
+        .unwrap();
+    let resultado: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        out.status.success() && resultado["exito"] == true && resultado["id"] == "sec-ok-1",
+        "resultado under CURVE: {resultado} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(resultado["operacion"], "prestamo", "{resultado}");
     let mut secret_files: Vec<PathBuf> = Vec::new();
     files_under(&keys.dir, &mut secret_files);
     secret_files.retain(|p| p.extension().is_some_and(|e| e == "key_secret"));

@@ -127,11 +127,7 @@ impl Actor {
                 if accept {
                     items.push(self.sub.as_poll_item(zmq::POLLIN));
                 }
-                match zmq::poll(&mut items, self.poll_timeout_ms(now, accept)) {
-                    Ok(_) => {}
-                    Err(zmq::Error::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+                net::poll(&mut items, self.poll_timeout_ms(now, accept))?;
                 (
                     items[0].is_readable(),
                     items.get(1).is_some_and(|i| i.is_readable()),

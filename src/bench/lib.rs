@@ -329,7 +329,11 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
     eprintln!(
         "cluster (synchronous standby), services and {} books{} ready in {:.1} s",
         opts.books,
-        if guide { " (the guide's catalogue)" } else { "" },
+        if guide {
+            " (the guide's catalogue)"
+        } else {
+            ""
+        },
         t0.elapsed().as_secs_f64()
     );
     let pg_dir = dir.path.join("pgbench");

@@ -241,11 +241,7 @@ where
             outbound.0.as_poll_item(zmq::POLLIN),
             inbound.0.as_poll_item(zmq::POLLIN),
         ];
-        match zmq::poll(&mut items, POLL_MS) {
-            // A signal (the stop request itself) interrupted the wait.
-            Ok(_) | Err(zmq::Error::EINTR) => {}
-            Err(e) => return Err(NetError::from(e).into()),
-        }
+        net::poll(&mut items, POLL_MS)?;
         pass(&inbound)?;
         pass(&outbound)?;
     }

@@ -121,6 +121,8 @@ pub struct Client {
     current: usize,
     socket: Option<zmq::Socket>,
     curve: Curve,
+    /// Whose CURVE key the endpoints have (the load manager, unless asked).
+    peer: Peer,
 }
 
 impl Client {
@@ -143,7 +145,22 @@ impl Client {
             retries: config.retries,
             current: 0,
             socket: None,
+            peer: Peer::LoadManager,
         })
+    }
+
+    /// The same client talking to the storage manager (its CURVE key):
+    /// an error when CURVE is on and that key is not configured.
+    pub fn towards_storage(mut self) -> Result<Client, ClientError> {
+        if !self.curve.knows(Peer::Storage) {
+            return Err(ClientError::Config(
+                "CURVE is on: asking the storage manager needs its key (curve.storage_key, \
+                 --storage-key) and this client's key on its allow list"
+                    .into(),
+            ));
+        }
+        self.peer = Peer::Storage;
+        Ok(self)
     }
 
     /// The endpoint the next try goes to.
@@ -230,9 +247,9 @@ impl Client {
         let Some(socket) = &self.socket else {
             return Ok(None);
         };
-        let bytes = match socket.recv_bytes(zmq::DONTWAIT) {
-            Ok(b) => b,
-            Err(zmq::Error::EAGAIN) => return Ok(None),
+        let bytes = match net::try_recv(socket) {
+            Ok(Some(mut frames)) => frames.pop().unwrap_or_default(),
+            Ok(None) => return Ok(None),
             Err(e) => return Err(self.broken(e.into())),
         };
         Respuesta::from_bytes(&bytes)
@@ -298,7 +315,7 @@ impl Client {
         // The abandoned request is resent on the new socket; never block exit on it.
         s.set_linger(0)?;
         s.set_sndtimeo(self.timeout.as_millis().min(i32::MAX as u128) as i32)?;
-        self.curve.connect_to(&s, Peer::LoadManager)?;
+        self.curve.connect_to(&s, self.peer)?;
         net::connect(&s, self.endpoint())?;
         Ok(s)
     }

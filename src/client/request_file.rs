@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::pirate::{Client, ClientError};
 use crate::stats::{self, Latencies};
-use biblioteca_protocol::{validate_isbn, validate_usuario, Operacion, Peticion, Respuesta};
+use biblioteca_protocol::{normalize_usuario, validate_isbn, Operacion, Peticion, Respuesta};
 
 /// Label under which requests without a reply are counted.
 pub const NO_REPLY: &str = "SinRespuesta";
@@ -76,13 +76,15 @@ fn parse_fields(fields: &[&str]) -> Result<Peticion, String> {
         }
     };
     validate_isbn(isbn).map_err(|e| e.0)?;
-    if !user.is_empty() {
-        validate_usuario(user).map_err(|e| e.0)?;
-    }
+    let usuario = if user.is_empty() {
+        String::new()
+    } else {
+        normalize_usuario(user).map_err(|e| e.0)?
+    };
     Ok(Peticion {
         operacion,
         isbn: isbn.to_string(),
-        usuario: user.to_string(),
+        usuario,
         id: None,
     })
 }

@@ -23,6 +23,10 @@ pub struct Service {
     pub endpoint: String,
 }
 
+/// The name of the storage manager's row: it is asked with the storage
+/// manager's CURVE key, every other row with the load manager's.
+pub const ALMACENAMIENTO: &str = "almacenamiento";
+
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusRow {
@@ -91,7 +95,13 @@ fn ask(
         retries: 1,
         curve,
     };
-    Client::with_context(ctx, config)?.raw(br#"{"operacion":"status"}"#)
+    let client = Client::with_context(ctx, config)?;
+    let mut client = if s.name == ALMACENAMIENTO {
+        client.towards_storage()?
+    } else {
+        client
+    };
+    client.raw(br#"{"operacion":"status"}"#)
 }
 
 /// Turns one service's answer (or silence) into a row.

@@ -1,11 +1,15 @@
 //! Running PostgreSQL's programs: finding the bin directory, dropping to the
 //! `postgres` user when we are root (the server refuses to run as root), and
 //! turning a failed command into a [`ClusterError`] that names the command and
-//! carries its stderr.
+//! carries its stderr. Every command has a deadline ([`run_command`]): one
+//! that overruns is killed with its process group and the error names it.
 
 use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use super::ClusterError;
 
@@ -121,15 +125,15 @@ fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     if debian.join("pg_ctl").exists() {
         return Ok(debian);
     }
-    let out = Command::new("pg_config")
-        .arg("--bindir")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            ClusterError::NoBinaries(format!(
-                "no PG_BIN, no {DEBIAN_BIN} and pg_config failed: {e}"
-            ))
-        })?;
+    let out = run_within(
+        Command::new("pg_config").arg("--bindir"),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| {
+        ClusterError::NoBinaries(format!(
+            "no PG_BIN, no {DEBIAN_BIN} and pg_config failed: {e}"
+        ))
+    })?;
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if out.status.success() && dir.join("pg_ctl").exists() {
         Ok(dir)
@@ -141,17 +145,102 @@ fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     }
 }
 
-/// Runs a prepared command; a non-zero exit becomes [`ClusterError::Command`].
+/// Copying a whole data directory may take long on a big database; every
+/// other step (pg_ctl, psql, systemctl, a configured shell command) is quick
+/// or hung.
+const COPY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `cmd` may run: [`COPY_TIMEOUT`] for pg_basebackup and
+/// pg_rewind, [`STEP_TIMEOUT`] for anything else.
+pub fn timeout_for(cmd: &Command) -> Duration {
+    let copies = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .any(|a| {
+            let a = a.to_string_lossy();
+            a.ends_with("pg_basebackup") || a.ends_with("pg_rewind")
+        });
+    if copies {
+        COPY_TIMEOUT
+    } else {
+        STEP_TIMEOUT
+    }
+}
+
+/// Runs a prepared command within [`timeout_for`] it; a non-zero exit
+/// becomes [`ClusterError::Command`], an overrun [`ClusterError::Timeout`].
 pub fn run_command(cmd: &mut Command) -> Result<Output, ClusterError> {
+    let timeout = timeout_for(cmd);
+    run_within(cmd, timeout)
+}
+
+/// Reads a child's pipe on its own thread, so a chatty child never blocks.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(mut pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        });
+    }
+    rx
+}
+
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// [`run_command`] with an explicit deadline. The command runs in its own
+/// process group, so on a timeout everything it started is killed with it.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> Result<Output, ClusterError> {
     let shown = describe(cmd);
-    let out = cmd
+    let mut child = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
+        .process_group(0)
+        .spawn()
         .map_err(|source| ClusterError::Spawn {
             command: shown.clone(),
             source,
         })?;
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let until = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                kill_group(&mut child);
+                return Err(ClusterError::Timeout {
+                    what: format!("`{shown}` (killed)"),
+                    secs: timeout.as_secs(),
+                });
+            }
+            Err(source) => {
+                kill_group(&mut child);
+                return Err(ClusterError::Spawn {
+                    command: shown,
+                    source,
+                });
+            }
+        }
+    };
+    // A daemon the command left behind may hold its pipes: wait briefly.
+    let grace = Duration::from_secs(2);
+    let out = Output {
+        status,
+        stdout: stdout.recv_timeout(grace).unwrap_or_default(),
+        stderr: stderr.recv_timeout(grace).unwrap_or_default(),
+    };
     if out.status.success() {
         Ok(out)
     } else {

@@ -13,11 +13,15 @@ use serde_json::Value;
 
 use super::scenario::{describe, Narrator, Requester, GUIDE_ISBNS};
 use super::Demo;
+use biblioteca_cluster::pg::run_within;
 use biblioteca_cluster::Node;
 use biblioteca_failover::storage::query_target;
 use biblioteca_failover::StorageTarget;
 use biblioteca_protocol::{CodigoError, Operacion};
 use biblioteca_stack::launch::find_binary;
+
+/// The failover tool bounds each of its own steps; this bounds the whole.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn counts(node: &Node) -> Option<(i64, i64)> {
     let books = node.sql("SELECT COUNT(*) FROM libros").ok()?.parse().ok()?;
@@ -184,21 +188,20 @@ fn promote(demo: &Demo) -> Result<Duration, String> {
         config.display()
     );
     let started = Instant::now();
-    let out = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .arg("promote")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("        | {line}");
-    }
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
-        println!("        ! {line}");
-    }
-    if out.status.success() {
-        Ok(started.elapsed())
-    } else {
-        Err(format!("exited with {}", out.status))
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config").arg(&config).arg("promote");
+    match run_within(&mut cmd, PROMOTE_TIMEOUT) {
+        Ok(out) => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                println!("        | {line}");
+            }
+            Ok(started.elapsed())
+        }
+        Err(e) => {
+            for line in e.to_string().lines() {
+                println!("        ! {line}");
+            }
+            Err(format!("promote failed: {e}"))
+        }
     }
 }

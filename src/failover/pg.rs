@@ -51,6 +51,8 @@ fn lsn(text: Option<String>) -> Option<Lsn> {
 
 /// Opens an administrative session, bounded by `timeout` for the connect,
 /// with the node's `password_file` unless the conninfo names a password.
+/// The whole handshake is bounded too, not only the TCP connect: a host
+/// that accepts connections and never answers is an error, not a hang.
 pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Client> {
     let mut cfg: postgres::Config =
         node.conninfo
@@ -70,8 +72,29 @@ pub fn connect(node: &FailoverNode, timeout: Duration) -> Result<postgres::Clien
     if cfg.get_application_name().is_none() {
         cfg.application_name("biblioteca-failover");
     }
-    cfg.connect(postgres::NoTls)
-        .map_err(FailoverError::db(&node.name))
+    let deadline = cfg.get_connect_timeout().copied().unwrap_or(timeout);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Left behind on a timeout, blocked on the silent host until we exit.
+    std::thread::Builder::new()
+        .name("pg-connect".into())
+        .spawn(move || {
+            let _ = tx.send(cfg.connect(postgres::NoTls));
+        })
+        .map_err(|e| FailoverError::Command {
+            command: format!("connect to node {}", node.name),
+            reason: e.to_string(),
+        })?;
+    match rx.recv_timeout(deadline + Duration::from_secs(1)) {
+        Ok(result) => result.map_err(FailoverError::db(&node.name)),
+        Err(_) => Err(biblioteca_cluster::ClusterError::Timeout {
+            what: format!(
+                "node {}: connecting and logging in (the host took the connection but never answered)",
+                node.name
+            ),
+            secs: deadline.as_secs() + 1,
+        }
+        .into()),
+    }
 }
 
 /// What a node is right now.

@@ -54,10 +54,9 @@ pub fn query_status_with(
     net::connect(&s, endpoint)?;
     s.send(&br#"{"operacion":"status"}"#[..], 0)
         .map_err(net::NetError::from)?;
-    if !net::readable(&s, timeout)? {
+    let Some(frame) = net::recv_within(&s, timeout)?.and_then(|mut f| f.pop()) else {
         return Ok(None);
-    }
-    let frame = s.recv_bytes(0).map_err(net::NetError::from)?;
+    };
     let raw: Value = serde_json::from_slice(&frame).unwrap_or(Value::Null);
     let writer = raw
         .pointer("/datos/nodo")
@@ -72,20 +71,11 @@ pub fn reload(target: &StorageTarget) -> Result<String> {
         ReloadMethod::None => Ok("reload = \"none\": reload the storage manager yourself".into()),
         ReloadMethod::Systemd => {
             let command = format!("systemctl reload {}", target.unit);
-            let out = std::process::Command::new("systemctl")
-                .arg("reload")
-                .arg(&target.unit)
-                .output()
-                .map_err(|e| FailoverError::Command {
-                    command: command.clone(),
-                    reason: e.to_string(),
-                })?;
-            if !out.status.success() {
-                return Err(FailoverError::Command {
-                    command,
-                    reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
+            biblioteca_cluster::pg::run_command(
+                std::process::Command::new("systemctl")
+                    .arg("reload")
+                    .arg(&target.unit),
+            )?;
             Ok(format!("ran `{command}`"))
         }
         ReloadMethod::Pid => {

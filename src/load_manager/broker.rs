@@ -112,11 +112,7 @@ impl Broker {
                     self.s.backchannel.as_poll_item(zmq::POLLIN),
                     self.s.storage.as_poll_item(zmq::POLLIN),
                 ];
-                match zmq::poll(&mut items, self.poll_timeout_ms(now)) {
-                    Ok(_) => {}
-                    Err(zmq::Error::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+                net::poll(&mut items, self.poll_timeout_ms(now))?;
                 (
                     items[0].is_readable(),
                     items[1].is_readable(),

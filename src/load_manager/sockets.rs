@@ -27,14 +27,16 @@ impl Sockets {
         curve: &Curve,
     ) -> Result<Sockets, LoadManagerError> {
         // ROUTER and PUB never block on send (they drop), so net::HWM bounds
-        // memory per peer without ever stalling the loop.
-        let frontend = net::socket(ctx, zmq::ROUTER)?;
+        // memory per peer without ever stalling the loop. Anyone may connect
+        // to the front-end and the back-channel: their receive side is sized
+        // for clients.
+        let frontend = net::client_facing(ctx, zmq::ROUTER)?;
         curve.serve(&frontend, security::DOMAIN_CLIENTS)?;
         net::bind(&frontend, &cfg.frontend)?;
         let publisher = net::socket(ctx, zmq::PUB)?;
         curve.serve(&publisher, security::DOMAIN_ACTORS)?;
         net::bind(&publisher, &cfg.publisher)?;
-        let backchannel = net::socket(ctx, zmq::PULL)?;
+        let backchannel = net::client_facing(ctx, zmq::PULL)?;
         curve.serve(&backchannel, security::DOMAIN_ACTORS)?;
         net::bind(&backchannel, &cfg.backchannel)?;
         let storage = net::socket(ctx, zmq::DEALER)?;

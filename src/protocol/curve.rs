@@ -54,6 +54,10 @@ pub struct ClientCurve {
     pub secret_key_file: PathBuf,
     /// The load manager's public key (every configured endpoint).
     pub carga_key: String,
+    /// The storage manager's public key, for an operator's `status` table
+    /// (this client's key must then be on the storage manager's allow list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_key: Option<String>,
 }
 
 /// `biblioteca-failover` (an operator's tool): its own key, allowed on the

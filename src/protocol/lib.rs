@@ -20,11 +20,17 @@ pub mod curve;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
 
 /// Largest request frame accepted; larger frames get `PeticionInvalida`.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
-/// Hard cap handed to libzmq (`ZMQ_MAXMSGSIZE`): a peer sending more is disconnected.
-pub const MAX_WIRE_BYTES: i64 = 1024 * 1024;
+/// Largest reply or report frame (a reply carries data besides the request).
+pub const MAX_REPLY_BYTES: usize = 4 * MAX_FRAME_BYTES;
+/// Hard cap handed to libzmq (`ZMQ_MAXMSGSIZE`), the largest legal frame on
+/// any socket: a peer sending a larger one is disconnected before it is read.
+/// Requests between [`MAX_FRAME_BYTES`] and this get `PeticionInvalida`.
+pub const MAX_WIRE_BYTES: i64 = MAX_REPLY_BYTES as i64;
 const MAX_USUARIO: usize = 64;
 const MAX_ID: usize = 64;
 
@@ -144,6 +150,8 @@ impl fmt::Display for CodigoError {
 pub struct Peticion {
     pub operacion: Operacion,
     pub isbn: String,
+    /// Empty for a `consulta` that names no user (the field is then left out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub usuario: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -209,11 +217,9 @@ pub fn parse_entrada(frame: &[u8]) -> Result<Entrada, Invalida> {
     let isbn = string_field(&obj, "isbn")?;
     validate_isbn(isbn)?;
     let usuario = if operacion == Operacion::Consulta && !obj.contains_key("usuario") {
-        ""
+        String::new()
     } else {
-        let u = string_field(&obj, "usuario")?;
-        validate_usuario(u)?;
-        u
+        normalize_usuario(string_field(&obj, "usuario")?)?
     };
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
@@ -226,7 +232,7 @@ pub fn parse_entrada(frame: &[u8]) -> Result<Entrada, Invalida> {
     Ok(Entrada::Operacion(Peticion {
         operacion,
         isbn: isbn.to_string(),
-        usuario: usuario.to_string(),
+        usuario,
         id,
     }))
 }
@@ -274,19 +280,35 @@ pub fn validate_isbn(isbn: &str) -> Result<(), Invalida> {
     }
 }
 
-/// 1 to 64 characters of letters, digits, `_`, `-`, `.` and `@`.
-pub fn validate_usuario(usuario: &str) -> Result<(), Invalida> {
-    if usuario.len() > MAX_USUARIO
-        || !usuario
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'))
-    {
+/// The user name in Unicode NFC, so `muñoz` typed precomposed or with a
+/// combining tilde is one user: 1 to 64 characters, each a letter or digit
+/// of any script, a combining mark after one, `_`, `-`, `.` or `@`.
+pub fn normalize_usuario(usuario: &str) -> Result<String, Invalida> {
+    let nfc: String = usuario.nfc().collect();
+    let mut count = 0;
+    let mut after_letter = false;
+    let ok = nfc.chars().all(|c| {
+        count += 1;
+        let fits = if is_combining_mark(c) {
+            after_letter
+        } else {
+            after_letter = c.is_alphanumeric();
+            after_letter || matches!(c, '_' | '-' | '.' | '@')
+        };
+        fits && count <= MAX_USUARIO
+    });
+    if !ok || nfc.is_empty() {
         return invalid(format!(
             "usuario {:?} must be 1 to {MAX_USUARIO} characters of letters, digits, '_', '-', '.' or '@'",
             truncate(usuario)
         ));
     }
-    Ok(())
+    Ok(nfc)
+}
+
+/// Whether [`normalize_usuario`] accepts `usuario`.
+pub fn validate_usuario(usuario: &str) -> Result<(), Invalida> {
+    normalize_usuario(usuario).map(|_| ())
 }
 
 /// 1 to 64 characters of letters, digits, `_`, `-`, `.` and `:`.
@@ -384,7 +406,7 @@ impl Respuesta {
     }
 
     pub fn from_bytes(frame: &[u8]) -> Result<Respuesta, Invalida> {
-        if frame.len() > MAX_FRAME_BYTES * 4 {
+        if frame.len() > MAX_REPLY_BYTES {
             return invalid("reply too large");
         }
         serde_json::from_slice(frame).or_else(|e| invalid(format!("malformed reply: {e}")))
@@ -407,7 +429,7 @@ impl Informe {
     }
 
     pub fn from_bytes(frame: &[u8]) -> Result<Informe, Invalida> {
-        if frame.len() > MAX_FRAME_BYTES * 4 {
+        if frame.len() > MAX_REPLY_BYTES {
             return invalid("report too large");
         }
         serde_json::from_slice(frame).or_else(|e| invalid(format!("malformed report: {e}")))
@@ -487,6 +509,45 @@ mod tests {
             .unwrap_err()
             .0
             .contains("exceeds"));
+    }
+
+    #[test]
+    fn user_names_of_any_script_in_one_normal_form() {
+        for ok in [
+            "muñoz",
+            "joão",
+            "usuário_ñandú",
+            "usuario_test_1",
+            "李明",
+            "a.b@c-d",
+        ] {
+            assert!(validate_usuario(ok).is_ok(), "{ok}");
+        }
+        let nfd = "mun\u{303}oz";
+        assert_eq!(normalize_usuario(nfd).unwrap(), "muñoz");
+        assert_eq!(
+            normalize_usuario(&"ñ".repeat(64)).unwrap().chars().count(),
+            64
+        );
+        for bad in ["a b", "x/y", "\u{303}a", "tab\t", &"ñ".repeat(65)] {
+            assert!(validate_usuario(bad).is_err(), "{bad}");
+        }
+        let e =
+            op(r#"{"operacion":"prestamo","isbn":"978-0134685991","usuario":"jo\u0061\u0303o"}"#);
+        match e.unwrap() {
+            Entrada::Operacion(p) => assert_eq!(p.usuario, "joão"),
+            other => panic!("{other:?}"),
+        }
+        let consulta = Peticion {
+            operacion: Operacion::Consulta,
+            isbn: "978-0134685991".into(),
+            usuario: String::new(),
+            id: None,
+        };
+        assert_eq!(
+            parse_entrada(&consulta.to_bytes()).unwrap(),
+            Entrada::Operacion(consulta)
+        );
     }
 
     #[test]

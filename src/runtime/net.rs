@@ -1,9 +1,12 @@
 //! Small ZeroMQ helpers shared by every socket thread.
 //!
 //! Sockets are created here with the options every service wants (bounded
-//! linger, a hard message-size cap, explicit high-water marks), and ROUTER
-//! envelopes are split here so every front-end treats REQ and DEALER peers the
-//! same way: `[identity.., "", body]`.
+//! linger, a hard frame-size cap at the protocol's largest legal frame,
+//! explicit high-water marks), and ROUTER envelopes are split here so every
+//! front-end treats REQ and DEALER peers the same way: `[identity.., "", body]`.
+//! Every wait and every receive goes through [`poll`] and [`try_recv`]: a
+//! signal interrupting them (EINTR) means "try again", never an error, and a
+//! message is read frame by frame with at most [`MAX_FRAMES`] kept.
 
 use std::time::Duration;
 
@@ -35,6 +38,21 @@ pub enum ServiceError {
 /// Default high-water mark: deep enough for bursts, bounded so memory is too.
 pub const HWM: i32 = 10_000;
 
+/// Receive high-water mark, per peer, of a socket anyone may connect to
+/// (the front-end, the storage manager, the back-channel). A client keeps
+/// one request in flight (REQ) or a few (DEALER); the load manager and the
+/// actors, the busiest peers, queue the rest on their side and are told
+/// "busy" when that is full. So one peer holds at most this many frames of
+/// at most [`MAX_WIRE_BYTES`] in our memory.
+pub const CLIENT_RCVHWM: i32 = 256;
+
+/// Frames kept of one message. The longest legal message is a request
+/// through a ROUTER (`[identity, "", body]`) or a worker's reply
+/// (`[worker, job, reply]`); a few more leave room for routing hops. The
+/// frames beyond are read and dropped, so a peer cannot make us hold a
+/// message of thousands of frames.
+pub const MAX_FRAMES: usize = 8;
+
 /// A socket with linger, size cap and high-water marks set.
 pub fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket, NetError> {
     let s = ctx.socket(kind)?;
@@ -42,6 +60,14 @@ pub fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket, 
     s.set_maxmsgsize(MAX_WIRE_BYTES)?;
     s.set_sndhwm(HWM)?;
     s.set_rcvhwm(HWM)?;
+    Ok(s)
+}
+
+/// A socket that accepts connections from anyone: [`socket`] with the
+/// receive high-water mark sized for clients ([`CLIENT_RCVHWM`]).
+pub fn client_facing(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket, NetError> {
+    let s = socket(ctx, kind)?;
+    s.set_rcvhwm(CLIENT_RCVHWM)?;
     Ok(s)
 }
 
@@ -61,19 +87,77 @@ pub fn connect(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
     })
 }
 
+/// `zmq::poll`, where a signal interrupting the wait is not an error: the
+/// items then report nothing ready and the caller's loop simply goes round.
+pub fn poll(items: &mut [zmq::PollItem<'_>], timeout_ms: i64) -> Result<usize, NetError> {
+    match zmq::poll(items, timeout_ms) {
+        Ok(n) => Ok(usize::try_from(n).unwrap_or(0)),
+        Err(zmq::Error::EINTR) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Waits up to `timeout` for `s` to become readable.
 pub fn readable(s: &zmq::Socket, timeout: Duration) -> Result<bool, NetError> {
     let mut items = [s.as_poll_item(zmq::POLLIN)];
-    zmq::poll(&mut items, timeout.as_millis().min(i64::MAX as u128) as i64)?;
+    poll(&mut items, timeout.as_millis().min(i64::MAX as u128) as i64)?;
     Ok(items[0].is_readable())
 }
 
-/// Receives a whole multipart message without blocking; `None` when there is none.
+/// One frame, retried when a signal interrupts the call.
+fn recv_frame(s: &zmq::Socket, msg: &mut zmq::Message, flags: i32) -> Result<bool, NetError> {
+    loop {
+        match s.recv(msg, flags) {
+            Ok(()) => return Ok(true),
+            Err(zmq::Error::EINTR) => continue,
+            Err(zmq::Error::EAGAIN) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one multipart message without blocking; `None` when there is
+/// none. Frames past [`MAX_FRAMES`] are read and dropped (the message then
+/// has more frames than any legal one, so it is still refused as such).
 pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, NetError> {
-    match s.recv_multipart(zmq::DONTWAIT) {
-        Ok(frames) => Ok(Some(frames)),
-        Err(zmq::Error::EAGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
+    let mut msg = zmq::Message::new();
+    if !recv_frame(s, &mut msg, zmq::DONTWAIT)? {
+        return Ok(None);
+    }
+    let mut frames = vec![msg.to_vec()];
+    let mut dropped = 0usize;
+    // The rest of a message arrives with its first frame: no waiting here.
+    while msg.get_more() {
+        if !recv_frame(s, &mut msg, zmq::DONTWAIT)? {
+            break;
+        }
+        if frames.len() < MAX_FRAMES {
+            frames.push(msg.to_vec());
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!(
+            kept = frames.len(),
+            dropped,
+            "message with too many frames truncated"
+        );
+    }
+    Ok(Some(frames))
+}
+
+/// Waits up to `timeout` for one message on `s`; `None` when none came.
+pub fn recv_within(s: &zmq::Socket, timeout: Duration) -> Result<Option<Vec<Vec<u8>>>, NetError> {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(frames) = try_recv(s)? {
+            return Ok(Some(frames));
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || !readable(s, left)? {
+            return Ok(None);
+        }
     }
 }
 

@@ -247,8 +247,6 @@ impl StackSpec {
         let config = self.run_dir.join("migrate.toml");
         std::fs::write(&config, to_toml(&self.storage_config())?).map_err(io(&config))?;
         let log = self.run_dir.join("migrate.log");
-        let out = std::fs::File::create(&log).map_err(io(&log))?;
-        let err = out.try_clone().map_err(io(&log))?;
         let mut cmd = std::process::Command::new(&binary);
         cmd.arg("--config")
             .arg(&config)
@@ -256,25 +254,20 @@ impl StackSpec {
         if let Some(p) = &self.security.owner_password_file {
             cmd.arg("--password-file").arg(p);
         }
-        let status = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .status()
-            .map_err(|source| LaunchError::Spawn {
+        let (text, failure) = match biblioteca_cluster::pg::run_command(&mut cmd) {
+            Ok(out) => ([out.stdout, out.stderr].concat(), None),
+            Err(e) => (e.to_string().into_bytes(), Some(e.to_string())),
+        };
+        std::fs::write(&log, text).map_err(io(&log))?;
+        match failure {
+            None => Ok(()),
+            Some(status) => Err(LaunchError::Exited {
                 name: "migrate".into(),
-                binary: binary.clone(),
-                source,
-            })?;
-        if status.success() {
-            return Ok(());
+                status,
+                tail: biblioteca_cluster::node::tail(&log, 20),
+                log,
+            }),
         }
-        Err(LaunchError::Exited {
-            name: "migrate".into(),
-            status: status.to_string(),
-            tail: biblioteca_cluster::node::tail(&log, 20),
-            log,
-        })
     }
 
     pub fn load_manager_spec(&self) -> Result<ServiceSpec, LaunchError> {

@@ -192,12 +192,10 @@ pub fn run(
     let monitor = {
         let (shared, stop) = (shared.clone(), stop_monitor.clone());
         let shutdown = shutdown.clone();
-        std::thread::Builder::new()
-            .name("storage-monitor".into())
-            .spawn(move || {
-                let path = config_path.as_deref();
-                monitor::run(shared, probes, path, &shutdown, generation, &stop)
-            })?
+        biblioteca_runtime::shutdown::spawn("storage-monitor", move || {
+            let path = config_path.as_deref();
+            monitor::run(shared, probes, path, &shutdown, generation, &stop)
+        })?
     };
     let served = server::serve(shared, &bind, &shutdown);
     stop_monitor.store(true, Ordering::SeqCst);

@@ -71,7 +71,7 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
                     .into_iter()
                     .zip(ps.iter().zip(&ids))
                     .map(|(o, (p, id))| reply(o, p, id, &node.cfg.name))
-                    .collect()
+                    .collect();
             }
             Err(TxError::Fenced(why)) => {
                 backend.demote(idx, &why, why.contains("timeline"));

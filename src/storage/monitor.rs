@@ -96,11 +96,9 @@ impl Probes {
             let client = self.clients.remove(&key);
             let pg = node.pg.clone();
             let (tx, rx) = mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("storage-probe".into())
-                .spawn(move || {
-                    let _ = tx.send(probe_one(&pg, client, timeout));
-                });
+            let spawned = biblioteca_runtime::shutdown::spawn("storage-probe", move || {
+                let _ = tx.send(probe_one(&pg, client, timeout));
+            });
             waiting.push(Some((key, spawned.map(|_| rx))));
         }
         waiting
@@ -168,7 +166,7 @@ pub fn run(
 ) {
     let mut last = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        shutdown.checkin("monitor");
+        shutdown.checkin("storage-monitor");
         let g = shutdown.reload_generation();
         if g != generation {
             generation = g;

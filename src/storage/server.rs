@@ -28,6 +28,8 @@ use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
 
 const POLL: Duration = Duration::from_millis(100);
+/// Longest an idle worker waits for a job before checking in again.
+const WORKER_IDLE: Duration = Duration::from_secs(1);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
 const BURST: usize = 256;
 
@@ -59,7 +61,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) =
         biblioteca_runtime::security::storage(&ctx, shared.backend().config.curve.as_ref())?;
-    let router = net::socket(&ctx, zmq::ROUTER)?;
+    let router = net::client_facing(&ctx, zmq::ROUTER)?;
     curve
         .serve(&router, biblioteca_runtime::security::DOMAIN_STORAGE)
         .map_err(NetError::from)?;
@@ -79,9 +81,11 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         net::connect(&push, &inproc)?;
         let (tx, rx) = mpsc::channel::<Vec<Job>>();
         let shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("storage-worker-{i}"))
-            .spawn(move || worker(i, &shared, &rx, &push))?;
+        let shutdown = shutdown.clone();
+        let handle =
+            biblioteca_runtime::shutdown::spawn(format!("storage-worker-{i}"), move || {
+                worker(i, &shared, &rx, &push, &shutdown)
+            })?;
         workers.push(handle);
         channels.push(tx);
     }
@@ -166,7 +170,7 @@ impl Front {
                 zmq::PollEvents::empty()
             }),
         ];
-        zmq::poll(&mut items, POLL.as_millis() as i64).map_err(net::NetError::from)?;
+        net::poll(&mut items, POLL.as_millis() as i64)?;
         while let Some(frames) = net::try_recv(&self.replies)? {
             self.deliver(frames);
         }
@@ -325,10 +329,24 @@ impl Front {
     }
 }
 
-fn worker(me: usize, shared: &Shared, rx: &Receiver<Vec<Job>>, push: &zmq::Socket) {
+fn worker(
+    me: usize,
+    shared: &Shared,
+    rx: &Receiver<Vec<Job>>,
+    push: &zmq::Socket,
+    shutdown: &Shutdown,
+) {
+    let name = format!("storage-worker-{me}");
     let me = (me as u64).to_be_bytes();
-    // Ends when the front-end closes the channel.
-    while let Ok(jobs) = rx.recv() {
+    loop {
+        // An idle worker still checks in: the watchdog hears from every worker.
+        shutdown.checkin(&name);
+        let jobs = match rx.recv_timeout(WORKER_IDLE) {
+            Ok(jobs) => jobs,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // The front-end closed the channel: stop.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let numbers: Vec<[u8; 8]> = jobs.iter().map(|j| j.n.to_be_bytes()).collect();
         let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
         let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());

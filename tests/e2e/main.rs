@@ -20,6 +20,7 @@ mod guide;
 mod idempotency;
 mod load_generator;
 mod outage;
+mod usuarios;
 
 use biblioteca_protocol::Operacion;
 use common::{run_suite, World, WorldSpec};
@@ -51,6 +52,7 @@ fn main() {
             ("same_id_concurrently", idempotency::same_id_concurrently),
             ("two_loan_actors", idempotency::two_loan_actors),
             ("bad_input", bad_input::bad_input_everywhere),
+            ("unicode_users", usuarios::one_user_per_name_in_any_form),
             ("actor_down_then_retry", outage::actor_down_then_retry),
             (
                 "load_generator_agrees_with_the_database",

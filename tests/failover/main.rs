@@ -8,8 +8,8 @@
 
 mod env;
 mod load;
-mod replication;
 mod redeploy;
+mod replication;
 
 use std::time::{Duration, Instant};
 

@@ -70,5 +70,5 @@ fn main() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    shutdown::run_with_signals(move |sd| actor::run(cfg, sd).map_err(Into::into))
+    shutdown::run_with_signals("actor", move |sd| actor::run(cfg, sd).map_err(Into::into))
 }

@@ -23,11 +23,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    biblioteca_runtime::logging::init("biblioteca-bench");
+    biblioteca_runtime::logging::init_terminal("biblioteca-bench");
     let args = Args::parse();
     let opts = args.opts;
     let json = args.json;
-    biblioteca_runtime::shutdown::run_with_signals(move |shutdown| {
+    biblioteca_runtime::shutdown::run_with_signals("bench", move |shutdown| {
         let report = bench::run(&opts, &shutdown).context("biblioteca-bench failed")?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -28,5 +28,7 @@ fn main() -> anyhow::Result<()> {
     logging::init("biblioteca-esqueleto");
     let cli = Cli::parse();
     let cfg = SkeletonConfig::parse(&cli.config).context("configuration")?;
-    shutdown::run_with_signals(move |sd| skeleton::run(&cfg, &sd).map_err(Into::into))
+    shutdown::run_with_signals("esqueleto", move |sd| {
+        skeleton::run(&cfg, &sd).map_err(Into::into)
+    })
 }

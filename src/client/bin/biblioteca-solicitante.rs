@@ -60,6 +60,10 @@ struct Cli {
     /// CURVE: the load manager's public key (a .key file or the Z85 key).
     #[arg(long, value_name = "KEY", global = true, requires = "secret_key_file")]
     carga_key: Option<String>,
+    /// CURVE: the storage manager's public key, for `status` and
+    /// `resultado --storage` (this client's key must be on its allow list).
+    #[arg(long, value_name = "KEY", global = true, requires = "carga_key")]
+    storage_key: Option<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -96,14 +100,16 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Look up the stored outcome of a request by its id (asks the storage manager).
+    /// Look up the stored outcome of a request by its id (through the load
+    /// manager, or straight from the storage manager with --storage).
     #[command(name = "resultado")]
     Lookup {
         /// The request id (as printed by a request or its error).
         id: String,
-        /// Storage-manager endpoint.
-        #[arg(long, value_name = "EP", default_value = DEFAULT_STORAGE)]
-        storage: String,
+        /// Ask this storage-manager endpoint instead (with CURVE on, needs
+        /// --storage-key and this client's key on its allow list).
+        #[arg(long, value_name = "EP")]
+        storage: Option<String>,
     },
     /// Send a file of requests: `OPERACION ISBN USUARIO` per line (# comments;
     /// PRES, DEVO, RENO, CONS short forms), then print a summary.
@@ -169,7 +175,7 @@ struct LoadArgs {
 }
 
 fn main() -> ExitCode {
-    logging::init("biblioteca-solicitante");
+    logging::init_terminal("biblioteca-solicitante");
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -195,6 +201,7 @@ fn client_config(cli: &Cli) -> anyhow::Result<ClientConfig> {
         cfg.curve = Some(ClientCurve {
             secret_key_file: secret_key_file.clone(),
             carga_key: carga_key.clone(),
+            storage_key: cli.storage_key.clone(),
         });
     }
     cfg.validate()?;
@@ -243,7 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 id,
             ),
         ),
-        Command::Lookup { id, storage } => lookup(&cli, cfg, id, storage),
+        Command::Lookup { id, storage } => lookup(&cli, cfg, id, storage.as_deref()),
         Command::File { file } => file_run(&cli, cfg, file),
         Command::Status { storage } => status_table(&cli, &cfg, storage),
         Command::Load(args) => load_run(&cli, cfg, args),
@@ -286,9 +293,19 @@ fn single(cli: &Cli, cfg: ClientConfig, p: Peticion) -> anyhow::Result<ExitCode>
     report(cli, client.request(&p))
 }
 
-fn lookup(cli: &Cli, mut cfg: ClientConfig, id: &str, storage: &str) -> anyhow::Result<ExitCode> {
-    cfg.endpoints = vec![storage.to_string()];
-    let mut client = Client::new(cfg)?;
+fn lookup(
+    cli: &Cli,
+    mut cfg: ClientConfig,
+    id: &str,
+    storage: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut client = match storage {
+        None => Client::new(cfg)?,
+        Some(ep) => {
+            cfg.endpoints = vec![ep.to_string()];
+            Client::new(cfg)?.towards_storage()?
+        }
+    };
     let frame = serde_json::to_vec(&serde_json::json!({"operacion": "resultado", "id": id}))?;
     report(cli, client.raw(&frame))
 }
@@ -373,7 +390,7 @@ fn status_table(cli: &Cli, cfg: &ClientConfig, storage: &str) -> anyhow::Result<
         })
         .collect();
     services.push(Service {
-        name: "almacenamiento".into(),
+        name: status::ALMACENAMIENTO.into(),
         endpoint: storage.to_string(),
     });
     let started = Instant::now();

@@ -267,10 +267,7 @@ fn wait_ready(vs: &[Virtual], now: Instant) -> Result<Vec<usize>, ClientError> {
     let d = until.saturating_duration_since(now);
     // Round up so a deadline under a millisecond away does not spin.
     let ms = d.as_millis() as i64 + i64::from(!d.subsec_nanos().is_multiple_of(1_000_000));
-    match zmq::poll(&mut items, ms) {
-        Ok(_) | Err(zmq::Error::EINTR) => {}
-        Err(e) => return Err(e.into()),
-    }
+    biblioteca_runtime::net::poll(&mut items, ms)?;
     let mut attend = vec![false; vs.len()];
     for (i, it) in who.iter().zip(&items) {
         if it.is_readable() {

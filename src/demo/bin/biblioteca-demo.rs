@@ -49,7 +49,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    biblioteca_runtime::logging::init("biblioteca-demo");
+    biblioteca_runtime::logging::init_terminal("biblioteca-demo");
     let args = Args::parse();
     let config = DemoConfig {
         data_dir: args.data_dir,
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         bin_dir: args.bin_dir,
         secure: args.secure,
     };
-    biblioteca_runtime::shutdown::run_with_signals(move |shutdown| {
+    biblioteca_runtime::shutdown::run_with_signals("demo", move |shutdown| {
         demo::run(config, shutdown).context("biblioteca-demo failed")
     })
 }

@@ -74,7 +74,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    biblioteca_runtime::logging::init("biblioteca-failover");
+    biblioteca_runtime::logging::init_terminal("biblioteca-failover");
     let cli = Cli::parse();
     let cfg: FailoverConfig = match biblioteca_protocol::config::parse(&cli.config) {
         Ok(c) => c,

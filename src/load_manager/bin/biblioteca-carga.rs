@@ -68,5 +68,7 @@ fn main() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    shutdown::run_with_signals(move |sd| load_manager::run(cfg, sd).map_err(Into::into))
+    shutdown::run_with_signals("broker", move |sd| {
+        load_manager::run(cfg, sd).map_err(Into::into)
+    })
 }

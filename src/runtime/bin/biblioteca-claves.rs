@@ -39,7 +39,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    logging::init("biblioteca-claves");
+    logging::init_terminal("biblioteca-claves");
     match Cli::parse().command {
         Command::Generar { name, dir, force } => {
             let valid = !name.is_empty()

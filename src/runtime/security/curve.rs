@@ -90,7 +90,11 @@ impl Load for ClientCurve {
 
     fn load(&self) -> Result<Curve, SecurityError> {
         let pair = KeyPair::load(&self.secret_key_file)?;
-        let servers = [(Peer::LoadManager, keys::resolve_one(&self.carga_key)?)].into();
+        let mut servers: HashMap<Peer, PublicKey> =
+            [(Peer::LoadManager, keys::resolve_one(&self.carga_key)?)].into();
+        if let Some(k) = &self.storage_key {
+            servers.insert(Peer::Storage, keys::resolve_one(k)?);
+        }
         Ok(Curve::new(pair, servers))
     }
 }
@@ -121,6 +125,13 @@ impl Curve {
 
     pub fn is_on(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether `peer`'s key is known (always so in plaintext).
+    pub fn knows(&self, peer: Peer) -> bool {
+        self.keys
+            .as_ref()
+            .is_none_or(|k| k.servers.contains_key(&peer))
     }
 
     /// This process's public key, when CURVE is on.

@@ -115,6 +115,7 @@ impl HostKeys {
         ClientCurve {
             secret_key_file: self.secret(CLIENT),
             carga_key: self.public_ref(CARGA),
+            storage_key: None,
         }
     }
 }

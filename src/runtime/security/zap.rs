@@ -45,9 +45,7 @@ impl Handler {
         let (bound_tx, bound_rx) = mpsc::channel();
         let thread = {
             let (ctx, stop) = (ctx.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("zap".into())
-                .spawn(move || serve(&ctx, &allow, &stop, &bound_tx))
+            crate::shutdown::spawn("zap", move || serve(&ctx, &allow, &stop, &bound_tx))
                 .map_err(SecurityError::Thread)?
         };
         let handler = Handler {
@@ -89,17 +87,11 @@ fn serve(
     };
     let mut logged: HashMap<(String, PublicKey), Instant> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
-        match socket.poll(zmq::POLLIN, POLL.as_millis() as i64) {
-            Ok(0) | Err(zmq::Error::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "ZAP handler stopped: CURVE clients can no longer be admitted");
-                return;
-            }
-        }
-        let frames = match socket.recv_multipart(zmq::DONTWAIT) {
-            Ok(f) => f,
-            Err(zmq::Error::EAGAIN) => continue,
+        let frames = match crate::net::readable(&socket, POLL)
+            .and_then(|_| crate::net::try_recv(&socket))
+        {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "ZAP handler stopped: CURVE clients can no longer be admitted");
                 return;

@@ -138,7 +138,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None | Some(Command::Serve) => {
             let path = cli.config.clone();
-            shutdown::run_with_signals(move |sd| storage::run(cfg, path, sd).map_err(Into::into))
+            shutdown::run_with_signals("front-end", move |sd| {
+                storage::run(cfg, path, sd).map_err(Into::into)
+            })
         }
         Some(Command::Migrate {
             conninfo,
