@@ -28,7 +28,9 @@ step() {
   [ "$rc" -eq 0 ] || status=1
 }
 
-step "cargo test" cargo test --release --locked --no-fail-fast
+# fault-injection: the hostile suite makes service threads panic through
+# BIBLIOTECA_FAULT_FILE (inert without it; `cargo build --release` ships none).
+step "cargo test" cargo test --release --locked --no-fail-fast --features fault-injection
 step "static checks" bash tests/static/check.sh
 step "lab" env BUILD_DIR="$PWD/target/release" bash tests/lab/run.sh
 

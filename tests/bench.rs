@@ -173,21 +173,21 @@ fn the_guide_catalogue_runs_every_system_on_the_four_guide_books() {
     );
     let r: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-    assert_eq!(r["libros"], 4, "{r}");
-    let f = &r["filas"][0];
+    assert_eq!(r["books"], 4, "{r}");
+    let f = &r["rows"][0];
     assert!(
         num(f, &["pgbench", "tps"]) > 0.0,
         "pgbench did nothing: {f}"
     );
-    assert_eq!(num(f, &["pgbench", "fallidas"]), 0.0, "{f}");
-    assert_eq!(f["pgbench"]["abortado"], Value::Bool(false), "{f}");
-    for sistema in ["nuestro", "almacenamiento", "esqueleto"] {
+    assert_eq!(num(f, &["pgbench", "failed_requests"]), 0.0, "{f}");
+    assert_eq!(f["pgbench"]["aborted"], Value::Bool(false), "{f}");
+    for system in ["ours", "storage_alone", "skeleton"] {
         assert!(
-            num(f, &[sistema, "peticiones"]) > 0.0,
-            "{sistema} did nothing: {f}"
+            num(f, &[system, "requests"]) > 0.0,
+            "{system} did nothing: {f}"
         );
         // Stock was raised: a refused loan would mean the books were not
         // the guide's (or not stocked), and would count as a failure.
-        assert_eq!(num(f, &[sistema, "fallos"]), 0.0, "{sistema} failed: {f}");
+        assert_eq!(num(f, &[system, "failures"]), 0.0, "{system} failed: {f}");
     }
 }

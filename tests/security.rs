@@ -455,10 +455,10 @@ fn nobody_gets_in_who_does_not_belong() {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let storage_row = rows
         .iter()
-        .find(|r| r["servicio"] == "almacenamiento")
+        .find(|r| r["service"] == "almacenamiento")
         .unwrap();
     assert!(
-        storage_row["nota"]
+        storage_row["note"]
             .as_str()
             .is_some_and(|n| n.contains("storage_key")),
         "without the storage manager's key the row must say what is missing: {storage_row}"
@@ -478,7 +478,7 @@ fn nobody_gets_in_who_does_not_belong() {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let storage_row = rows
         .iter()
-        .find(|r| r["servicio"] == "almacenamiento")
+        .find(|r| r["service"] == "almacenamiento")
         .unwrap();
     assert_eq!(storage_row["up"], true, "storage row under CURVE: {rows:?}");
     assert_eq!(storage_row["db_node"], "primary", "{storage_row}");

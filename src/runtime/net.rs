@@ -120,6 +120,16 @@ fn recv_frame(s: &zmq::Socket, msg: &mut zmq::Message, flags: i32) -> Result<boo
 /// none. Frames past [`MAX_FRAMES`] are read and dropped (the message then
 /// has more frames than any legal one, so it is still refused as such).
 pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, NetError> {
+    try_recv_up_to(s, MAX_FRAMES)
+}
+
+/// [`try_recv`] keeping up to `max_frames` frames: for a process's own
+/// `inproc://` sockets, whose messages may be longer than a peer's (a batch
+/// of replies) and come from no stranger.
+pub fn try_recv_up_to(
+    s: &zmq::Socket,
+    max_frames: usize,
+) -> Result<Option<Vec<Vec<u8>>>, NetError> {
     let mut msg = zmq::Message::new();
     if !recv_frame(s, &mut msg, zmq::DONTWAIT)? {
         return Ok(None);
@@ -131,7 +141,7 @@ pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, NetError> {
         if !recv_frame(s, &mut msg, zmq::DONTWAIT)? {
             break;
         }
-        if frames.len() < MAX_FRAMES {
+        if frames.len() < max_frames {
             frames.push(msg.to_vec());
         } else {
             dropped += 1;

@@ -171,7 +171,8 @@ impl Front {
             }),
         ];
         net::poll(&mut items, POLL.as_millis() as i64)?;
-        while let Some(frames) = net::try_recv(&self.replies)? {
+        // The workers' own messages: a whole batch of replies in one.
+        while let Some(frames) = net::try_recv_up_to(&self.replies, usize::MAX)? {
             self.deliver(frames);
         }
         if accepting {
