@@ -448,6 +448,9 @@ loan_after_failover() {
 # --limit leaves it out, the templates still name it primary); the storage
 # manager follows the failover tool's roles file and writes to db2.
 redeploy_keeps_new_primary() {
+    # db3 was rebooted under load since the inventory was written: its
+    # container's PID 1 changed (everything else in the inventory stands).
+    sed -i "s/^\(db3 .*ansible_nsenter_pid=\)[0-9]*/\1$(init_pid db3)/" "$LAB/inventory.ini"
     ANSIBLE_CONFIG=$ROOT/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ansible-playbook \
         -i "$LAB/inventory.ini" -e "@$LAB/secrets.yml" --limit '!db1' \
         "$ROOT/ansible/site.yml" >"$LOGS/site-redeploy.log" 2>&1 || {
