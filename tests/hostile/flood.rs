@@ -49,7 +49,7 @@ fn junk(endpoint: String, kind: zmq::SocketType, stop: Arc<AtomicBool>, bytes: A
     let tiny: Vec<&[u8]> = (0..FRAMES).map(|_| &b"junk"[..]).collect();
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let sent = if round % 2 == 0 {
+        let sent = if round.is_multiple_of(2) {
             s.send(&huge[..], zmq::DONTWAIT).map(|()| HUGE)
         } else {
             s.send_multipart(tiny.iter().copied(), zmq::DONTWAIT)

@@ -82,7 +82,7 @@ pub fn signal_storms_change_nothing(w: &mut World) {
                 sent += 1;
             }
             // A reload every 100 ms per service: a storm, not a stream.
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 kill(pid, Signal::SIGHUP).unwrap();
                 sent += 1;
             }
