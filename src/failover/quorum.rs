@@ -17,7 +17,7 @@ use super::pg::{Lsn, Probe, Role};
 use super::storage::query_target;
 use super::{FailoverConfig, FailoverError, Progress, Result};
 use biblioteca_protocol::config::{
-    EstadoReplicacion, RegistroReplicacion, StorageConfig, REPLICACION_FILE,
+    ReplicationRecord, ReplicationState, StorageConfig, REPLICACION_FILE,
 };
 
 /// The position a standby is judged by: what it received, else replayed.
@@ -77,7 +77,7 @@ pub fn check(
 
 /// The storage manager's degraded-mode record: `Err` when neither its file
 /// nor its status can be read.
-pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroReplicacion, String> {
+pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<ReplicationRecord, String> {
     let from_file = cfg
         .storage
         .config
@@ -91,7 +91,7 @@ pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroRepl
                 return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RegistroReplicacion::default())
+                return Ok(ReplicationRecord::default())
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
@@ -100,7 +100,7 @@ pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroRepl
     match query_target(&cfg.storage, timeout) {
         Ok(Some(s)) => match s.raw.pointer("/datos/replicacion") {
             Some(v) => {
-                let mut r: RegistroReplicacion =
+                let mut r: ReplicationRecord =
                     serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
                 r.escrituras = v
                     .get("escrituras_degradadas")
@@ -117,8 +117,8 @@ pub fn degraded_record(cfg: &FailoverConfig) -> std::result::Result<RegistroRepl
 
 /// What promoting `target` (which received up to `has`) would lose
 /// according to the degraded-mode record; `None` when nothing.
-pub fn degraded_loss(r: &RegistroReplicacion, target: &str, has: Option<Lsn>) -> Option<String> {
-    if r.estado != EstadoReplicacion::Degradada || r.escrituras == 0 {
+pub fn degraded_loss(r: &ReplicationRecord, target: &str, has: Option<Lsn>) -> Option<String> {
+    if r.estado != ReplicationState::Degradada || r.escrituras == 0 {
         return None;
     }
     let primary_at: Option<Lsn> = r.primario_lsn.as_deref().and_then(|l| l.parse().ok());
@@ -174,7 +174,7 @@ pub fn verify(
     let has = probes.iter().find(|p| p.name == target).and_then(received);
     match degraded_record(cfg) {
         Ok(r) => match degraded_loss(&r, target, has) {
-            None if r.estado == EstadoReplicacion::Degradada => progress.step(
+            None if r.estado == ReplicationState::Degradada => progress.step(
                 "the storage manager ran degraded but acknowledged no write since: nothing is missing",
             ),
             None => progress.step(
@@ -247,9 +247,9 @@ mod tests {
 
     #[test]
     fn degraded_writes_are_reported() {
-        let mut r = RegistroReplicacion::default();
+        let mut r = ReplicationRecord::default();
         assert!(degraded_loss(&r, "standby", None).is_none());
-        r.estado = EstadoReplicacion::Degradada;
+        r.estado = ReplicationState::Degradada;
         assert!(
             degraded_loss(&r, "standby", None).is_none(),
             "degraded but nothing acknowledged: nothing lost"

@@ -13,7 +13,7 @@ use super::actors::Liveness;
 use super::consultas::{Consulta, Consultas};
 use super::inflight::{Admision, InFlight};
 use super::sockets::Sockets;
-use super::status::{self, Contadores, Ids};
+use super::status::{self, Counters, Ids};
 use super::LoadManagerError;
 use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::{
@@ -210,7 +210,7 @@ impl Broker {
         let route = env.route;
         match entrada {
             Entrada::Status => {
-                let c = Contadores {
+                let c = Counters {
                     started: self.started,
                     atendidas: self.atendidas,
                     en_curso: self.en_curso(),

@@ -14,7 +14,7 @@ use biblioteca_protocol::Respuesta;
 
 /// What the status reply reports beyond actor liveness.
 #[derive(Debug, Clone, Copy)]
-pub struct Contadores {
+pub struct Counters {
     pub started: Instant,
     /// Requests answered since start (any outcome).
     pub atendidas: u64,
@@ -23,7 +23,7 @@ pub struct Contadores {
     pub max_en_curso: usize,
 }
 
-pub fn status(c: Contadores, liveness: &Liveness, now: Instant) -> Respuesta {
+pub fn status(c: Counters, liveness: &Liveness, now: Instant) -> Respuesta {
     let uptime_s = now.duration_since(c.started).as_secs();
     Respuesta::ok(
         "status",

@@ -221,8 +221,8 @@ pub struct StorageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<StorageCurve>,
     /// What happens when the synchronous standbys are gone (see
-    /// [`Replicacion`]); `disponible` needs `state_dir`.
-    pub replicacion: Replicacion,
+    /// [`ReplicationMode`]); `disponible` needs `state_dir`.
+    pub replicacion: ReplicationMode,
     /// In `disponible`, how long the synchronous standbys may be missing
     /// before synchronous replication is switched off.
     #[serde(with = "humantime_serde")]
@@ -236,7 +236,7 @@ pub struct StorageConfig {
 /// The storage manager's answer to "the synchronous standby is gone".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Replicacion {
+pub enum ReplicationMode {
     /// Writes wait until enough synchronous standbys are back.
     #[default]
     Estricta,
@@ -251,9 +251,9 @@ pub enum Replicacion {
 /// writes were acknowledged that no standby has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct RegistroReplicacion {
+pub struct ReplicationRecord {
     /// `sincrona` or `degradada`.
-    pub estado: EstadoReplicacion,
+    pub estado: ReplicationState,
     /// `automatica` (standbys gone for `degradar_tras`) or `manual`
     /// (`biblioteca-failover degrade`).
     pub motivo: Option<String>,
@@ -276,13 +276,13 @@ pub struct RegistroReplicacion {
 /// Whether commits wait for the synchronous standbys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EstadoReplicacion {
+pub enum ReplicationState {
     #[default]
     Sincrona,
     Degradada,
 }
 
-/// [`RegistroReplicacion`]'s file in the storage manager's `state_dir`.
+/// [`ReplicationRecord`]'s file in the storage manager's `state_dir`.
 pub const REPLICACION_FILE: &str = "replicacion.json";
 /// Present while an operator asks for the degraded mode
 /// (`biblioteca-failover degrade`; `restore` removes it).
@@ -298,7 +298,7 @@ impl Default for StorageConfig {
             database: DatabaseConfig::default(),
             scheduling: Scheduling::default(),
             curve: None,
-            replicacion: Replicacion::Estricta,
+            replicacion: ReplicationMode::Estricta,
             degradar_tras: Duration::from_secs(5),
             roles_from: None,
         }
@@ -314,7 +314,7 @@ impl Validate for StorageConfig {
         if self.max_queue == 0 {
             return invalid("max_queue must be at least 1");
         }
-        if self.replicacion == Replicacion::Disponible && self.state_dir.is_none() {
+        if self.replicacion == ReplicationMode::Disponible && self.state_dir.is_none() {
             return invalid("replicacion = \"disponible\" needs state_dir (the degraded-mode record lives there)");
         }
         let db = &self.database;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use biblioteca_cluster::OWNER_USER;
 use biblioteca_protocol::config::{
-    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, Replicacion,
+    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, ReplicationMode,
     StorageConfig,
 };
 use biblioteca_protocol::Operacion;
@@ -86,7 +86,7 @@ pub struct StackSpec {
     /// The services' CPU scheduling policy (`scheduling` in their configs).
     pub scheduling: Scheduling,
     /// The storage manager's `replicacion` and `degradar_tras`.
-    pub replicacion: Replicacion,
+    pub replicacion: ReplicationMode,
     pub degradar_tras: std::time::Duration,
 }
 
@@ -142,7 +142,7 @@ impl StackSpec {
             security: StackSecurity::default(),
             migrate_as: Some(OWNER_USER.to_string()),
             scheduling: Scheduling::default(),
-            replicacion: Replicacion::default(),
+            replicacion: ReplicationMode::default(),
             degradar_tras: StorageConfig::default().degradar_tras,
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::nodes::Backend;
 use super::replication_record::{now_unix, Replication};
-use biblioteca_protocol::config::{EstadoReplicacion, RegistroReplicacion, Replicacion};
+use biblioteca_protocol::config::{ReplicationMode, ReplicationRecord, ReplicationState};
 
 /// The writer's replication as one query sees it. `$1` is how many
 /// standbys a commit waits for: the k-th highest confirmed flush position
@@ -98,23 +98,25 @@ pub enum Decision {
 /// than required have streamed; `caught_up`: of the saved synchronous
 /// standbys, how many stream with everything replayed.
 pub fn decide(
-    registro: &RegistroReplicacion,
-    modo: Replicacion,
+    registro: &ReplicationRecord,
+    modo: ReplicationMode,
     degradar_tras: Duration,
     manual: bool,
     missing_for: Option<Duration>,
     caught_up: usize,
 ) -> Decision {
     match registro.estado {
-        EstadoReplicacion::Sincrona if manual => Decision::Degrade { motivo: "manual" },
-        EstadoReplicacion::Sincrona => match missing_for {
-            Some(d) if modo == Replicacion::Disponible && d >= degradar_tras => Decision::Degrade {
-                motivo: "automatica",
-            },
+        ReplicationState::Sincrona if manual => Decision::Degrade { motivo: "manual" },
+        ReplicationState::Sincrona => match missing_for {
+            Some(d) if modo == ReplicationMode::Disponible && d >= degradar_tras => {
+                Decision::Degrade {
+                    motivo: "automatica",
+                }
+            }
             _ => Decision::Nothing,
         },
-        EstadoReplicacion::Degradada if manual => Decision::Nothing,
-        EstadoReplicacion::Degradada => {
+        ReplicationState::Degradada if manual => Decision::Nothing,
+        ReplicationState::Degradada => {
             let needed = required(registro.nombres_sincronos.as_deref().unwrap_or(""));
             if caught_up >= needed {
                 Decision::Restore
@@ -177,7 +179,7 @@ impl Watch {
         };
         let writer = node.cfg.name.clone();
         let registro = replication.registro();
-        if registro.estado == EstadoReplicacion::Degradada
+        if registro.estado == ReplicationState::Degradada
             && registro.primario.as_deref().is_some_and(|p| p != writer)
         {
             self.close_after_failover(replication, &registro, &writer);
@@ -198,7 +200,7 @@ impl Watch {
         backend: &Backend,
         replication: &Replication,
         writer: &str,
-        registro: RegistroReplicacion,
+        registro: ReplicationRecord,
     ) -> bool {
         let writer = writer.to_string();
         let manual = replication.manual_requested();
@@ -206,7 +208,7 @@ impl Watch {
             registro
                 .nombres_sincronos
                 .as_deref()
-                .filter(|_| registro.estado == EstadoReplicacion::Degradada)
+                .filter(|_| registro.estado == ReplicationState::Degradada)
                 .unwrap_or(""),
         );
         let obs = match observe(c, k) {
@@ -218,7 +220,7 @@ impl Watch {
         };
         let cfg = &backend.config;
         match registro.estado {
-            EstadoReplicacion::Sincrona => {
+            ReplicationState::Sincrona => {
                 if obs.sync_names.trim().is_empty() {
                     // Asynchronous by configuration: nothing to degrade.
                     self.missing_since = None;
@@ -230,7 +232,7 @@ impl Watch {
                     self.last_confirmed = obs.confirmed.clone().or(self.last_confirmed.take());
                 } else {
                     self.missing_since.get_or_insert_with(Instant::now);
-                    if cfg.replicacion == Replicacion::Estricta && !self.warned_waiting {
+                    if cfg.replicacion == ReplicationMode::Estricta && !self.warned_waiting {
                         self.warned_waiting = true;
                         tracing::warn!(
                             synchronous_standby_names = %obs.sync_names,
@@ -240,7 +242,7 @@ impl Watch {
                     }
                 }
             }
-            EstadoReplicacion::Degradada => {
+            ReplicationState::Degradada => {
                 let updated = replication.update(|r| {
                     r.primario_lsn = Some(obs.wal_lsn.clone());
                     if manual {
@@ -257,7 +259,9 @@ impl Watch {
                     } else {
                         let since = *self.missing_since.get_or_insert_with(Instant::now);
                         let limit = cfg.degradar_tras;
-                        if cfg.replicacion == Replicacion::Disponible && since.elapsed() >= limit {
+                        if cfg.replicacion == ReplicationMode::Disponible
+                            && since.elapsed() >= limit
+                        {
                             tracing::warn!("the standbys left again before confirming: synchronous replication switched off again");
                             if set_sync_names(c, "").is_ok() {
                                 self.restoring_from = None;
@@ -269,7 +273,7 @@ impl Watch {
                 }
             }
         }
-        let caught_up = if registro.estado == EstadoReplicacion::Degradada {
+        let caught_up = if registro.estado == ReplicationState::Degradada {
             let saved = members(registro.nombres_sincronos.as_deref().unwrap_or(""));
             match c.query(CAUGHT_UP_SQL, &[]) {
                 Ok(rows) => rows
@@ -313,8 +317,8 @@ impl Watch {
         motivo: &'static str,
         after_secs: u64,
     ) {
-        let registro = RegistroReplicacion {
-            estado: EstadoReplicacion::Degradada,
+        let registro = ReplicationRecord {
+            estado: ReplicationState::Degradada,
             motivo: Some(motivo.into()),
             desde_unix: Some(now_unix()),
             primario: Some(writer.to_string()),
@@ -334,7 +338,7 @@ impl Watch {
                 error = %e,
                 "cannot switch synchronous replication off on {writer}: the application role needs GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names and EXECUTE on pg_reload_conf() (README, Database roles)"
             );
-            let _ = replication.set(RegistroReplicacion::default());
+            let _ = replication.set(ReplicationRecord::default());
             return;
         }
         let detalle = match motivo {
@@ -357,7 +361,7 @@ impl Watch {
         self.missing_since = None;
     }
 
-    fn restore(&mut self, c: &mut postgres::Client, writer: &str, registro: &RegistroReplicacion) {
+    fn restore(&mut self, c: &mut postgres::Client, writer: &str, registro: &ReplicationRecord) {
         let names = registro.nombres_sincronos.clone().unwrap_or_default();
         if let Err(e) = set_sync_names(c, &names) {
             tracing::error!(error = %e, "cannot switch synchronous replication back on on {writer}");
@@ -396,9 +400,9 @@ impl Watch {
         if obs.sync_names != names || !past {
             return;
         }
-        if let Err(e) = replication.set(RegistroReplicacion {
+        if let Err(e) = replication.set(ReplicationRecord {
             desde_unix: Some(now_unix()),
-            ..RegistroReplicacion::default()
+            ..ReplicationRecord::default()
         }) {
             tracing::error!(error = %e, "cannot record the end of the degraded mode");
             return;
@@ -418,7 +422,7 @@ impl Watch {
     fn close_after_failover(
         &mut self,
         replication: &Replication,
-        registro: &RegistroReplicacion,
+        registro: &ReplicationRecord,
         writer: &str,
     ) {
         tracing::warn!(
@@ -427,9 +431,9 @@ impl Watch {
             "writes moved to {writer}: closing the degraded-mode record of the old primary"
         );
         if replication
-            .set(RegistroReplicacion {
+            .set(ReplicationRecord {
                 desde_unix: Some(now_unix()),
-                ..RegistroReplicacion::default()
+                ..ReplicationRecord::default()
             })
             .is_ok()
         {
@@ -512,10 +516,10 @@ mod tests {
 
     #[test]
     fn the_policy() {
-        let sync = RegistroReplicacion::default();
+        let sync = ReplicationRecord::default();
         let five = Duration::from_secs(5);
         let gone = |s| Some(Duration::from_secs(s));
-        use Replicacion::*;
+        use ReplicationMode::*;
         assert_eq!(
             decide(&sync, Estricta, five, false, gone(60), 0),
             Decision::Nothing
@@ -534,10 +538,10 @@ mod tests {
             decide(&sync, Estricta, five, true, None, 0),
             Decision::Degrade { motivo: "manual" }
         );
-        let degraded = RegistroReplicacion {
-            estado: EstadoReplicacion::Degradada,
+        let degraded = ReplicationRecord {
+            estado: ReplicationState::Degradada,
             nombres_sincronos: Some("ANY 2 (a, b, c)".into()),
-            ..RegistroReplicacion::default()
+            ..ReplicationRecord::default()
         };
         assert_eq!(
             decide(&degraded, Disponible, five, false, None, 1),

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use biblioteca_protocol::config::{
-    EstadoReplicacion, RegistroReplicacion, Replicacion, DEGRADAR_FILE, REPLICACION_FILE,
+    ReplicationMode, ReplicationRecord, ReplicationState, DEGRADAR_FILE, REPLICACION_FILE,
 };
 
 pub(super) fn now_unix() -> u64 {
@@ -29,31 +29,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// (which count writes acknowledged while degraded).
 pub struct Replication {
     dir: Option<PathBuf>,
-    registro: Mutex<RegistroReplicacion>,
+    registro: Mutex<ReplicationRecord>,
 }
 
 /// Reads the record from `dir` (a missing file: synchronous).
-pub fn load(dir: Option<&Path>) -> RegistroReplicacion {
+pub fn load(dir: Option<&Path>) -> ReplicationRecord {
     let Some(path) = dir.map(|d| d.join(REPLICACION_FILE)) else {
-        return RegistroReplicacion::default();
+        return ReplicationRecord::default();
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
             tracing::error!(file = %path.display(), error = %e, "unreadable degraded-mode record: treating it as degraded until a standby confirms");
-            RegistroReplicacion {
-                estado: EstadoReplicacion::Degradada,
+            ReplicationRecord {
+                estado: ReplicationState::Degradada,
                 motivo: Some("automatica".into()),
-                ..RegistroReplicacion::default()
+                ..ReplicationRecord::default()
             }
         }),
-        Err(_) => RegistroReplicacion::default(),
+        Err(_) => ReplicationRecord::default(),
     }
 }
 
 impl Replication {
     pub fn new(dir: Option<&Path>) -> Replication {
         let registro = load(dir);
-        if registro.estado == EstadoReplicacion::Degradada {
+        if registro.estado == ReplicationState::Degradada {
             tracing::warn!(
                 primario = registro.primario.as_deref().unwrap_or("?"),
                 escrituras = registro.escrituras,
@@ -66,12 +66,12 @@ impl Replication {
         }
     }
 
-    pub fn registro(&self) -> RegistroReplicacion {
+    pub fn registro(&self) -> ReplicationRecord {
         lock(&self.registro).clone()
     }
 
     /// Writes the record: temporary file, fsync, rename, fsync the directory.
-    fn persist(&self, r: &RegistroReplicacion) -> std::io::Result<()> {
+    fn persist(&self, r: &ReplicationRecord) -> std::io::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
@@ -90,13 +90,13 @@ impl Replication {
     }
 
     /// Replaces the record, on disk first.
-    pub(super) fn set(&self, r: RegistroReplicacion) -> std::io::Result<()> {
+    pub(super) fn set(&self, r: ReplicationRecord) -> std::io::Result<()> {
         self.update(|old| *old = r)
     }
 
     /// Changes the record under its lock (workers count writes meanwhile),
     /// on disk first; nothing is written when nothing changed.
-    pub(super) fn update(&self, f: impl FnOnce(&mut RegistroReplicacion)) -> std::io::Result<()> {
+    pub(super) fn update(&self, f: impl FnOnce(&mut ReplicationRecord)) -> std::io::Result<()> {
         let mut guard = lock(&self.registro);
         let mut r = guard.clone();
         f(&mut r);
@@ -111,7 +111,7 @@ impl Replication {
     /// and the first one is on disk before anyone hears of it.
     pub fn note_write(&self) {
         let mut guard = lock(&self.registro);
-        if guard.estado != EstadoReplicacion::Degradada {
+        if guard.estado != ReplicationState::Degradada {
             return;
         }
         guard.escrituras += 1;
@@ -123,7 +123,7 @@ impl Replication {
     }
 
     /// `datos.replicacion` of the status reply.
-    pub fn status(&self, modo: Replicacion) -> Value {
+    pub fn status(&self, modo: ReplicationMode) -> Value {
         let r = self.registro();
         json!({
             "modo": modo,
@@ -155,15 +155,15 @@ mod tests {
         let r = Replication::new(Some(&dir));
         r.note_write();
         assert_eq!(load(Some(&dir)).escrituras, 0);
-        r.set(RegistroReplicacion {
-            estado: EstadoReplicacion::Degradada,
-            ..RegistroReplicacion::default()
+        r.set(ReplicationRecord {
+            estado: ReplicationState::Degradada,
+            ..ReplicationRecord::default()
         })
         .unwrap();
         r.note_write();
         assert_eq!(load(Some(&dir)).escrituras, 1);
         let again = Replication::new(Some(&dir));
-        assert_eq!(again.registro().estado, EstadoReplicacion::Degradada);
+        assert_eq!(again.registro().estado, ReplicationState::Degradada);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

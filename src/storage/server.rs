@@ -371,7 +371,7 @@ pub fn status_reply(shared: &Shared) -> Vec<u8> {
         None => "storage manager up; no writable database node".to_string(),
     };
     if shared.replication.registro().estado
-        == biblioteca_protocol::config::EstadoReplicacion::Degradada
+        == biblioteca_protocol::config::ReplicationState::Degradada
     {
         mensaje.push_str("; replication degradada: no standby confirms commits");
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use biblioteca_client::pirate::Client;
 use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, Node};
-use biblioteca_protocol::config::{ClientConfig, Replicacion};
+use biblioteca_protocol::config::{ClientConfig, ReplicationMode};
 use biblioteca_protocol::{Operacion, Peticion, Respuesta};
 use biblioteca_stack::launch::{find_binary, port_in_use};
 use biblioteca_stack::{Stack, StackPorts, StackSpec};
@@ -51,12 +51,12 @@ fn pick(base: u16) -> u16 {
 impl Env {
     /// `slot` (0..9) separates the ports of the suite's tests.
     pub fn new(tag: &str, slot: u16) -> Env {
-        Env::with(tag, slot, 1, Replicacion::Estricta)
+        Env::with(tag, slot, 1, ReplicationMode::Estricta)
     }
 
     /// `standbys` standbys (quorum `ANY 1` with several) and the storage
     /// manager's `replicacion` (`degradar_tras` 3 s).
-    pub fn with(tag: &str, slot: u16, standbys: usize, replicacion: Replicacion) -> Env {
+    pub fn with(tag: &str, slot: u16, standbys: usize, replicacion: ReplicationMode) -> Env {
         let dir = std::env::temp_dir().join(format!("bib-failover-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         // Everything lives in the cluster's directory, which its drop removes.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use biblioteca_cluster::{wait_until, Node};
 use biblioteca_failover::storage::query_status;
-use biblioteca_protocol::config::Replicacion;
+use biblioteca_protocol::config::ReplicationMode;
 use biblioteca_protocol::Operacion;
 use serde_json::Value;
 
@@ -55,7 +55,7 @@ fn during(outcomes: &[Outcome], from: Instant, to: Instant) -> Vec<&Outcome> {
 #[test]
 fn quorum_loses_a_standby_then_the_primary() {
     let _g = serial();
-    let env = Env::with("quorum", 7, 2, Replicacion::Estricta);
+    let env = Env::with("quorum", 7, 2, ReplicationMode::Estricta);
     let [s1, s2] = [&env.cluster.standbys()[0], &env.cluster.standbys()[1]];
     assert_eq!(repl_state(env.primary(), &s1.name), "streaming|quorum");
     let load = Load::start(&env, "q", 4);
@@ -182,7 +182,7 @@ fn strict_mode_waits_for_the_standby() {
 #[test]
 fn available_mode_degrades_and_restores() {
     let _g = serial();
-    let env = Env::with("avail", 10, 1, Replicacion::Disponible);
+    let env = Env::with("avail", 10, 1, ReplicationMode::Disponible);
     assert_eq!(replicacion(&env)["estado"], "sincrona");
     let load = Load::start(&env, "d", 4);
     pause(2);
@@ -258,7 +258,7 @@ fn available_mode_degrades_and_restores() {
 #[test]
 fn promote_after_degraded_writes() {
     let _g = serial();
-    let env = Env::with("lossy", 11, 1, Replicacion::Disponible);
+    let env = Env::with("lossy", 11, 1, ReplicationMode::Disponible);
     assert!(env.request(Operacion::Prestamo, ISBNS[0], "antes").exito);
     env.standby().kill9().unwrap();
     wait_estado(&env, "degradada", Duration::from_secs(15));
@@ -312,7 +312,7 @@ fn promote_after_degraded_writes() {
 #[test]
 fn switchover_with_two_standbys() {
     let _g = serial();
-    let env = Env::with("switch3", 12, 2, Replicacion::Estricta);
+    let env = Env::with("switch3", 12, 2, ReplicationMode::Estricta);
     assert!(env.request(Operacion::Prestamo, ISBNS[0], "antes").exito);
     let (ok, out) = env.failover(&["switchover"]);
     assert!(ok, "{out}");
