@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::curve::{ActorCurve, ClientCurve, LoadManagerCurve, StorageCurve};
+pub use crate::scheduling::Scheduling;
 use crate::Operacion;
 
 #[derive(Debug, thiserror::Error)]
@@ -525,47 +526,6 @@ impl Validate for ClientConfig {
     }
 }
 
-/// A service's `scheduling` setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduling {
-    /// `SCHED_BATCH`: no wake-up preemption (the default).
-    #[default]
-    Batch,
-    /// `SCHED_OTHER`, the kernel's default.
-    Normal,
-}
-
-impl Scheduling {
-    pub const ALL: [Scheduling; 2] = [Scheduling::Batch, Scheduling::Normal];
-
-    /// The configuration's spelling (what serde reads).
-    fn name(self) -> &'static str {
-        match self {
-            Scheduling::Batch => "batch",
-            Scheduling::Normal => "normal",
-        }
-    }
-}
-
-/// The configuration's spelling, for command-line flags.
-impl std::str::FromStr for Scheduling {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scheduling::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("{s:?}: expected batch or normal"))
-    }
-}
-
-impl std::fmt::Display for Scheduling {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,21 +560,5 @@ mod tests {
         assert!(err.to_string().contains("consulta"), "{err}");
         let err = parse_reader::<LoadManagerConfig, _>(&b"nonsense = 1"[..]).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
-    }
-
-    #[test]
-    fn config_spelling() {
-        #[derive(Deserialize)]
-        struct C {
-            scheduling: Scheduling,
-        }
-        let c: C = toml::from_str("scheduling = \"normal\"").unwrap();
-        assert_eq!(c.scheduling, Scheduling::Normal);
-        let c: C = toml::from_str("scheduling = \"batch\"").unwrap();
-        assert_eq!(c.scheduling, Scheduling::Batch);
-        assert!(toml::from_str::<C>("scheduling = \"fifo\"").is_err());
-        assert_eq!("normal".parse(), Ok(Scheduling::Normal));
-        assert_eq!("batch".parse(), Ok(Scheduling::Batch));
-        assert!("fifo".parse::<Scheduling>().is_err());
     }
 }
