@@ -283,5 +283,5 @@ impl<J: Work> Dispatch<J> {
 }
 
 #[cfg(test)]
-#[path = "dispatch_tests.rs"]
+#[path = "dispatch/tests.rs"]
 mod tests;
