@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the project, in one command (the README's test command after
 # .ci/setup-debian, and what CI runs):
-#   1. cargo test: unit tests and the suites against real PostgreSQL clusters,
+#   1. cargo build of every binary, then cargo test: unit tests and the suites against real PostgreSQL clusters,
 #      real ZeroMQ sockets and the real binaries (e2e, guide_python, chaos,
 #      failover, security, load_manager, cluster);
 #   2. tests/static/check.sh: systemd-analyze verify/security, Nix parse/format/
@@ -28,8 +28,12 @@ step() {
   [ "$rc" -eq 0 ] || status=1
 }
 
+# The suites start the real service binaries from target/release, and
+# `cargo test` builds only the test targets of the root package, so every
+# workspace binary is built first, with the same features as the tests.
 # fault-injection: the hostile suite makes service threads panic through
 # BIBLIOTECA_FAULT_FILE (inert without it; `cargo build --release` ships none).
+step "cargo build" cargo build --release --locked --workspace --features fault-injection
 step "cargo test" cargo test --release --locked --no-fail-fast --features fault-injection
 step "static checks" bash tests/static/check.sh
 step "lab" env BUILD_DIR="$PWD/target/release" bash tests/lab/run.sh

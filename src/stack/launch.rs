@@ -25,7 +25,10 @@ use nix::unistd::Pid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("binary {name} not found (looked in {looked})")]
+    #[error(
+        "binary {name} not found (looked in {looked}); build the workspace first: \
+         cargo build --release --workspace"
+    )]
     NotFound { name: String, looked: String },
     #[error("{path}: {source}")]
     Io {
