@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test of the project, in one command (the README's test command after
 # .ci/setup-debian, and what CI runs):
-#   1. cargo build of every binary, then cargo test: unit tests and the suites against real PostgreSQL clusters,
-#      real ZeroMQ sockets and the real binaries (e2e, guide_python, chaos,
-#      failover, security, load_manager, cluster);
+#   1. cargo build of every binary, then cargo test: unit tests and the
+#      suites against real PostgreSQL clusters, real ZeroMQ sockets and the
+#      real binaries (e2e, guide_python, chaos, failover, security,
+#      load_manager, cluster, hostile, scheduling, ...);
 #   2. tests/static/check.sh: systemd-analyze verify/security, Nix parse/format/
 #      lint, ansible syntax-check/lint, rendered configs checked by the binaries;
 #   3. tests/lab/run.sh: the ansible roll-out onto systemd-nspawn lab hosts,

@@ -58,8 +58,9 @@ const FLOOR: Duration = Duration::from_secs(3);
 pub enum BenchError {
     #[error("database cluster: {0}")]
     Cluster(#[from] ClusterError),
-    /// `cargo run --bin biblioteca-bench` builds only the bench itself.
-    #[error("services: {0} (build them first: cargo build --release --bins)")]
+    /// `cargo run --bin biblioteca-bench` builds only the bench itself; the
+    /// error says how to build the rest.
+    #[error("services: {0}")]
     Launch(#[from] LaunchError),
     #[error("seeding the catalogue: {0}")]
     Storage(#[from] biblioteca_storage::StorageError),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::curve::{ActorCurve, ClientCurve, LoadManagerCurve, StorageCurve};
-pub use crate::scheduling::Scheduling;
+use crate::scheduling::Scheduling;
 use crate::Operacion;
 
 #[derive(Debug, thiserror::Error)]

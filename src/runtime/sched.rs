@@ -22,7 +22,7 @@
 //! real-time policy: it needs no privilege, and the units' `RestrictRealtime=`
 //! still holds.
 
-pub use biblioteca_protocol::config::Scheduling;
+pub use biblioteca_protocol::scheduling::Scheduling;
 use nix::libc;
 
 /// The kernel policy behind each setting.

@@ -22,7 +22,7 @@
 #
 # Needs root, systemd-nspawn (systemd-container), ansible (Debian's package
 # ships community.docker), postgresql-15 on the host and the binaries built:
-#   cargo build --bins && bash tests/lab/run.sh
+#   cargo build --workspace && bash tests/lab/run.sh
 # LAB_KEEP=1 leaves the containers running for a look (then run with
 # LAB_CLEAN=1 to remove them). Takes about 4-5 minutes. Each phase prints its
 # duration.
@@ -130,12 +130,13 @@ prerequisites() {
     local missing=()
     command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
     command -v ansible-playbook >/dev/null || missing+=(ansible)
+    command -v ip >/dev/null || missing+=(iproute2)
     [[ -x /usr/lib/postgresql/15/bin/postgres ]] || missing+=(postgresql-15)
     if ((${#missing[@]})); then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     for b in carga actor almacenamiento solicitante failover claves; do
-        [[ -x $BUILD_DIR/biblioteca-$b ]] || { echo "missing $BUILD_DIR/biblioteca-$b: cargo build --bins"; exit 2; }
+        [[ -x $BUILD_DIR/biblioteca-$b ]] || { echo "missing $BUILD_DIR/biblioteca-$b: cargo build --workspace (--release for target/release)"; exit 2; }
     done
 }
 

@@ -62,7 +62,7 @@ check() {
 
 install_tools() {
     local missing=() pkg
-    for pkg in ansible nix-bin python3-venv postgresql-15; do
+    for pkg in ansible nix-bin python3-venv postgresql-15 systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
