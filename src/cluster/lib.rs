@@ -213,7 +213,6 @@ impl Cluster {
              wal_keep_size = '256MB'\n\
              wal_log_hints = on\n\
              hot_standby = on\n\
-             hot_standby_feedback = on\n\
              synchronous_commit = on\n\
              max_connections = 200\n\
              include_if_exists = 'node.conf'\n",
