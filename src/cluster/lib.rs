@@ -213,6 +213,8 @@ impl Cluster {
              wal_keep_size = '256MB'\n\
              wal_log_hints = on\n\
              hot_standby = on\n\
+             # hot_standby_feedback stays off: it holds back HOT pruning of\n\
+             # the guide's four hot rows (docs/benchmark.md, run M)\n\
              synchronous_commit = on\n\
              max_connections = 200\n\
              include_if_exists = 'node.conf'\n",
