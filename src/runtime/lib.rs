@@ -7,8 +7,6 @@
 //! The services, the client and the operator tools depend on it; it knows
 //! nothing about loans (that is each service's crate) nor about PostgreSQL.
 
-#[cfg(feature = "fault-injection")]
-pub mod fault;
 pub mod logging;
 pub mod net;
 pub mod notify;

@@ -93,7 +93,7 @@ impl Shutdown {
     /// Records that the thread called `name` is alive and looping.
     pub fn checkin(&self, name: &str) {
         #[cfg(feature = "fault-injection")]
-        crate::fault::maybe_panic(name);
+        biblioteca_fault::maybe_panic(name);
         if let Ok(mut map) = self.checkins.lock() {
             match map.get_mut(name) {
                 Some(t) => *t = Instant::now(),

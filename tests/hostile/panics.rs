@@ -9,8 +9,7 @@ use biblioteca_stack::launch::Service;
 
 use crate::common::{assert_ok, eventually, field, sql, World};
 
-/// What `biblioteca_runtime::fault` reads (set for the whole world).
-pub const FAULT_FILE_ENV: &str = "BIBLIOTECA_FAULT_FILE";
+pub use biblioteca_fault::FAULT_FILE_ENV;
 
 const BOOK: &str = "978-0134685991";
 

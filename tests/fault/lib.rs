@@ -1,5 +1,7 @@
-//! Fault injection for the liveness tests, compiled only with the
-//! `fault-injection` feature (off by default, so shipped builds have none).
+//! Fault injection for the liveness tests: test support, not service code.
+//! The services link it only when built with the `fault-injection` feature
+//! (off by default, so shipped builds have none); it lives under `tests/`
+//! because its one job is to crash a thread the way a bug would.
 //!
 //! With `BIBLIOTECA_FAULT_FILE` naming a file, a thread checking in under
 //! the name the file holds removes the file and panics: one panic per write,
