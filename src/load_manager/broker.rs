@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::actors::Liveness;
-use super::consultas::{Consulta, Consultas};
 use super::inflight::{Admision, InFlight};
+use super::queries::{Consulta, Consultas};
 use super::sockets::Sockets;
 use super::status::{self, Counters, Ids};
 use super::LoadManagerError;

@@ -10,14 +10,14 @@
 //!
 //! - [`broker`]: the poll loop and what each message does.
 //! - [`inflight`]: write requests awaiting an outcome (re-publication, deadlines).
-//! - [`consultas`]: clients awaiting the storage manager.
+//! - [`queries`]: clients awaiting the storage manager.
 //! - [`actors`]: which operations have live actors.
 //! - [`status`]: the status reply and assigned request ids.
 
 mod actors;
 mod broker;
-mod consultas;
 mod inflight;
+mod queries;
 mod sockets;
 mod status;
 

@@ -35,7 +35,7 @@ pub fn write_book(entrada: &Entrada) -> Option<&str> {
 }
 
 /// The replies to what the dispatcher handed one worker, in order: one
-/// request, or a batch of one book's writes ([`lote`](super::lote)). A bug
+/// request, or a batch of one book's writes ([`batch`](super::batch)). A bug
 /// must not take the worker (and its future requests) down with it.
 pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>> {
     let labels: Vec<(&'static str, Option<String>)> = entradas
@@ -61,7 +61,7 @@ pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>>
             })
             .collect();
         if writes.len() == entradas.len() {
-            super::lote::write_batch(shared, writes)
+            super::batch::write_batch(shared, writes)
         } else {
             entradas.into_iter().map(|e| handle(shared, e)).collect()
         }

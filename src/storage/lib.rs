@@ -13,12 +13,12 @@
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
 //! (the stored reply of request X, or `SolicitudDesconocida`).
 
-mod conexion;
+mod batch;
+mod connection;
 mod credentials;
 mod dispatch;
 mod fencing;
 mod handler;
-mod lote;
 mod migrate;
 mod monitor;
 mod nodes;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::conexion::{Conexion, Manager};
+use super::connection::{Connection, Manager};
 use serde_json::{json, Value};
 
 use super::fencing::Fencing;
@@ -76,8 +76,8 @@ struct SessionSettings {
     statement_timeout_ms: u64,
 }
 
-impl r2d2::CustomizeConnection<Conexion, postgres::Error> for SessionSettings {
-    fn on_acquire(&self, conn: &mut Conexion) -> Result<(), postgres::Error> {
+impl r2d2::CustomizeConnection<Connection, postgres::Error> for SessionSettings {
+    fn on_acquire(&self, conn: &mut Connection) -> Result<(), postgres::Error> {
         let ms = self.statement_timeout_ms;
         conn.batch_execute(&format!(
             "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \

@@ -20,7 +20,7 @@ use postgres::GenericClient;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::conexion::Conexion;
+use super::connection::Connection;
 use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 
 /// Loan period and renewal rules, passed to the write functions.
@@ -86,7 +86,7 @@ const RENOVACION: (&str, &[Type]) = (
 
 /// Runs one write request exactly once under `id`; returns the reply bytes.
 pub fn apply_write(
-    conn: &mut Conexion,
+    conn: &mut Connection,
     p: &Peticion,
     id: &str,
     newest_timeline: u32,
@@ -163,7 +163,7 @@ const LOTE: (&str, &[Type]) = (
 /// rolled the whole batch back, or the node must not write. Inner error: that
 /// request's id was used for another request.
 pub fn apply_batch(
-    conn: &mut Conexion,
+    conn: &mut Connection,
     ps: &[Peticion],
     ids: &[String],
     newest_timeline: u32,

@@ -17,12 +17,12 @@ use postgres::{Client, NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
 /// A pooled connection; derefs to the client for everything unprepared.
-pub struct Conexion {
+pub struct Connection {
     client: Client,
     sentencias: HashMap<&'static str, Statement>,
 }
 
-impl Conexion {
+impl Connection {
     /// The statement for `sql`, prepared with `types` on first use on this
     /// connection (one extra round trip, once).
     pub fn preparada(
@@ -39,7 +39,7 @@ impl Conexion {
     }
 }
 
-impl Deref for Conexion {
+impl Deref for Connection {
     type Target = Client;
 
     fn deref(&self) -> &Client {
@@ -47,32 +47,32 @@ impl Deref for Conexion {
     }
 }
 
-impl DerefMut for Conexion {
+impl DerefMut for Connection {
     fn deref_mut(&mut self) -> &mut Client {
         &mut self.client
     }
 }
 
-/// `r2d2_postgres`' manager, handing out [`Conexion`]s.
+/// `r2d2_postgres`' manager, handing out [`Connection`]s.
 #[derive(Debug)]
 pub struct Manager(pub PostgresConnectionManager<NoTls>);
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Conexion;
+    type Connection = Connection;
     type Error = postgres::Error;
 
-    fn connect(&self) -> Result<Conexion, postgres::Error> {
-        Ok(Conexion {
+    fn connect(&self) -> Result<Connection, postgres::Error> {
+        Ok(Connection {
             client: self.0.connect()?,
             sentencias: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut Conexion) -> Result<(), postgres::Error> {
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), postgres::Error> {
         self.0.is_valid(&mut conn.client)
     }
 
-    fn has_broken(&self, conn: &mut Conexion) -> bool {
+    fn has_broken(&self, conn: &mut Connection) -> bool {
         self.0.has_broken(&mut conn.client)
     }
 }
