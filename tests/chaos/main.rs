@@ -160,10 +160,17 @@ fn sabotage(node: &Node, history: &[workload::Entry]) {
         .iter()
         .find(|e| e.op == Operacion::Devolucion && e.ok())
         .expect("an acknowledged return");
+    // A refused loan when the stock ran dry somewhere, else any refused
+    // write (a third renewal): a loan row carrying its id is as wrong.
     let refused_loan = history
         .iter()
         .find(|e| e.op == Operacion::Prestamo && e.definitive() && !e.ok())
-        .expect("a refused loan");
+        .or_else(|| {
+            history
+                .iter()
+                .find(|e| e.op.is_write() && e.definitive() && !e.ok())
+        })
+        .expect("a refused write");
     // As the schema owner: `app` may not delete rows.
     let sql = |node: &Node, q: &str| {
         node.sql_as(OWNER_USER, "library", q)

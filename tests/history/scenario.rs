@@ -114,6 +114,22 @@ impl Row {
     }
 }
 
+/// Writes acknowledged while a fault was on: from the first fault mark
+/// (plus `slack_ms` for replies already on their way) to the heal mark.
+pub fn acked_during_fault(history: &[Entry], marks: &[Mark], slack_ms: u64) -> Vec<String> {
+    let start = marks.iter().filter(|m| m.mark != "heal").map(|m| m.t).min();
+    let heal = marks.iter().filter(|m| m.mark == "heal").map(|m| m.t).max();
+    let (Some(start), Some(heal)) = (start, heal) else {
+        return Vec::new();
+    };
+    history
+        .iter()
+        .filter(|e| e.op.is_write() && e.definitive())
+        .filter(|e| e.end > start + slack_ms && e.end < heal)
+        .map(|e| format!("{} acknowledged {} ms into the fault", e.id, e.end - start))
+        .collect()
+}
+
 /// The table as Markdown, for the terminal and docs/failover.md.
 pub fn render(rows: &[Row]) -> String {
     let mut s = String::from(

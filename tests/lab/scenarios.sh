@@ -138,8 +138,13 @@ scenario() {
     history check --name "$name" --prefix "$name-" --history "$dir/history.jsonl" \
         --resolved "$dir/resolved.jsonl" --final "$dir/final" "${old[@]}" \
         --initial "$dir/initial" --samples "$dir/samples.jsonl" \
-        --restarts "$((r1 - r0))" --table "$LAB/scenarios.jsonl" || rc=1
+        --restarts "$((r1 - r0))" --table "$LAB/scenarios.jsonl" ${CHECK_ARGS:-} || rc=1
     head -n 1 "$dir/run.log"
+    if ((r1 > r0)); then
+        echo "$name: the storage manager restarted $((r1 - r0)) time(s)"
+        on app "journalctl -u biblioteca-almacenamiento.service --since '-3min' | grep -iE 'watchdog|panic|error' | tail -n 5"
+        rc=1
+    fi
     return $rc
 }
 

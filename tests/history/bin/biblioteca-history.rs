@@ -86,6 +86,10 @@ enum Command {
         restarts: Option<u32>,
         #[arg(long)]
         table: Option<PathBuf>,
+        /// No write may be acknowledged between the first fault mark (plus
+        /// a second for replies on their way) and the heal.
+        #[arg(long)]
+        no_acks_during_fault: bool,
     },
     /// Prints the table file as Markdown.
     Table { table: PathBuf },
@@ -154,6 +158,7 @@ fn main() -> anyhow::Result<()> {
             samples,
             restarts,
             table,
+            no_acks_during_fault,
         } => {
             let (entries, marks) = record::split(record::read_lines::<Record>(&history)?);
             let resolved: Vec<Resolution> = record::read_lines(&resolved)?;
@@ -189,6 +194,16 @@ fn main() -> anyhow::Result<()> {
                         p.most_accepting
                     ),
                 });
+            }
+            if no_acks_during_fault {
+                violations.extend(
+                    scenario::acked_during_fault(&entries, &marks, 1000)
+                        .into_iter()
+                        .map(|text| Violation {
+                            kind: Kind::Other,
+                            text,
+                        }),
+                );
             }
             let row = Row::new(
                 &name,
