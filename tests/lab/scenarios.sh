@@ -102,6 +102,8 @@ snapshot_node() {
 scenario() {
     local name=$1 before=$2 fault=$3 after=$4 clients=${5:-5}
     local dir=$LAB/scenario-$name primary r0 r1 rc=0 wl isbn_args=() i
+    # Ids and users unique to this run: a scenario may run again on one lab.
+    local prefix="$name-$(($(date +%s) % 100000))-"
     rm -rf "$dir" && mkdir -p "$dir"
     export MARKS=$dir/marks.jsonl
     primary=$(current_primary) || { echo "$name: no primary"; return 1; }
@@ -113,7 +115,7 @@ scenario() {
     local sampler_pid=$!
     local total=$((before + FAULT_SECONDS + after))
     in_client "$LAB/build/biblioteca-history" run --config "$LAB/cli/solicitante.toml" \
-        --prefix "$name-" --clients "$clients" --seconds "$total" "${isbn_args[@]}" \
+        --prefix "$prefix" --clients "$clients" --seconds "$total" "${isbn_args[@]}" \
         --marks "$MARKS" --out "$dir/history.jsonl" ${SEED:+--seed "$SEED"} 2>"$dir/run.log" &
     wl=$!
     sleep "$before"
@@ -135,7 +137,7 @@ scenario() {
     done
     snapshot_node "$final" "$dir/final" || return 1
     r1=$(restarts)
-    history check --name "$name" --prefix "$name-" --history "$dir/history.jsonl" \
+    history check --name "$name" --prefix "$prefix" --history "$dir/history.jsonl" \
         --resolved "$dir/resolved.jsonl" --final "$dir/final" "${old[@]}" \
         --initial "$dir/initial" --samples "$dir/samples.jsonl" \
         --restarts "$((r1 - r0))" --table "$LAB/scenarios.jsonl" ${CHECK_ARGS:-} || rc=1
