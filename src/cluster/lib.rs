@@ -220,6 +220,7 @@ impl Cluster {
              wal_sender_timeout = '10s'\n\
              wal_receiver_timeout = '10s'\n\
              wal_receiver_status_interval = '2s'\n\
+             wal_retrieve_retry_interval = '2s'\n\
              tcp_keepalives_idle = 5\n\
              tcp_keepalives_interval = 2\n\
              tcp_keepalives_count = 3\n\

@@ -70,6 +70,9 @@ pub struct Row {
     /// From the last heal mark to the end of the first write acknowledged
     /// after it.
     pub heal_to_write_ms: Option<u64>,
+    /// The longest a write with a definitive reply took, all its tries.
+    #[serde(default)]
+    pub slowest_write_ms: u64,
 }
 
 impl Row {
@@ -94,6 +97,12 @@ impl Row {
             restarts,
             ..Row::default()
         };
+        row.slowest_write_ms = history
+            .iter()
+            .filter(|e| e.op.is_write() && e.definitive())
+            .map(|e| e.end.saturating_sub(e.start))
+            .max()
+            .unwrap_or(0);
         for r in resolved {
             match r {
                 Resolution::Applied(_) => row.unknown_applied += 1,
@@ -134,13 +143,13 @@ pub fn acked_during_fault(history: &[Entry], marks: &[Mark], slack_ms: u64) -> V
 pub fn render(rows: &[Row]) -> String {
     let mut s = String::from(
         "| scenario | ops | acknowledged | unknown→applied / never | unresolved | lost | duplicated | \
-         most primaries (with sync standby) | storage-manager restarts | heal → first ack write |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         most primaries (with sync standby) | storage-manager restarts | heal → first ack write | slowest answered write |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} / {} | {} | {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} | {} | {} ({}) | {} | {} | {:.1} s |",
             r.scenario,
             r.ops,
             r.acknowledged,
@@ -154,6 +163,7 @@ pub fn render(rows: &[Row]) -> String {
             r.restarts.map_or("-".into(), |n| n.to_string()),
             r.heal_to_write_ms
                 .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            r.slowest_write_ms as f64 / 1000.0,
         );
     }
     s

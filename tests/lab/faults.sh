@@ -18,11 +18,14 @@
 FROZEN_PIDS=()
 SLOW_HOSTS=()
 DOWN_HOSTS=()
+# Whether a fault is on (heal_all marks a heal only then).
+FAULTS_ON=
 
 now_ms() { date +%s%3N; }
 
 # mark TEXT: a fault mark in the history.
 mark() {
+    [[ $1 == heal ]] || FAULTS_ON=1
     [[ -n ${MARKS:-} ]] || return 0
     printf '{"mark":"%s","t":%s}\n' "$1" "$(now_ms)" >>"$MARKS"
 }
@@ -113,5 +116,6 @@ heal_all() {
     done
     DOWN_HOSTS=()
     SLOW_HOSTS=()
-    mark heal
+    [[ -z $FAULTS_ON ]] || mark heal
+    FAULTS_ON=
 }

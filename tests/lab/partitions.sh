@@ -7,7 +7,9 @@
 # the latest). Run under the lab's lock:
 #   cargo build --release --workspace --features fault-injection
 #   flock /tmp/biblioteca-lab.lock env BUILD_DIR=$PWD/target/release bash tests/lab/partitions.sh
-# PARTITIONS="S2 S8" runs a subset; SEED=n replays the workloads; LAB_KEEP=1
+# PARTITIONS="S2 S8" runs a subset, PARTITIONS=soak the 10-minute soak of
+# random faults (SOAK_SECONDS to change it; not in CI); SEED=n replays the
+# workloads and the soak's draws; LAB_KEEP=1
 # keeps the containers; LAB_REUSE=1 runs against a lab that is already up.
 # Takes about 4 minutes of setup plus about a minute per scenario.
 set -euo pipefail
@@ -37,6 +39,12 @@ for s in ${PARTITIONS:-S1 S2 S4 S7 S8 S9 S10 S5}; do
         S8) check "S8: 30 % loss on the client's link 30 s" scenario S8 5 s8_fault 20 ;;
         S9) check "S9: 10 % loss on the replication path 30 s" scenario S9 5 s9_fault 20 ;;
         S10) check "S10: the primary's host frozen 20 s" scenario S10 5 s10_fault 20 ;;
+        soak)
+            SOAK_SECONDS=${SOAK_SECONDS:-600}
+            SOAK_SEED=${SEED:-$((RANDOM * 32768 + RANDOM))}
+            echo "soak: seed $SOAK_SEED (SEED=$SOAK_SEED replays it), $SOAK_SECONDS s"
+            FAULT_SECONDS=$SOAK_SECONDS check "soak: random faults from S1 S2 S4 S7 S8 for $SOAK_SECONDS s, seed $SOAK_SEED" scenario soak 5 soak_fault 5
+            ;;
         *) echo "unknown scenario $s" && FAILED=$((FAILED + 1)) ;;
     esac
 done

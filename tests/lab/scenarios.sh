@@ -221,3 +221,17 @@ s10_fault() {
 pg_node_name() {
     case $1 in db1) echo primary ;; db2) echo standby ;; db3) echo standby2 ;; esac
 }
+
+# The soak: random faults drawn from S1, S2, S4, S7 and S8, each 10-30 s with
+# 10 s of health after it, for SOAK_SECONDS, reproducible from SOAK_SEED.
+SOAK_FAULTS=(s1_fault s2_fault s4_fault s7_fault s8_fault)
+soak_fault() {
+    local end=$((SECONDS + SOAK_SECONDS - 40)) f
+    RANDOM=$SOAK_SEED
+    while ((SECONDS < end)); do
+        f=${SOAK_FAULTS[RANDOM % ${#SOAK_FAULTS[@]}]}
+        FAULT_SECONDS=$((10 + RANDOM % 21)) "$f" "$1"
+        heal_all
+        sleep 10
+    done
+}
