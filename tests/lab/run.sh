@@ -273,16 +273,18 @@ check "consulta, prestamo, replication, 2 renewals, refused 3rd, devolucion" loa
 check "ten loans, replicated" ten_loans
 check "db3 (a standby) dies and reboots under load: no write fails" reboot_standby_under_load
 
-# The core of the network-fault scenarios (partitions.sh runs them all),
-# with three database hosts; S5 runs after the failover below.
+# The core of the network-fault scenarios (partitions.sh runs them all, S5
+# too: after this script's crash failover a second promote is rightly
+# refused while the dead db1 still counts as a standby, so S5 needs a lab of
+# its own), with three database hosts.
 faults_init
 scenarios_setup
 phase "network faults: S2"
 CHECK_ARGS=--no-acks-during-fault check "S2: primary cut from both standbys 30 s: nothing acknowledged while cut, every write resolved, no restart" scenario S2 5 s2_fault 15
 phase "network faults: S4"
-check "S4: storage host cut from the primary 30 s: nothing lost or doubled, no restart" scenario S4 5 s4_fault 10
+FAULT_SECONDS=20 check "S4: storage host cut from the primary 20 s: nothing lost or doubled, no restart" scenario S4 5 s4_fault 10
 phase "network faults: S8"
-check "S8: 30 % loss on the client's link 30 s: retries under one id, nothing lost or doubled" scenario S8 5 s8_fault 10
+FAULT_SECONDS=60 check "S8: 30 % loss on the client's link 60 s: retries under one id, nothing lost or doubled" scenario S8 5 s8_fault 10
 LIBROS=$(sql db1 "SELECT count(*) FROM libros")
 PRESTAMOS=$(sql db1 "SELECT count(*) FROM prestamos")
 
@@ -299,8 +301,6 @@ phase "restart and reload on the promoted node"
 check "storage manager restart re-runs the migration step on the promoted node" restart_after_failover
 check "systemctl reload biblioteca.target keeps serving" reload_keeps_serving
 redeploy_phase
-phase "network faults: S5"
-check "S5: storage host cut from the primary (db2), failover.yml promotes db3, heal: fenced, nothing lost" scenario S5 5 s5_fault 15
 phase ""
 scenarios_table
 
