@@ -2,14 +2,16 @@
 # Lab: deploys biblioteca with the real ansible/site.yml into four
 # systemd-nspawn containers (CURVE on, as by default; the schema migrated by
 # biblioteca-migrate.service as biblioteca_owner), runs the reference
-# scenario, crashes the primary, fails over with ansible/failover.yml, checks
-# nothing was lost, restarts and reloads the storage manager on the promoted
-# node.
+# scenario and the core network-fault scenarios S2, S4, S8 (scenarios.sh;
+# all of them: partitions.sh), crashes the primary, fails over with
+# ansible/failover.yml, checks nothing was lost, restarts and reloads the
+# storage manager on the promoted node.
 #
 #   db1  10.77.0.11  PostgreSQL primary   (db_primary)
 #   db2  10.77.0.12  PostgreSQL standby   (db_standby)
 #   db3  10.77.0.13  second standby: quorum commit ANY 1 (db_standby)
 #   app  10.77.0.21  storage manager + load manager (almacenamiento, carga)
+#   cli  10.77.0.30  client host of the fault scenarios: a namespace, no container
 #   act  10.77.0.22  the three actors + the client (actores, clients)
 #
 # Each container boots systemd on a copy of this host's /etc with /usr bound
@@ -24,7 +26,7 @@
 # ships community.docker), postgresql-15 on the host and the binaries built:
 #   cargo build --workspace && bash tests/lab/run.sh
 # LAB_KEEP=1 leaves the containers running for a look (then run with
-# LAB_CLEAN=1 to remove them). Takes about 4-5 minutes. Each phase prints its
+# LAB_CLEAN=1 to remove them). Takes about 8-9 minutes (the fault scenarios about 3.5). Each phase prints its
 # duration.
 set -euo pipefail
 
