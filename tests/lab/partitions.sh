@@ -27,7 +27,8 @@ faults_init
 scenarios_setup
 rm -f "$LAB/scenarios.jsonl"
 
-# S5 promotes a standby: it runs last.
+# S5 promotes a standby and S3 crashes the primary: either runs last (S3
+# only when asked for).
 for s in ${PARTITIONS:-S1 S2 S4 S7 S8 S9 S10 S5}; do
     phase "scenario $s"
     case $s in
@@ -38,6 +39,7 @@ for s in ${PARTITIONS:-S1 S2 S4 S7 S8 S9 S10 S5}; do
         S7) check "S7: actors' host cut from the load manager 30 s" scenario S7 5 s7_fault 20 ;;
         S8) FAULT_SECONDS=60 check "S8: 30 % loss on the client's link 60 s" scenario S8 5 s8_fault 20 ;;
         S9) FAULT_SECONDS=60 check "S9: 10 % loss on the replication path 60 s" scenario S9 5 s9_fault 20 ;;
+        S3) FAULT_SECONDS=6 check "S3: standbys' packets to the primary dropped 6 s (less than wal_sender_timeout), then the primary crashes and is failed over" scenario S3 5 s3_fault 20 ;;
         S10) FAULT_SECONDS=20 check "S10: the primary's host frozen 20 s" scenario S10 5 s10_fault 20 ;;
         soak)
             SOAK_SECONDS=${SOAK_SECONDS:-600}

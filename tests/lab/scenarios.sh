@@ -240,3 +240,23 @@ soak_fault() {
         sleep 10
     done
 }
+
+# S3: the standbys' packets to the primary dropped (WAL reaches them, their
+# acknowledgements do not), then the primary's host crashes and failover.yml
+# promotes the standby with the most WAL: the writes left waiting resolve as
+# applied once. Leaves the primary's host down: the last scenario of a run.
+s3_fault() {
+    local h nspawn
+    for h in db1 db2 db3; do [[ $h != "$1" && -f $LAB/$h.pid ]] && cut "$h" "$1"; done
+    sleep "$FAULT_SECONDS"
+    mark "crash $1"
+    nspawn=$(cat "$LAB/$1.pid")
+    kill -9 "$(init_pid "$1")"
+    for _ in $(seq 1 20); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.5; done
+    rm -f "$LAB/$1.pid"
+    heal_all
+    if ! playbook failover.yml "failover-s3"; then
+        FAULT_FAILED="failover.yml failed: $(grep -o '"stderr": "[^"]*' "$LOGS/failover-s3.log" | head -n 1)"
+    fi
+    sleep 5
+}
