@@ -39,6 +39,9 @@ const BURST: usize = 256;
 /// multi-request message's requests ([`batch`]); anything longer is refused.
 const READ_FRAMES: usize = net::MAX_FRAMES + 1 + batch::MAX_PER_MESSAGE;
 
+/// The frames a ROUTER needs to send a reply back to a peer.
+type Route = Vec<Vec<u8>>;
+
 /// A request handed to a worker, as the front-end remembers it.
 struct Pending {
     route: Vec<Vec<u8>>,
@@ -169,7 +172,7 @@ struct Front {
     next_sweep: Instant,
     /// Replies for peers that send several requests per message, by route,
     /// sent together at the end of the turn.
-    outgoing: Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)>,
+    outgoing: Vec<(Route, Vec<Vec<u8>>)>,
 }
 
 impl Front {
