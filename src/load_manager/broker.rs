@@ -4,6 +4,9 @@
 //! vanished peers), publications on a PUB (which drops at its high-water mark;
 //! re-publication covers that), and requests to the storage manager with
 //! `DONTWAIT` (a full queue is answered at once instead of waited on).
+//! Each socket is drained before the loop sleeps; the requests admitted in
+//! one turn are published as one message per operation, and an actor's
+//! report message may carry several outcomes ([`biblioteca_protocol::batch`]).
 
 use std::time::{Duration, Instant};
 
