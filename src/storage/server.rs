@@ -170,6 +170,10 @@ impl Front {
             }),
         ];
         net::poll(&mut items, POLL.as_millis() as i64)?;
+        // Everything that is ready is read before anything is placed, so
+        // writes that arrived together (and workers that became idle
+        // together) make one batch: opportunistic, no waiting.
+        self.dispatch.hold();
         // The workers' own messages: a whole batch of replies in one.
         while let Some(frames) = net::try_recv_up_to(&self.replies, usize::MAX)? {
             self.deliver(frames);
@@ -182,6 +186,7 @@ impl Front {
                 self.accept(frames);
             }
         }
+        self.dispatch.release();
         self.sweep();
         self.shared.set_in_flight(self.pending.len());
         Ok(())
