@@ -415,7 +415,11 @@ fn worker(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let numbers: Vec<[u8; 8]> = jobs.iter().map(|j| j.n.to_be_bytes()).collect();
-        let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
+        // Alive while the database holds it (a commit waiting for a standby).
+        let replies = {
+            let _wait = shutdown.waiting(&name);
+            handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect())
+        };
         let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());
         frames.push(&me[..]);
         for (n, reply) in numbers.iter().zip(&replies) {
