@@ -23,6 +23,7 @@ pub mod machine;
 mod meter;
 pub mod pgbench;
 pub mod skeleton;
+pub mod switches;
 mod table;
 
 use std::path::PathBuf;
@@ -171,6 +172,8 @@ pub struct BenchStep {
 pub struct SystemCpu {
     pub system: &'static str,
     pub parts: Vec<cpu::PartCost>,
+    /// Context switches per request of each part.
+    pub switches: Vec<switches::PartSwitches>,
 }
 
 /// Peak resident memory of one service process.
