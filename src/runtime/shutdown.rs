@@ -104,6 +104,20 @@ impl Shutdown {
         }
     }
 
+    /// Every thread that ever checked in, with the time since its last
+    /// check-in (the metrics endpoint's heartbeats and liveness).
+    pub fn checkin_ages(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        self.checkins
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Threads that have not checked in within `within` (empty: all healthy).
     pub fn stale_threads(&self, within: Duration) -> Vec<String> {
         let now = Instant::now();
