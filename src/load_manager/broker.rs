@@ -91,6 +91,7 @@ impl Broker {
             if drain_until.is_none() && shutdown.is_triggered() {
                 let drain = self.cfg.deadline.min(DRAIN_MAX);
                 notify::stopping();
+                super::metrics::get().registry.not_ready();
                 tracing::info!(
                     en_curso = self.en_curso(),
                     drain_ms = drain.as_millis() as u64,
@@ -254,6 +255,7 @@ impl Broker {
                 CodigoError::ServicioNoDisponible,
                 "the load manager is stopping; retry with the same id",
             );
+            super::metrics::get().answered(op_label(operacion), r.outcome(), Instant::now());
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -265,6 +267,7 @@ impl Broker {
                 CodigoError::ServicioOcupado,
                 format!("busy, retry: {en_curso} requests in flight"),
             );
+            super::metrics::get().answered(op_label(operacion), r.outcome(), Instant::now());
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -382,6 +385,7 @@ impl Broker {
 
     fn answer_consulta(&mut self, c: Consulta, r: Respuesta, now: Instant) {
         let r = r.with_id(c.client_id.clone());
+        super::metrics::get().answered(c.operacion, r.outcome(), c.received);
         request_line!(
             self.request_log.admit(now),
             id = c.client_id.as_deref(),
@@ -407,6 +411,7 @@ impl Broker {
         };
         let waiting = self.consultas.take(&id);
         if waiting.is_empty() {
+            super::metrics::get().late("storage");
             tracing::debug!(
                 id = id.as_str(),
                 "storage reply for nobody waiting (late) ignored"
@@ -428,6 +433,7 @@ impl Broker {
         match Informe::from_bytes(frame) {
             Err(e) => tracing::warn!(error = %e, "back-channel report dropped"),
             Ok(Informe::Latido { operacion, actor }) => {
+                super::metrics::get().heartbeat(operacion);
                 if !self.liveness.latido(operacion, &actor, now) {
                     tracing::warn!(operacion = %operacion, "heartbeat rejected");
                 }
@@ -449,6 +455,7 @@ impl Broker {
             return;
         }
         let Some(entry) = self.inflight.complete(&id) else {
+            super::metrics::get().late("actor");
             tracing::debug!(
                 id = id.as_str(),
                 "result for an unknown id (late duplicate) ignored"
@@ -463,6 +470,7 @@ impl Broker {
     }
 
     fn log_outcome(&mut self, p: &Peticion, r: &Respuesta, received: Instant, now: Instant) {
+        super::metrics::get().answered(p.operacion.as_str(), r.outcome(), received);
         request_line!(
             self.request_log.admit(now),
             id = r.id.as_deref().or(p.id.as_deref()),
@@ -479,6 +487,7 @@ impl Broker {
         self.request_log.roll(now);
         let tick = self.inflight.tick(now);
         for (op, payload) in &tick.republish {
+            super::metrics::get().republished(*op);
             let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
             if let Err(e) = self.s.publisher.send_multipart(frames, zmq::DONTWAIT) {
                 tracing::warn!(error = %e, "re-publication failed");
@@ -491,6 +500,7 @@ impl Broker {
             );
         }
         for e in tick.expired {
+            super::metrics::get().expired(e.peticion.operacion);
             let (codigo, causa) = match e.transient {
                 Some(t) => (
                     t.error.unwrap_or(CodigoError::ServicioNoDisponible),
@@ -527,7 +537,20 @@ impl Broker {
         }
         if now >= self.next_sweep {
             self.liveness.sweep(now);
+            self.observe(now);
             self.next_sweep = now + SWEEP;
+        }
+    }
+
+    /// The gauges the sweep keeps current.
+    fn observe(&self, now: Instant) {
+        let m = super::metrics::get();
+        m.in_flight.set(i64::try_from(self.en_curso()).unwrap_or(i64::MAX));
+        let oldest = self.inflight.oldest_received().or(self.consultas.oldest_received());
+        m.oldest_age
+            .set(oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()));
+        for op in Operacion::WRITES {
+            m.actors_alive(op, self.liveness.alive(op, now));
         }
     }
 
@@ -557,4 +580,9 @@ impl Broker {
             self.answer_consulta(c, r, now);
         }
     }
+}
+
+/// The `operation` label of a request refused before it was read whole.
+fn op_label(operacion: &str) -> &'static str {
+    Operacion::from_wire(operacion).map_or("resultado", Operacion::as_str)
 }
