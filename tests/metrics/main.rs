@@ -206,9 +206,8 @@ fn prometheus_watches_the_pipeline() {
     let age = "time() - biblioteca_load_manager_actor_last_heartbeat_timestamp_seconds{operation=\"devolucion\"}";
     w.kill_actor(Operacion::Devolucion);
     let a0 = p.scalar(age).unwrap();
-    std::thread::sleep(Duration::from_secs(4));
-    let a1 = p.scalar(age).unwrap();
-    assert!(a1 >= a0 + 3.0, "heartbeat age {a0} then {a1}");
+    let a1 = p.wait_for(age, Duration::from_secs(15), |v| v >= a0 + 5.0);
+    println!("devolucion's heartbeat age: {a0:.1} s at the kill, then {a1:.1} s");
     let other = p
         .scalar("time() - biblioteca_load_manager_actor_last_heartbeat_timestamp_seconds{operation=\"prestamo\"}")
         .unwrap();
@@ -277,11 +276,8 @@ fn prometheus_watches_the_pipeline() {
     assert_eq!(status(sp, "/primary"), 200, "the promoted standby writes");
     w.cluster.standby().stop(StopMode::Fast).unwrap();
     w.wait_status(sp, "/primary", 503);
-    assert_eq!(
-        status(sp, "/readiness"),
-        200,
-        "the fenced node still answers, so the service is ready for what it can do"
-    );
+    // The fenced node is never used, not even for reads: nothing to serve.
+    assert_eq!(status(sp, "/readiness"), 503, "only a fenced node is left");
     drop(p);
     w.finish();
 }
