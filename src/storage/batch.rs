@@ -22,7 +22,7 @@
 
 use postgres::error::SqlState;
 
-use super::handler::{self, classify, db_reason, unavailable, Failure};
+use super::failure::{classify, db_reason, new_id, unavailable, Failure};
 use super::ops::{self, TxError};
 use super::Shared;
 use biblioteca_protocol::{CodigoError, Peticion, Respuesta};
@@ -37,7 +37,7 @@ const LOST_CONNECTION_TRIES: u32 = 3;
 pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
     let ids: Vec<String> = ps
         .iter()
-        .map(|p| p.id.clone().unwrap_or_else(handler::new_id))
+        .map(|p| p.id.clone().unwrap_or_else(new_id))
         .collect();
     let all_unavailable = |why: &str| -> Vec<Vec<u8>> {
         ps.iter()
@@ -93,7 +93,7 @@ pub fn write_batch(shared: &Shared, ps: Vec<Peticion>) -> Vec<Vec<u8>> {
                 return ps
                     .iter()
                     .zip(ids)
-                    .map(|(p, id)| handler::write_as(shared, p, id))
+                    .map(|(p, id)| super::write::write_as(shared, p, id))
                     .collect();
             }
             Failure::ReadOnly => {
