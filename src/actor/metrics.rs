@@ -84,8 +84,14 @@ impl Metrics {
     fn init(&self, op: &'static str) {
         let l = [("operation", op)];
         init_op_outcomes(&self.operations, &[op]);
-        let _ = (self.received.get_or_create(&l), self.duplicates.get_or_create(&l));
-        let _ = (self.duration.get_or_create(&l), self.round_trip.get_or_create(&l));
+        let _ = (
+            self.received.get_or_create(&l),
+            self.duplicates.get_or_create(&l),
+        );
+        let _ = (
+            self.duration.get_or_create(&l),
+            self.round_trip.get_or_create(&l),
+        );
         let _ = self.in_flight.get_or_create(&l);
     }
 

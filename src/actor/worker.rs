@@ -81,7 +81,9 @@ impl Actor {
             storage = cfg.storage.as_str(),
             "actor ready"
         );
-        super::metrics::get().registry.ready(&format!("serving {} as {name}", cfg.operacion));
+        super::metrics::get()
+            .registry
+            .ready(&format!("serving {} as {name}", cfg.operacion));
         Ok(Actor {
             ctx: ctx.clone(),
             pending: PendingTable::new(cfg.storage_timeout),

@@ -545,8 +545,12 @@ impl Broker {
     /// The gauges the sweep keeps current.
     fn observe(&self, now: Instant) {
         let m = super::metrics::get();
-        m.in_flight.set(i64::try_from(self.en_curso()).unwrap_or(i64::MAX));
-        let oldest = self.inflight.oldest_received().or(self.consultas.oldest_received());
+        m.in_flight
+            .set(i64::try_from(self.en_curso()).unwrap_or(i64::MAX));
+        let oldest = self
+            .inflight
+            .oldest_received()
+            .or(self.consultas.oldest_received());
         m.oldest_age
             .set(oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()));
         for op in Operacion::WRITES {

@@ -41,8 +41,8 @@ pub fn run(config: LoadManagerConfig, shutdown: Shutdown) -> Result<(), LoadMana
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) = biblioteca_runtime::security::load_manager(&ctx, config.curve.as_ref())?;
     let sockets = sockets::Sockets::open(&ctx, &config, &curve)?;
-    let _endpoint = metrics::serve(&config, &shutdown)
-        .map_err(|e| LoadManagerError::Metrics(Box::new(e)))?;
+    let _endpoint =
+        metrics::serve(&config, &shutdown).map_err(|e| LoadManagerError::Metrics(Box::new(e)))?;
     tracing::info!(
         frontend = config.frontend.as_str(),
         publisher = config.publisher.as_str(),

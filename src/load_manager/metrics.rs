@@ -16,7 +16,13 @@ use biblioteca_protocol::Operacion;
 use biblioteca_runtime::shutdown::Shutdown;
 
 /// The operation labels of requests: the four operations and `resultado`.
-const OPERATIONS: [&str; 5] = ["prestamo", "devolucion", "renovacion", "consulta", "resultado"];
+const OPERATIONS: [&str; 5] = [
+    "prestamo",
+    "devolucion",
+    "renovacion",
+    "consulta",
+    "resultado",
+];
 const WRITES: [&str; 3] = ["prestamo", "devolucion", "renovacion"];
 
 pub(crate) struct Metrics {
@@ -41,7 +47,8 @@ fn build() -> Metrics {
         "Requests answered, by operation and outcome (ok or the error code)",
         requests.clone(),
     );
-    let duration = Family::<Label, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+    let duration =
+        Family::<Label, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
     let expirations = Family::<Label, Counter>::default();
     let republications = Family::<Label, Counter>::default();
     let heartbeat = Family::<Label, GaugeF>::default();
@@ -51,7 +58,10 @@ fn build() -> Metrics {
     }
     for op in WRITES {
         let l = [("operation", op)];
-        let _ = (expirations.get_or_create(&l), republications.get_or_create(&l));
+        let _ = (
+            expirations.get_or_create(&l),
+            republications.get_or_create(&l),
+        );
         let _ = (heartbeat.get_or_create(&l), actors.get_or_create(&l));
     }
     let late = Family::<Label, Counter>::default();

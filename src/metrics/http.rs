@@ -120,7 +120,10 @@ pub fn serve(
             run(&server, registry, &checks, &shutdown)
         })?
     };
-    tracing::info!(addr = addr.as_str(), "metrics and health endpoint listening");
+    tracing::info!(
+        addr = addr.as_str(),
+        "metrics and health endpoint listening"
+    );
     Ok(Some(Endpoint {
         server,
         thread: Some(thread),
@@ -143,7 +146,12 @@ fn run(server: &Server, registry: &Registry, checks: &Checks, shutdown: &Shutdow
 }
 
 /// The status, content type and body of `path`.
-fn route(path: &str, registry: &Registry, checks: &Checks, shutdown: &Shutdown) -> (u16, &'static str, String) {
+fn route(
+    path: &str,
+    registry: &Registry,
+    checks: &Checks,
+    shutdown: &Shutdown,
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     let verdict = |v: Verdict| match v {
         Ok(text) => (200, TEXT, text + "\n"),
@@ -162,7 +170,11 @@ fn route(path: &str, registry: &Registry, checks: &Checks, shutdown: &Shutdown) 
         "/readiness" => verdict(readiness(registry, checks, shutdown)),
         other => match checks.routes.iter().find(|(p, _)| *p == other) {
             Some((_, check)) => verdict(check()),
-            None => (404, TEXT, "not found: /metrics, /liveness, /readiness\n".into()),
+            None => (
+                404,
+                TEXT,
+                "not found: /metrics, /liveness, /readiness\n".into(),
+            ),
         },
     }
 }

@@ -232,8 +232,14 @@ mod tests {
         let sd = Shutdown::new();
         sd.checkin("loop");
         let text = r.encode(&sd).unwrap();
-        assert!(text.contains("biblioteca_build_info{service=\"test\""), "{text}");
+        assert!(
+            text.contains("biblioteca_build_info{service=\"test\""),
+            "{text}"
+        );
         assert!(text.contains("biblioteca_ready 0"), "{text}");
-        assert!(text.contains("biblioteca_thread_heartbeat_timestamp_seconds{thread=\"loop\"}"), "{text}");
+        assert!(
+            text.contains("biblioteca_thread_heartbeat_timestamp_seconds{thread=\"loop\"}"),
+            "{text}"
+        );
     }
 }

@@ -40,10 +40,29 @@ pub fn record_run(
         family.get_or_create(&label).set(value);
         registry.register(metric, help, family);
     };
-    gauge(&mut registry, "last_run_timestamp_seconds", "When the action last started", started_unix);
-    gauge(&mut registry, "last_duration_seconds", "How long its last run took", took.as_secs_f64());
-    gauge(&mut registry, "last_run_success", "1 when its last run succeeded", f64::from(u8::from(success)));
-    let last_success = if success { Some(started_unix) } else { previous_success };
+    gauge(
+        &mut registry,
+        "last_run_timestamp_seconds",
+        "When the action last started",
+        started_unix,
+    );
+    gauge(
+        &mut registry,
+        "last_duration_seconds",
+        "How long its last run took",
+        took.as_secs_f64(),
+    );
+    gauge(
+        &mut registry,
+        "last_run_success",
+        "1 when its last run succeeded",
+        f64::from(u8::from(success)),
+    );
+    let last_success = if success {
+        Some(started_unix)
+    } else {
+        previous_success
+    };
     gauge(
         &mut registry,
         "last_success_timestamp_seconds",
@@ -84,9 +103,22 @@ mod tests {
         super::record_run(&dir, "promote", 1000.0, d, true).unwrap();
         let p = super::record_run(&dir, "promote", 2000.0, d, false).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("biblioteca_failover_last_success_timestamp_seconds{action=\"promote\"} 1000"), "{text}");
-        assert!(text.contains("biblioteca_failover_last_run_timestamp_seconds{action=\"promote\"} 2000"), "{text}");
-        assert!(text.contains("biblioteca_failover_last_run_success{action=\"promote\"} 0"), "{text}");
+        assert!(
+            text.contains(
+                "biblioteca_failover_last_success_timestamp_seconds{action=\"promote\"} 1000"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "biblioteca_failover_last_run_timestamp_seconds{action=\"promote\"} 2000"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("biblioteca_failover_last_run_success{action=\"promote\"} 0"),
+            "{text}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -82,12 +82,7 @@ impl MetricsConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.enabled
-            && self
-                .listen_address
-                .parse::<std::net::IpAddr>()
-                .is_err()
-        {
+        if self.enabled && self.listen_address.parse::<std::net::IpAddr>().is_err() {
             return Err(ConfigError::Invalid(format!(
                 "metrics.listen_address = {:?} is not an IP address",
                 self.listen_address
@@ -116,6 +111,11 @@ mod tests {
             ..MetricsConfig::default()
         };
         assert!(bad.validate().is_err());
-        assert!(MetricsConfig { enabled: false, ..bad }.validate().is_ok());
+        assert!(MetricsConfig {
+            enabled: false,
+            ..bad
+        }
+        .validate()
+        .is_ok());
     }
 }

@@ -154,7 +154,10 @@ impl<J: Work> Dispatch<J> {
 
     /// Workers running a job.
     pub(super) fn busy(&self) -> usize {
-        self.state.iter().filter(|s| matches!(s, State::Busy(_))).count()
+        self.state
+            .iter()
+            .filter(|s| matches!(s, State::Busy(_)))
+            .count()
     }
 
     /// Jobs waiting for a worker.

@@ -183,7 +183,8 @@ pub fn run(
     let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let bind = config.bind.clone();
     let shared = Arc::new(Shared::new(nodes::Backend::new(config)?, fencing));
-    let _endpoint = metrics::serve(&shared, &shutdown).map_err(|e| StorageError::Metrics(e.to_string()))?;
+    let _endpoint =
+        metrics::serve(&shared, &shutdown).map_err(|e| StorageError::Metrics(e.to_string()))?;
     let mut probes = monitor::Probes::default();
     let mut generation = shutdown.reload_generation();
     let waited = wait_for_database(

@@ -23,7 +23,13 @@ use biblioteca_runtime::shutdown::Shutdown;
 
 use super::Shared;
 
-const OPERATIONS: [&str; 5] = ["prestamo", "devolucion", "renovacion", "consulta", "resultado"];
+const OPERATIONS: [&str; 5] = [
+    "prestamo",
+    "devolucion",
+    "renovacion",
+    "consulta",
+    "resultado",
+];
 /// `pg_stat_replication.sync_state`, and `absent` for a node not streaming.
 const SYNC_STATES: [&str; 5] = ["sync", "quorum", "potential", "async", "absent"];
 
@@ -99,29 +105,117 @@ fn build() -> Metrics {
         registry: Registry::new("almacenamiento"),
     };
     let r = &mut m.registry;
-    r.register("storage_requests", "Requests answered, by operation and outcome (ok or the error code)", m.requests.clone());
-    r.register("storage_request_duration_seconds", "From a request's arrival at the front-end to its reply, by operation", m.duration.clone());
-    r.register("storage_in_flight", "Requests accepted and not yet answered", m.in_flight.clone());
-    r.register("storage_queue_depth", "Requests waiting for a worker (or behind their book's batch)", m.queue_depth.clone());
-    r.register("storage_queue_wait_seconds", "From a request's arrival to a worker taking it", m.queue_wait.clone());
-    r.register("storage_busy_workers", "Workers running a request or a batch", m.busy_workers.clone());
-    r.register("storage_batch_writes", "Writes per transaction a worker ran (one book's batch)", m.batch_writes.clone());
+    r.register(
+        "storage_requests",
+        "Requests answered, by operation and outcome (ok or the error code)",
+        m.requests.clone(),
+    );
+    r.register(
+        "storage_request_duration_seconds",
+        "From a request's arrival at the front-end to its reply, by operation",
+        m.duration.clone(),
+    );
+    r.register(
+        "storage_in_flight",
+        "Requests accepted and not yet answered",
+        m.in_flight.clone(),
+    );
+    r.register(
+        "storage_queue_depth",
+        "Requests waiting for a worker (or behind their book's batch)",
+        m.queue_depth.clone(),
+    );
+    r.register(
+        "storage_queue_wait_seconds",
+        "From a request's arrival to a worker taking it",
+        m.queue_wait.clone(),
+    );
+    r.register(
+        "storage_busy_workers",
+        "Workers running a request or a batch",
+        m.busy_workers.clone(),
+    );
+    r.register(
+        "storage_batch_writes",
+        "Writes per transaction a worker ran (one book's batch)",
+        m.batch_writes.clone(),
+    );
     r.register("storage_transaction_duration_seconds", "A worker's transaction, commit and the synchronous standbys' confirmation included, by kind", m.transaction.clone());
-    r.register("storage_replayed", "Writes answered with the outcome stored under their id (duplicates)", m.replayed.clone());
-    r.register("storage_pool_connections", "Pooled connections per node, idle or in use", m.pool.clone());
-    r.register("storage_pool_checkout_wait_seconds", "How long a worker waited for a pooled connection, per node", m.checkout_wait.clone());
-    r.register("storage_pool_checkout_timeouts", "Checkouts that found no connection in connect_timeout, per node", m.checkout_timeouts.clone());
-    r.register("storage_writer", "1 for the node that takes writes, 0 for the others", m.writer.clone());
-    r.register("storage_timeline", "The writer's PostgreSQL timeline (0: no writer)", m.timeline.clone());
-    r.register("storage_newest_timeline", "The newest timeline ever seen (fencing refuses older primaries)", m.newest_timeline.clone());
-    r.register("storage_node_up", "1 when the last probe of the node answered", m.node_up.clone());
-    r.register("storage_node_fenced", "1 when the node is fenced: by configuration or on a stale timeline", m.node_fenced.clone());
-    r.register("storage_fencing_refusals", "Writes a node refused as fenced or read-only (writes moved off it)", m.fencing_refusals.clone());
-    r.register("storage_standby_sync_state", "Each node's sync_state in the writer's pg_stat_replication (absent: not streaming)", m.standby_state.clone());
-    r.register("storage_standby_lag_bytes", "WAL the standby has not replayed yet, as the writer sees it", m.standby_lag_bytes.clone());
-    r.register("storage_standby_replay_lag_seconds", "The standby's replay_lag, as the writer sees it", m.standby_lag_seconds.clone());
-    r.register("storage_replication_degraded", "1 while the primary commits without a synchronous standby (replicacion = disponible)", m.degraded.clone());
-    r.register("storage_replication_transitions", "Changes of the degraded-mode record, by the state entered", m.degraded_transitions.clone());
+    r.register(
+        "storage_replayed",
+        "Writes answered with the outcome stored under their id (duplicates)",
+        m.replayed.clone(),
+    );
+    r.register(
+        "storage_pool_connections",
+        "Pooled connections per node, idle or in use",
+        m.pool.clone(),
+    );
+    r.register(
+        "storage_pool_checkout_wait_seconds",
+        "How long a worker waited for a pooled connection, per node",
+        m.checkout_wait.clone(),
+    );
+    r.register(
+        "storage_pool_checkout_timeouts",
+        "Checkouts that found no connection in connect_timeout, per node",
+        m.checkout_timeouts.clone(),
+    );
+    r.register(
+        "storage_writer",
+        "1 for the node that takes writes, 0 for the others",
+        m.writer.clone(),
+    );
+    r.register(
+        "storage_timeline",
+        "The writer's PostgreSQL timeline (0: no writer)",
+        m.timeline.clone(),
+    );
+    r.register(
+        "storage_newest_timeline",
+        "The newest timeline ever seen (fencing refuses older primaries)",
+        m.newest_timeline.clone(),
+    );
+    r.register(
+        "storage_node_up",
+        "1 when the last probe of the node answered",
+        m.node_up.clone(),
+    );
+    r.register(
+        "storage_node_fenced",
+        "1 when the node is fenced: by configuration or on a stale timeline",
+        m.node_fenced.clone(),
+    );
+    r.register(
+        "storage_fencing_refusals",
+        "Writes a node refused as fenced or read-only (writes moved off it)",
+        m.fencing_refusals.clone(),
+    );
+    r.register(
+        "storage_standby_sync_state",
+        "Each node's sync_state in the writer's pg_stat_replication (absent: not streaming)",
+        m.standby_state.clone(),
+    );
+    r.register(
+        "storage_standby_lag_bytes",
+        "WAL the standby has not replayed yet, as the writer sees it",
+        m.standby_lag_bytes.clone(),
+    );
+    r.register(
+        "storage_standby_replay_lag_seconds",
+        "The standby's replay_lag, as the writer sees it",
+        m.standby_lag_seconds.clone(),
+    );
+    r.register(
+        "storage_replication_degraded",
+        "1 while the primary commits without a synchronous standby (replicacion = disponible)",
+        m.degraded.clone(),
+    );
+    r.register(
+        "storage_replication_transitions",
+        "Changes of the degraded-mode record, by the state entered",
+        m.degraded_transitions.clone(),
+    );
     m
 }
 
@@ -136,13 +230,21 @@ impl Metrics {
     fn init_nodes(&self, config: &StorageConfig) {
         for n in &config.database.nodes {
             let node = [("node", n.name.clone())];
-            let _ = (self.writer.get_or_create(&node), self.node_up.get_or_create(&node));
+            let _ = (
+                self.writer.get_or_create(&node),
+                self.node_up.get_or_create(&node),
+            );
             let _ = self.node_fenced.get_or_create(&node);
             let _ = self.checkout_wait.get_or_create(&node);
             let _ = self.checkout_timeouts.get_or_create(&node);
-            let _ = (self.standby_lag_bytes.get_or_create(&node), self.standby_lag_seconds.get_or_create(&node));
+            let _ = (
+                self.standby_lag_bytes.get_or_create(&node),
+                self.standby_lag_seconds.get_or_create(&node),
+            );
             for state in ["idle", "in_use"] {
-                let _ = self.pool.get_or_create(&[("node", n.name.clone()), ("state", state.into())]);
+                let _ = self
+                    .pool
+                    .get_or_create(&[("node", n.name.clone()), ("state", state.into())]);
             }
             for state in SYNC_STATES {
                 let _ = self
@@ -196,7 +298,9 @@ impl Metrics {
             if is_writer {
                 self.timeline.set(i64::from(s.timeline.unwrap_or(0)));
             }
-            self.node_up.get_or_create(&node).set(i64::from(s.reachable == Some(true)));
+            self.node_up
+                .get_or_create(&node)
+                .set(i64::from(s.reachable == Some(true)));
             let fenced = n.cfg.role == NodeRole::Fenced || s.stale;
             self.node_fenced.get_or_create(&node).set(i64::from(fenced));
             let st = n.pool.state();
@@ -244,7 +348,9 @@ pub(crate) fn observe_standbys(c: &mut postgres::Client, nodes: &[String]) {
     };
     let m = get();
     for name in nodes {
-        let row = rows.iter().find(|r| r.get::<_, Option<String>>(0).as_deref() == Some(name));
+        let row = rows
+            .iter()
+            .find(|r| r.get::<_, Option<String>>(0).as_deref() == Some(name));
         match row {
             Some(r) if r.get::<_, Option<String>>(2).as_deref() == Some("streaming") => {
                 let state: Option<String> = r.get(1);
@@ -301,7 +407,11 @@ pub(crate) fn serve(
         move || {
             let shared = weak.upgrade().ok_or("stopping")?;
             let backend = shared.backend();
-            if backend.nodes.iter().any(|n| n.state().reachable == Some(true)) {
+            if backend
+                .nodes
+                .iter()
+                .any(|n| n.state().reachable == Some(true))
+            {
                 Ok("ready".to_string())
             } else {
                 Err("no database node answers".to_string())
@@ -315,9 +425,7 @@ pub(crate) fn serve(
             None => Err("no writable, unfenced primary on the newest timeline".to_string()),
         }
     };
-    let checks = Checks::new()
-        .readiness(readable)
-        .route("/primary", primary);
+    let checks = Checks::new().readiness(readable).route("/primary", primary);
     http::serve(
         &config.metrics,
         PORT_ALMACENAMIENTO,

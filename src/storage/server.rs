@@ -190,9 +190,12 @@ impl Front {
         self.sweep();
         self.shared.set_in_flight(self.pending.len());
         let m = super::metrics::get();
-        m.in_flight.set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
-        m.queue_depth.set(i64::try_from(self.dispatch.queued()).unwrap_or(i64::MAX));
-        m.busy_workers.set(i64::try_from(self.dispatch.busy()).unwrap_or(i64::MAX));
+        m.in_flight
+            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        m.queue_depth
+            .set(i64::try_from(self.dispatch.queued()).unwrap_or(i64::MAX));
+        m.busy_workers
+            .set(i64::try_from(self.dispatch.busy()).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -365,7 +368,10 @@ fn worker(
         for j in &jobs {
             m.queue_wait.observe(j.queued.elapsed().as_secs_f64());
         }
-        let writes = jobs.iter().filter(|j| handler::write_book(&j.entrada).is_some()).count();
+        let writes = jobs
+            .iter()
+            .filter(|j| handler::write_book(&j.entrada).is_some())
+            .count();
         let started = Instant::now();
         let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
         m.transaction(writes, started.elapsed());

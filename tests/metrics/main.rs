@@ -42,7 +42,11 @@ fn scratch(tag: &str) -> std::path::PathBuf {
 #[test]
 fn without_a_database_alive_but_not_ready() {
     let dir = scratch("nodb");
-    let (port, dead_pg, zmq) = (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let (port, dead_pg, zmq) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    );
     let config = dir.join("almacenamiento.toml");
     std::fs::write(
         &config,
@@ -64,10 +68,16 @@ fn without_a_database_alive_but_not_ready() {
         assert!(Instant::now() < deadline, "no endpoint on {port}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let codes: Vec<(&str, u16)> = ["/liveness", "/readiness", "/primary", "/metrics", "/nothing"]
-        .into_iter()
-        .map(|p| (p, status(port, p)))
-        .collect();
+    let codes: Vec<(&str, u16)> = [
+        "/liveness",
+        "/readiness",
+        "/primary",
+        "/metrics",
+        "/nothing",
+    ]
+    .into_iter()
+    .map(|p| (p, status(port, p)))
+    .collect();
     let (_, metrics) = http("GET", &format!("http://127.0.0.1:{port}/metrics")).unwrap();
     let head = http("HEAD", &format!("http://127.0.0.1:{port}/readiness")).unwrap();
     let options = http("OPTIONS", &format!("http://127.0.0.1:{port}/primary")).unwrap();
@@ -84,7 +94,11 @@ fn without_a_database_alive_but_not_ready() {
         ]
     );
     assert_eq!(head, (503, String::new()), "HEAD answers without a body");
-    assert_eq!(options, (503, String::new()), "OPTIONS answers without a body");
+    assert_eq!(
+        options,
+        (503, String::new()),
+        "OPTIONS answers without a body"
+    );
     assert!(metrics.contains("biblioteca_ready 0\n"), "{metrics}");
     prom::ensure_installed();
     let (ok, out) = promtool(&["check", "metrics"], Some(&metrics), &dir);
@@ -112,7 +126,10 @@ fn turned_off_listens_nowhere_and_a_taken_port_is_an_error() {
         &dir,
     );
     let mut svc = Service::start(spec).unwrap();
-    assert!(!port_in_use(port), "nothing listens on {port} with the endpoint off");
+    assert!(
+        !port_in_use(port),
+        "nothing listens on {port} with the endpoint off"
+    );
     svc.stop().unwrap();
 
     let taken = TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -127,7 +144,9 @@ fn turned_off_listens_nowhere_and_a_taken_port_is_an_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with its metrics port taken");
     assert!(
-        stderr.contains(&format!("metrics endpoint: cannot listen on 127.0.0.1:{port}")),
+        stderr.contains(&format!(
+            "metrics endpoint: cannot listen on 127.0.0.1:{port}"
+        )),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -164,7 +183,11 @@ fn prometheus_watches_the_pipeline() {
     for i in 0..10 {
         let isbn = ISBNS[i % 4];
         let user = format!("metrics_{i}");
-        for op in [Operacion::Prestamo, Operacion::Consulta, Operacion::Devolucion] {
+        for op in [
+            Operacion::Prestamo,
+            Operacion::Consulta,
+            Operacion::Devolucion,
+        ] {
             w.request(op, isbn, &user);
             answered += 1;
         }
@@ -200,7 +223,11 @@ fn prometheus_watches_the_pipeline() {
         Duration::from_secs(20),
         |v| v == 1.0,
     );
-    let tl = p.wait_for("biblioteca_storage_timeline", Duration::from_secs(10), |v| v >= 1.0);
+    let tl = p.wait_for(
+        "biblioteca_storage_timeline",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
 
     // A killed actor's last heartbeat ages.
     let age = "time() - biblioteca_load_manager_actor_last_heartbeat_timestamp_seconds{operation=\"devolucion\"}";
@@ -251,8 +278,16 @@ fn prometheus_watches_the_pipeline() {
     // The primary stops: the writer is gone, reads still have a node.
     w.cluster.primary().stop(StopMode::Fast).unwrap();
     w.wait_status(sp, "/primary", 503);
-    assert_eq!(status(sp, "/readiness"), 200, "the standby still answers reads");
-    p.wait_for("sum(biblioteca_storage_writer)", Duration::from_secs(10), |v| v == 0.0);
+    assert_eq!(
+        status(sp, "/readiness"),
+        200,
+        "the standby still answers reads"
+    );
+    p.wait_for(
+        "sum(biblioteca_storage_writer)",
+        Duration::from_secs(10),
+        |v| v == 0.0,
+    );
 
     // Promote: a new timeline, a writer again, and the tool's textfile.
     let textfiles = w.dir.join("textfiles");
@@ -260,9 +295,16 @@ fn prometheus_watches_the_pipeline() {
     let (ok, out) = w.failover(&["--textfile-dir", textfiles.to_str().unwrap(), "promote"]);
     assert!(ok, "promote: {out}");
     w.wait_status(sp, "/primary", 200);
-    p.wait_for("biblioteca_storage_timeline", Duration::from_secs(15), |v| v > tl);
+    p.wait_for(
+        "biblioteca_storage_timeline",
+        Duration::from_secs(15),
+        |v| v > tl,
+    );
     let text = std::fs::read_to_string(textfiles.join("biblioteca_failover_promote.prom")).unwrap();
-    assert!(text.contains("biblioteca_failover_last_run_success{action=\"promote\"} 1"), "{text}");
+    assert!(
+        text.contains("biblioteca_failover_last_run_success{action=\"promote\"} 1"),
+        "{text}"
+    );
     let (ok, out) = promtool(&["check", "metrics"], Some(&text), &w.dir);
     assert!(ok, "promtool check metrics on the textfile: {out}");
 
@@ -311,11 +353,18 @@ fn expressions_are_accepted(p: &Prometheus) {
         if !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok") {
             break rules;
         }
-        assert!(Instant::now() < deadline, "rules not all healthy: {rules:?}");
+        assert!(
+            Instant::now() < deadline,
+            "rules not all healthy: {rules:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(rules.len(), 8, "every alert rule loaded");
-    exprs.extend(rules.iter().map(|r| r["query"].as_str().unwrap().to_string()));
+    exprs.extend(
+        rules
+            .iter()
+            .map(|r| r["query"].as_str().unwrap().to_string()),
+    );
     for e in &exprs {
         let v = p.query_raw(e);
         assert_eq!(v["status"], "success", "{e}: {v}");

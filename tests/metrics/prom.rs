@@ -41,7 +41,10 @@ pub fn ensure_installed() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok && which("promtool"), "cannot install Debian's prometheus (run as root, or .ci/setup-debian)");
+    assert!(
+        ok && which("promtool"),
+        "cannot install Debian's prometheus (run as root, or .ci/setup-debian)"
+    );
 }
 
 fn which(cmd: &str) -> bool {
@@ -66,7 +69,12 @@ pub fn promtool(args: &[&str], stdin: Option<&str>, dir: &Path) -> (bool, String
         .spawn()
         .unwrap();
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
@@ -113,7 +121,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -126,7 +137,11 @@ impl Prometheus {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while status(port, "/-/ready") != 200 {
-            assert!(Instant::now() < deadline, "prometheus not ready:\n{}", p.log());
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                p.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         p
@@ -157,7 +172,11 @@ impl Prometheus {
             .unwrap_or_default()
             .into_iter()
             .map(|s| {
-                let value = s["value"][1].as_str().unwrap_or("NaN").parse().unwrap_or(f64::NAN);
+                let value = s["value"][1]
+                    .as_str()
+                    .unwrap_or("NaN")
+                    .parse()
+                    .unwrap_or(f64::NAN);
                 (s["metric"].clone(), value)
             })
             .collect()
@@ -179,7 +198,10 @@ impl Prometheus {
             if let Some(v) = v.filter(|v| check(*v)) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{expr}: still {v:?} after {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{expr}: still {v:?} after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }

@@ -155,7 +155,10 @@ fn main() -> ExitCode {
         let written =
             biblioteca_metrics::textfile::record_run(dir, action, started.0, took, result.is_ok());
         if let Err(e) = written {
-            eprintln!("warning: cannot write the textfile metrics in {}: {e}", dir.display());
+            eprintln!(
+                "warning: cannot write the textfile metrics in {}: {e}",
+                dir.display()
+            );
         }
     }
     match result {
