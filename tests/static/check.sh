@@ -306,5 +306,24 @@ check "promtool test rules docs/monitoring/alerts.test.yml" \
     bash -c 'cd docs/monitoring && promtool test rules alerts.test.yml'
 check "Grafana dashboard JSON parses, every panel has expressions" dashboard_parses
 
+# A Prometheus configuration as the ansible role's docs describe it, over the
+# file_sd file rendered for the example inventory: promtool loads both, and
+# the file names the five endpoints of app1 and app2's prestamo actor.
+prometheus_file_sd() {
+    local out="$WORK/rendered-curve" cfg="$WORK/prometheus.yml"
+    cp docs/monitoring/alerts.yml "$WORK/alerts.yml" || return 1
+    printf 'rule_files: [%s]\nscrape_configs:\n  - job_name: biblioteca\n    file_sd_configs: [{files: [%s]}]\n' \
+        "$WORK/alerts.yml" "$out/file_sd.json" >"$cfg"
+    promtool check config "$cfg" || return 1
+    python3 -c 'import json, sys
+groups = json.load(open(sys.argv[1]))
+targets = sorted(t for g in groups for t in g["targets"])
+want = sorted(["192.0.2.21:9570", "192.0.2.21:9555", "192.0.2.21:9571", "192.0.2.21:9572",
+               "192.0.2.21:9573", "192.0.2.22:9571"])
+assert targets == want, targets
+print(targets)' "$out/file_sd.json"
+}
+check "ansible file_sd targets accepted by promtool check config" prometheus_file_sd
+
 echo "static: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 && -z ${NIX_EVAL_FAILED:-} ]]
