@@ -390,7 +390,10 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
         metrics_on: metrics_on.as_ref().map(metrics_cost::MetricsOn::frontend),
     };
     // Also lets the forwarding actors' subscriptions settle.
-    for e in [&endpoints.skeleton, &endpoints.metrics_on].into_iter().flatten() {
+    for e in [&endpoints.skeleton, &endpoints.metrics_on]
+        .into_iter()
+        .flatten()
+    {
         meter.ours(warm_up, WARM_UP, run, e)?;
     }
     let mut rows = Vec::new();
