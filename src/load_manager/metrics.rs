@@ -8,21 +8,13 @@ use std::time::Instant;
 use biblioteca_metrics::http::{self, Checks, Endpoint, MetricsError};
 use biblioteca_metrics::{
     duration_histogram, init_op_outcomes, Counter, Family, Gauge, GaugeF, Histogram, Label,
-    OpOutcome, Registry,
+    OpOutcome, Registry, OPERATIONS,
 };
 use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::metrics_config::PORT_CARGA;
 use biblioteca_protocol::Operacion;
 use biblioteca_runtime::shutdown::Shutdown;
 
-/// The operation labels of requests: the four operations and `resultado`.
-const OPERATIONS: [&str; 5] = [
-    "prestamo",
-    "devolucion",
-    "renovacion",
-    "consulta",
-    "resultado",
-];
 const WRITES: [&str; 3] = ["prestamo", "devolucion", "renovacion"];
 
 pub(crate) struct Metrics {

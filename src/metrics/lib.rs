@@ -44,6 +44,16 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The operation labels of requests: the four operations and `resultado`
+/// (a stored outcome looked up by id).
+pub const OPERATIONS: [&str; 5] = [
+    "prestamo",
+    "devolucion",
+    "renovacion",
+    "consulta",
+    "resultado",
+];
+
 /// Every outcome label a reply can carry: `ok`, each error code, `error`
 /// (a failure without a code).
 pub const OUTCOMES: [&str; 12] = [

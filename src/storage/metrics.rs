@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use biblioteca_metrics::http::{self, Checks, Endpoint, MetricsError};
 use biblioteca_metrics::{
     duration_histogram, init_op_outcomes, outcome_of, Counter, Family, Gauge, GaugeF, Histogram,
-    Label, NameLabel, OpOutcome, Registry,
+    Label, NameLabel, OpOutcome, Registry, OPERATIONS,
 };
 use biblioteca_protocol::config::{NodeRole, ReplicationState, StorageConfig};
 use biblioteca_protocol::metrics_config::PORT_ALMACENAMIENTO;
@@ -23,13 +23,6 @@ use biblioteca_runtime::shutdown::Shutdown;
 
 use super::Shared;
 
-const OPERATIONS: [&str; 5] = [
-    "prestamo",
-    "devolucion",
-    "renovacion",
-    "consulta",
-    "resultado",
-];
 /// `pg_stat_replication.sync_state`, and `absent` for a node not streaming.
 const SYNC_STATES: [&str; 5] = ["sync", "quorum", "potential", "async", "absent"];
 
