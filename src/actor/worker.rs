@@ -49,9 +49,8 @@ fn storage_socket(
     curve: &Curve,
 ) -> Result<zmq::Socket, ActorError> {
     let s = net::socket(ctx, zmq::DEALER)?;
-    // Notice a storage manager that vanished without closing TCP.
-    s.set_heartbeat_ivl(1000)?;
-    s.set_heartbeat_timeout(3000)?;
+    // A storage manager that vanished without closing TCP: heartbeats from
+    // net::connect.
     curve.connect_to(&s, Peer::Storage)?;
     net::connect(&s, endpoint)?;
     Ok(s)

@@ -25,6 +25,7 @@ mod meter;
 mod metrics_cost;
 pub mod pgbench;
 pub mod skeleton;
+pub mod switches;
 mod table;
 
 use std::path::PathBuf;
@@ -180,6 +181,8 @@ pub struct BenchStep {
 pub struct SystemCpu {
     pub system: &'static str,
     pub parts: Vec<cpu::PartCost>,
+    /// Context switches per request of each part.
+    pub switches: Vec<switches::PartSwitches>,
 }
 
 /// Peak resident memory of one service process.

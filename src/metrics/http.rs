@@ -179,17 +179,13 @@ fn route(
     }
 }
 
-/// Every thread that ever checked in did so recently, and none died.
+/// Every thread that ever checked in did so recently (or is waiting on the
+/// database, as the watchdog counts it), and none died.
 fn liveness(shutdown: &Shutdown) -> Verdict {
     if let Some(dead) = shutdown.died() {
         return Err(format!("thread {dead} panicked"));
     }
-    let stale: Vec<String> = shutdown
-        .checkin_ages()
-        .into_iter()
-        .filter(|(_, age)| age.as_secs_f64() > crate::LIVENESS_STALE_SECS)
-        .map(|(name, age)| format!("{name} ({:.0} s)", age.as_secs_f64()))
-        .collect();
+    let stale = shutdown.stale_threads(Duration::from_secs_f64(crate::LIVENESS_STALE_SECS));
     if stale.is_empty() {
         Ok("alive".into())
     } else {

@@ -74,7 +74,28 @@ pub fn client_facing(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::S
     Ok(s)
 }
 
+/// ZMTP heartbeats on every TCP connection, both ends: a peer that went
+/// silent (a cut link, a frozen host) is dropped after 3 s instead of when
+/// TCP gives up (minutes), and, on the connecting side, a connect that hangs
+/// on an unanswered SYN is abandoned after 2 s and tried afresh, so a healed
+/// link carries traffic again within about 2 s instead of at the next SYN
+/// retransmission (which backs off to 16-32 s). docs/failover.md, "Network
+/// faults".
+fn liveness(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    if endpoint.starts_with("tcp://") {
+        s.set_heartbeat_ivl(HEARTBEAT_IVL_MS)?;
+        s.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
+        s.set_connect_timeout(CONNECT_TIMEOUT_MS)?;
+    }
+    Ok(())
+}
+
+pub const HEARTBEAT_IVL_MS: i32 = 1000;
+pub const HEARTBEAT_TIMEOUT_MS: i32 = 3000;
+pub const CONNECT_TIMEOUT_MS: i32 = 2000;
+
 pub fn bind(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    liveness(s, endpoint)?;
     s.bind(endpoint).map_err(|source| NetError::Endpoint {
         action: "bind",
         endpoint: endpoint.to_string(),
@@ -83,6 +104,7 @@ pub fn bind(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
 }
 
 pub fn connect(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    liveness(s, endpoint)?;
     s.connect(endpoint).map_err(|source| NetError::Endpoint {
         action: "connect",
         endpoint: endpoint.to_string(),

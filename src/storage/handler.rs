@@ -26,7 +26,8 @@ pub fn write_book(entrada: &Entrada) -> Option<&str> {
 }
 
 /// The replies to what the dispatcher handed one worker, in order: one
-/// request, or a batch of one book's writes ([`batch`](super::batch)). A bug
+/// request, or a batch of writes of one or several books
+/// ([`batch`](super::batch)). A bug
 /// must not take the worker (and its future requests) down with it.
 pub fn handle_batch(shared: &Shared, mut entradas: Vec<Entrada>) -> Vec<Vec<u8>> {
     let labels: Vec<(&'static str, Option<String>)> = entradas

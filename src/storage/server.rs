@@ -175,6 +175,10 @@ impl Front {
             }),
         ];
         net::poll(&mut items, POLL.as_millis() as i64)?;
+        // Everything that is ready is read before anything is placed, so
+        // writes that arrived together (and workers that became idle
+        // together) make one batch: opportunistic, no waiting.
+        self.dispatch.hold();
         // The workers' own messages: a whole batch of replies in one.
         while let Some(frames) = net::try_recv_up_to(&self.replies, usize::MAX)? {
             self.deliver(frames);
@@ -187,6 +191,7 @@ impl Front {
                 self.accept(frames);
             }
         }
+        self.dispatch.release();
         self.sweep();
         self.shared.set_in_flight(self.pending.len());
         let m = super::metrics::get();
@@ -373,7 +378,11 @@ fn worker(
             .filter(|j| handler::write_book(&j.entrada).is_some())
             .count();
         let started = Instant::now();
-        let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
+        // Alive while the database holds it (a commit waiting for a standby).
+        let replies = {
+            let _wait = shutdown.waiting(&name);
+            handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect())
+        };
         m.transaction(writes, started.elapsed());
         let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());
         frames.push(&me[..]);
