@@ -4,6 +4,9 @@
 //! vanished peers), publications on a PUB (which drops at its high-water mark;
 //! re-publication covers that), and requests to the storage manager with
 //! `DONTWAIT` (a full queue is answered at once instead of waited on).
+//! Each socket is drained before the loop sleeps; the requests admitted in
+//! one turn are published as one message per operation, and an actor's
+//! report message may carry several outcomes ([`biblioteca_protocol::batch`]).
 
 use std::time::{Duration, Instant};
 
@@ -11,10 +14,12 @@ use serde_json::{json, Value};
 
 use super::actors::Liveness;
 use super::inflight::{Admision, InFlight};
+use super::metrics;
 use super::queries::{Consulta, Consultas};
 use super::sockets::Sockets;
 use super::status::{self, Counters, Ids};
 use super::LoadManagerError;
+use biblioteca_protocol::batch::MAX_PER_MESSAGE;
 use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
@@ -46,6 +51,8 @@ pub(super) struct Broker {
     stopping: bool,
     next_sweep: Instant,
     request_log: RequestLog,
+    /// Requests admitted this turn, published together ([`Self::publish_all`]).
+    to_publish: Vec<(Operacion, String)>,
 }
 
 /// The text of a reply sent before a published request's outcome is known.
@@ -74,6 +81,7 @@ impl Broker {
             stopping: false,
             next_sweep: now + SWEEP,
             request_log: RequestLog::new(cfg.request_lines_per_second, now),
+            to_publish: Vec::new(),
             cfg,
             s,
         }
@@ -91,7 +99,7 @@ impl Broker {
             if drain_until.is_none() && shutdown.is_triggered() {
                 let drain = self.cfg.deadline.min(DRAIN_MAX);
                 notify::stopping();
-                super::metrics::get().registry.not_ready();
+                metrics::get().registry.not_ready();
                 tracing::info!(
                     en_curso = self.en_curso(),
                     drain_ms = drain.as_millis() as u64,
@@ -123,10 +131,11 @@ impl Broker {
             // Outcomes first: they free slots for the clients that follow.
             if back {
                 for _ in 0..BATCH {
-                    let Some(frames) = net::try_recv(&self.s.backchannel)? else {
+                    let Some(frames) = net::try_recv_up_to(&self.s.backchannel, MAX_PER_MESSAGE)?
+                    else {
                         break;
                     };
-                    self.on_report(frames, Instant::now());
+                    self.on_reports(frames, Instant::now());
                 }
             }
             if store {
@@ -144,6 +153,8 @@ impl Broker {
                     };
                     self.on_client(frames, Instant::now());
                 }
+                // Every request read above, one message per operation.
+                self.publish_all();
             }
             self.timers(Instant::now());
         }
@@ -255,7 +266,7 @@ impl Broker {
                 CodigoError::ServicioNoDisponible,
                 "the load manager is stopping; retry with the same id",
             );
-            super::metrics::get().answered(op_label(operacion), r.outcome(), Instant::now());
+            metrics::get().refused(operacion, &r);
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -267,7 +278,7 @@ impl Broker {
                 CodigoError::ServicioOcupado,
                 format!("busy, retry: {en_curso} requests in flight"),
             );
-            super::metrics::get().answered(op_label(operacion), r.outcome(), Instant::now());
+            metrics::get().refused(operacion, &r);
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -306,7 +317,7 @@ impl Broker {
         };
         p.id = Some(id.clone());
         match self.inflight.admit(p, route, now) {
-            Admision::New => self.publish(op, &id),
+            Admision::New => self.to_publish.push((op, id)),
             Admision::Attached => {
                 tracing::debug!(
                     id = id.as_str(),
@@ -324,11 +335,26 @@ impl Broker {
         }
     }
 
-    fn publish(&mut self, op: Operacion, id: &str) {
-        if let Some(payload) = self.inflight.payload(id) {
-            let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
-            if let Err(e) = self.s.publisher.send_multipart(frames, zmq::DONTWAIT) {
-                tracing::warn!(error = %e, id, "publication failed; will re-publish");
+    /// Publishes the requests admitted this turn: per operation, as few
+    /// `[topic, request, ...]` messages as the bound allows, so the actor
+    /// wakes up once for all of them.
+    fn publish_all(&mut self) {
+        let pending = std::mem::take(&mut self.to_publish);
+        for op in Operacion::WRITES {
+            let payloads: Vec<&[u8]> = pending
+                .iter()
+                .filter(|(o, _)| *o == op)
+                .filter_map(|(_, id)| self.inflight.payload(id))
+                .collect();
+            self.publish(op, &payloads);
+        }
+    }
+
+    fn publish(&self, op: Operacion, payloads: &[&[u8]]) {
+        let topic = op.as_str().as_bytes();
+        for (n, r) in net::send_batched(&self.s.publisher, &[topic], payloads) {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, requests = n, "publication failed; will re-publish");
             }
         }
     }
@@ -385,7 +411,7 @@ impl Broker {
 
     fn answer_consulta(&mut self, c: Consulta, r: Respuesta, now: Instant) {
         let r = r.with_id(c.client_id.clone());
-        super::metrics::get().answered(c.operacion, r.outcome(), c.received);
+        metrics::get().answered(c.operacion, r.outcome(), c.received);
         request_line!(
             self.request_log.admit(now),
             id = c.client_id.as_deref(),
@@ -411,7 +437,7 @@ impl Broker {
         };
         let waiting = self.consultas.take(&id);
         if waiting.is_empty() {
-            super::metrics::get().late("storage");
+            metrics::get().late("storage");
             tracing::debug!(
                 id = id.as_str(),
                 "storage reply for nobody waiting (late) ignored"
@@ -422,18 +448,19 @@ impl Broker {
         }
     }
 
-    fn on_report(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        let [frame] = frames.as_slice() else {
-            tracing::warn!(
-                frames = frames.len(),
-                "back-channel message dropped: expected one frame"
-            );
-            return;
-        };
+    /// One report per frame: an actor sends the outcomes it had ready
+    /// together.
+    fn on_reports(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
+        for frame in &frames {
+            self.on_report(frame, now);
+        }
+    }
+
+    fn on_report(&mut self, frame: &[u8], now: Instant) {
         match Informe::from_bytes(frame) {
             Err(e) => tracing::warn!(error = %e, "back-channel report dropped"),
             Ok(Informe::Latido { operacion, actor }) => {
-                super::metrics::get().heartbeat(operacion);
+                metrics::get().heartbeat(operacion);
                 if !self.liveness.latido(operacion, &actor, now) {
                     tracing::warn!(operacion = %operacion, "heartbeat rejected");
                 }
@@ -455,7 +482,7 @@ impl Broker {
             return;
         }
         let Some(entry) = self.inflight.complete(&id) else {
-            super::metrics::get().late("actor");
+            metrics::get().late("actor");
             tracing::debug!(
                 id = id.as_str(),
                 "result for an unknown id (late duplicate) ignored"
@@ -470,7 +497,7 @@ impl Broker {
     }
 
     fn log_outcome(&mut self, p: &Peticion, r: &Respuesta, received: Instant, now: Instant) {
-        super::metrics::get().answered(p.operacion.as_str(), r.outcome(), received);
+        metrics::get().answered(p.operacion.as_str(), r.outcome(), received);
         request_line!(
             self.request_log.admit(now),
             id = r.id.as_deref().or(p.id.as_deref()),
@@ -486,12 +513,15 @@ impl Broker {
     fn timers(&mut self, now: Instant) {
         self.request_log.roll(now);
         let tick = self.inflight.tick(now);
-        for (op, payload) in &tick.republish {
-            super::metrics::get().republished(*op);
-            let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
-            if let Err(e) = self.s.publisher.send_multipart(frames, zmq::DONTWAIT) {
-                tracing::warn!(error = %e, "re-publication failed");
-            }
+        for op in Operacion::WRITES {
+            let payloads: Vec<&[u8]> = tick
+                .republish
+                .iter()
+                .filter(|(o, _)| *o == op)
+                .map(|(_, p)| p.as_slice())
+                .collect();
+            metrics::get().republished(op, payloads.len());
+            self.publish(op, &payloads);
         }
         if !tick.republish.is_empty() {
             tracing::debug!(
@@ -500,7 +530,7 @@ impl Broker {
             );
         }
         for e in tick.expired {
-            super::metrics::get().expired(e.peticion.operacion);
+            metrics::get().expired(e.peticion.operacion);
             let (codigo, causa) = match e.transient {
                 Some(t) => (
                     t.error.unwrap_or(CodigoError::ServicioNoDisponible),
@@ -537,24 +567,9 @@ impl Broker {
         }
         if now >= self.next_sweep {
             self.liveness.sweep(now);
-            self.observe(now);
+            let (f, c, l) = (&self.inflight, &self.consultas, &self.liveness);
+            metrics::get().observe(self.en_curso(), f, c, l, now);
             self.next_sweep = now + SWEEP;
-        }
-    }
-
-    /// The gauges the sweep keeps current.
-    fn observe(&self, now: Instant) {
-        let m = super::metrics::get();
-        m.in_flight
-            .set(i64::try_from(self.en_curso()).unwrap_or(i64::MAX));
-        let oldest = self
-            .inflight
-            .oldest_received()
-            .or(self.consultas.oldest_received());
-        m.oldest_age
-            .set(oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()));
-        for op in Operacion::WRITES {
-            m.actors_alive(op, self.liveness.alive(op, now));
         }
     }
 
@@ -584,9 +599,4 @@ impl Broker {
             self.answer_consulta(c, r, now);
         }
     }
-}
-
-/// The `operation` label of a request refused before it was read whole.
-fn op_label(operacion: &str) -> &'static str {
-    Operacion::from_wire(operacion).map_or("resultado", Operacion::as_str)
 }

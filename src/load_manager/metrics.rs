@@ -12,7 +12,11 @@ use biblioteca_metrics::{
 };
 use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::metrics_config::PORT_CARGA;
-use biblioteca_protocol::Operacion;
+use biblioteca_protocol::{Operacion, Respuesta};
+
+use super::actors::Liveness;
+use super::inflight::InFlight;
+use super::queries::Consultas;
 use biblioteca_runtime::shutdown::Shutdown;
 
 const WRITES: [&str; 3] = ["prestamo", "devolucion", "renovacion"];
@@ -21,8 +25,8 @@ pub(crate) struct Metrics {
     pub registry: Registry,
     requests: Family<OpOutcome, Counter>,
     duration: Family<Label, Histogram>,
-    pub in_flight: Gauge,
-    pub oldest_age: GaugeF,
+    in_flight: Gauge,
+    oldest_age: GaugeF,
     expirations: Family<Label, Counter>,
     republications: Family<Label, Counter>,
     late: Family<Label, Counter>,
@@ -139,10 +143,13 @@ impl Metrics {
             .inc();
     }
 
-    pub fn republished(&self, op: Operacion) {
-        self.republications
-            .get_or_create(&[("operation", op.as_str())])
-            .inc();
+    /// `n` requests of `op` published again.
+    pub fn republished(&self, op: Operacion, n: usize) {
+        if n > 0 {
+            self.republications
+                .get_or_create(&[("operation", op.as_str())])
+                .inc_by(n as u64);
+        }
     }
 
     pub fn late(&self, source: &'static str) {
@@ -155,11 +162,39 @@ impl Metrics {
             .set(biblioteca_metrics::unix_now());
     }
 
-    pub fn actors_alive(&self, op: Operacion, n: usize) {
-        self.actors
-            .get_or_create(&[("operation", op.as_str())])
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// A request refused before it was admitted (stopping, busy).
+    pub fn refused(&self, operacion: &str, r: &Respuesta) {
+        self.answered(op_label(operacion), r.outcome(), Instant::now());
     }
+
+    /// The gauges the broker's sweep keeps current: clients waiting, since
+    /// when the oldest waits (a scan, hence only at the sweep), and each
+    /// operation's live actors.
+    pub fn observe(
+        &self,
+        in_flight: usize,
+        writes: &InFlight,
+        lookups: &Consultas,
+        actors: &Liveness,
+        now: Instant,
+    ) {
+        self.in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        let oldest = [writes.oldest_received(), lookups.oldest_received()];
+        let oldest = oldest.into_iter().flatten().min();
+        self.oldest_age
+            .set(oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()));
+        for op in Operacion::WRITES {
+            self.actors
+                .get_or_create(&[("operation", op.as_str())])
+                .set(i64::try_from(actors.alive(op, now)).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// The `operation` label of a request refused before it was read whole.
+fn op_label(operacion: &str) -> &'static str {
+    Operacion::from_wire(operacion).map_or("resultado", Operacion::as_str)
 }
 
 /// Starts the endpoint (before `READY=1`); `None` when turned off.

@@ -266,6 +266,55 @@ pub fn decode_reply(frames: Vec<Vec<u8>>) -> Option<biblioteca_protocol::Respues
     }
 }
 
+/// [`decode_reply`] for a message that may carry several replies
+/// (`["", "lote", reply, ...]`, see [`biblioteca_protocol::batch`]); what is
+/// malformed is logged and dropped.
+pub fn decode_replies(frames: Vec<Vec<u8>>) -> Vec<biblioteca_protocol::Respuesta> {
+    let body = match frames.split_first() {
+        Some((empty, rest)) if empty.is_empty() => rest,
+        _ => {
+            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+            return Vec::new();
+        }
+    };
+    let bodies = match biblioteca_protocol::batch::batch_body(body) {
+        Some(many) => many,
+        None if body.len() == 1 => body,
+        None => {
+            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+            return Vec::new();
+        }
+    };
+    bodies
+        .iter()
+        .filter_map(|b| match biblioteca_protocol::Respuesta::from_bytes(b) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed storage reply dropped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Sends `items` to `s` after `head` (the framing), at most
+/// [`MAX_PER_MESSAGE`](biblioteca_protocol::batch::MAX_PER_MESSAGE) per
+/// message; with `DONTWAIT`. Returns, for each message, how many items it
+/// carried and whether it was queued.
+pub fn send_batched(
+    s: &zmq::Socket,
+    head: &[&[u8]],
+    items: &[&[u8]],
+) -> Vec<(usize, Result<(), zmq::Error>)> {
+    items
+        .chunks(biblioteca_protocol::batch::MAX_PER_MESSAGE)
+        .map(|chunk| {
+            let frames: Vec<&[u8]> = head.iter().chain(chunk).copied().collect();
+            (chunk.len(), s.send_multipart(frames, zmq::DONTWAIT))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,13 @@
 //! One thread owns the ROUTER: it splits envelopes, validates frames (garbage
 //! gets `PeticionInvalida` when it has a return route and is dropped with a
 //! log line when it has none), answers `status` itself and queues everything
-//! else for the workers ([`dispatch`](super::dispatch): straight to an idle
-//! worker, else a bounded queue; a book's writes queue behind its batch in
-//! flight; full queue: `ServicioOcupado`). Each worker owns a PUSH socket
+//! else for the workers ([`dispatch`](super::dispatch): each turn reads
+//! everything ready, then hands it to idle workers, the writes of several
+//! books together; else a bounded queue; a book's writes queue behind its
+//! batch in flight; full queue: `ServicioOcupado`). A peer may send several
+//! requests in one message (`["", "lote", request, ...]`, see
+//! [`biblioteca_protocol::batch`]); their replies go back the same way, the
+//! ones ready in a turn together. Each worker owns a PUSH socket
 //! over inproc back to the front-end's PULL, so no socket crosses threads;
 //! one message carries the worker's number (it is idle again) and, for each
 //! job it ran, the job number (which route it goes to) and the reply. On
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::dispatch::{Dispatch, Refused, Work};
 use super::status::status_reply;
 use super::{handler, Shared, StorageError};
-use biblioteca_protocol::{self as protocol, CodigoError, Entrada, Respuesta};
+use biblioteca_protocol::{self as protocol, batch, CodigoError, Entrada, Respuesta};
 use biblioteca_runtime::net::{self, Envelope, NetError};
 use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
@@ -31,6 +35,12 @@ const POLL: Duration = Duration::from_millis(100);
 const WORKER_IDLE: Duration = Duration::from_secs(1);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
 const BURST: usize = 256;
+/// Frames kept of one message: a route, the delimiter, the mark and a
+/// multi-request message's requests ([`batch`]); anything longer is refused.
+const READ_FRAMES: usize = net::MAX_FRAMES + 1 + batch::MAX_PER_MESSAGE;
+
+/// The frames a ROUTER needs to send a reply back to a peer.
+type Route = Vec<Vec<u8>>;
 
 /// A request handed to a worker, as the front-end remembers it.
 struct Pending {
@@ -38,6 +48,8 @@ struct Pending {
     since: Instant,
     op: &'static str,
     id: Option<String>,
+    /// It came in a multi-request message: its reply may share one too.
+    lote: bool,
 }
 
 /// A validated request on its way to a worker.
@@ -111,6 +123,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         shared: shared.clone(),
         deadline,
         next_sweep: Instant::now(),
+        outgoing: Vec::new(),
     };
     let drain_for = deadline;
     let mut stop_deadline: Option<Instant> = None;
@@ -162,6 +175,9 @@ struct Front {
     /// A request unanswered this long gets `AlmacenamientoNoDisponible`.
     deadline: Duration,
     next_sweep: Instant,
+    /// Replies for peers that send several requests per message, by route,
+    /// sent together at the end of the turn.
+    outgoing: Vec<(Route, Vec<Vec<u8>>)>,
 }
 
 impl Front {
@@ -185,7 +201,7 @@ impl Front {
         }
         if accepting {
             for _ in 0..BURST {
-                let Some(frames) = net::try_recv(&self.router)? else {
+                let Some(frames) = net::try_recv_up_to(&self.router, READ_FRAMES)? else {
                     break;
                 };
                 self.accept(frames);
@@ -193,6 +209,7 @@ impl Front {
         }
         self.dispatch.release();
         self.sweep();
+        self.flush();
         self.shared.set_in_flight(self.pending.len());
         let m = super::metrics::get();
         m.in_flight
@@ -235,7 +252,40 @@ impl Front {
             .with_id(p.id)
             .to_bytes();
             super::metrics::get().answered(p.op, &reply, p.since);
-            self.send(p.route, &reply);
+            self.answer(p.route, reply, p.lote);
+        }
+    }
+
+    /// Replies to a request: at once, or with the others for the same peer
+    /// at the end of the turn when it sends several per message.
+    fn answer(&mut self, route: Vec<Vec<u8>>, reply: Vec<u8>, lote: bool) {
+        if !lote {
+            self.send(route, &reply);
+            return;
+        }
+        match self.outgoing.iter_mut().find(|(r, _)| *r == route) {
+            Some((_, replies)) => replies.push(reply),
+            None => self.outgoing.push((route, vec![reply])),
+        }
+    }
+
+    /// Sends the gathered replies, each peer's in as few messages as the
+    /// bound allows (`["", "lote", reply, ...]`; one alone as usual).
+    fn flush(&mut self) {
+        for (route, replies) in std::mem::take(&mut self.outgoing) {
+            if let [one] = replies.as_slice() {
+                self.send(route, one);
+                continue;
+            }
+            let mut head: Vec<&[u8]> = route.iter().map(Vec::as_slice).collect();
+            head.push(batch::BATCH_MARK);
+            let bodies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
+            for (n, sent) in net::send_batched(&self.router, &head, &bodies) {
+                match sent {
+                    Ok(()) => (0..n).for_each(|_| self.shared.count_answered()),
+                    Err(e) => tracing::debug!(error = %e, "replies not sent"),
+                }
+            }
         }
     }
 
@@ -255,7 +305,7 @@ impl Front {
                 continue;
             };
             super::metrics::get().answered(p.op, &reply, p.since);
-            self.send(p.route, &reply);
+            self.answer(p.route, reply, p.lote);
         }
     }
 
@@ -280,6 +330,12 @@ impl Front {
             );
             return;
         };
+        if let Some(bodies) = batch::batch_body(&env.body) {
+            for body in bodies {
+                self.accept_one(env.route.clone(), body, true);
+            }
+            return;
+        }
         let Some(body) = env.single_body() else {
             let why = protocol::Invalida(format!(
                 "expected exactly one body frame after the delimiter, got {}",
@@ -289,18 +345,23 @@ impl Front {
             self.send(env.route, &reply);
             return;
         };
+        self.accept_one(env.route.clone(), body, false);
+    }
+
+    /// One request frame from `route` (`lote`: one of several in a message).
+    fn accept_one(&mut self, route: Vec<Vec<u8>>, body: &[u8], lote: bool) {
         let entrada = match protocol::parse_entrada(body) {
             Ok(e) => e,
             Err(why) => {
                 tracing::debug!(reason = %why, "invalid request");
                 let reply = Respuesta::invalida(body, &why).to_bytes();
-                self.send(env.route, &reply);
+                self.answer(route, reply, lote);
                 return;
             }
         };
         if entrada == Entrada::Status {
             let reply = status_reply(&self.shared);
-            self.send(env.route, &reply);
+            self.answer(route, reply, lote);
             return;
         }
         let n = self.next;
@@ -318,10 +379,11 @@ impl Front {
         match self.dispatch.submit(Job { n, entrada, queued }) {
             Ok(()) => {
                 let pending = Pending {
-                    route: env.route,
+                    route,
                     since: queued,
                     op,
                     id,
+                    lote,
                 };
                 self.pending.insert(n, pending);
             }
@@ -334,7 +396,7 @@ impl Front {
                 .with_id(id)
                 .to_bytes();
                 super::metrics::get().answered(op, &reply, queued);
-                self.send(env.route, &reply);
+                self.answer(route, reply, lote);
             }
             Err((Refused::Gone, _)) => {
                 let reply = Respuesta::error(
@@ -344,7 +406,8 @@ impl Front {
                 )
                 .with_id(id)
                 .to_bytes();
-                self.send(env.route, &reply);
+                super::metrics::get().answered(op, &reply, queued);
+                self.answer(route, reply, lote);
             }
         }
     }

@@ -15,8 +15,8 @@ static CASE: AtomicU16 = AtomicU16::new(0);
 /// A storage manager of its own with `workers` workers, on a free port.
 pub(crate) struct Almacen {
     pub(crate) service: Service,
-    endpoint: String,
-    ctx: zmq::Context,
+    pub(crate) endpoint: String,
+    pub(crate) ctx: zmq::Context,
 }
 
 impl Almacen {

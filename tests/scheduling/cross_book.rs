@@ -204,3 +204,65 @@ fn deadlocks(w: &World) -> i64 {
     .parse()
     .unwrap()
 }
+
+/// Requests for different books arriving in one message (as an actor sends
+/// what it had ready, `["", "lote", request, ...]`) with an idle worker:
+/// nothing waits, yet they share one transaction, and the replies come back
+/// in one message too. Two request frames without the mark stay invalid.
+pub fn requests_arriving_together_share_a_transaction(w: &mut World) {
+    let a = Almacen::start(w, 4);
+    let books: Vec<String> = (0..3)
+        .map(|i| add_book(w, &format!("together-{i}"), 5))
+        .collect();
+    let bodies: Vec<Value> = books
+        .iter()
+        .map(|b| loan(b, "juntos", &format!("tog-{b}")))
+        .collect();
+    let ids: Vec<String> = bodies
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    let s = a.ctx.socket(zmq::DEALER).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_rcvtimeo(30_000).unwrap();
+    s.connect(&a.endpoint).unwrap();
+    let bytes: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .collect();
+    let mut frames: Vec<&[u8]> = vec![b"", b"lote"];
+    frames.extend(bytes.iter().map(Vec::as_slice));
+    s.send_multipart(frames, 0).unwrap();
+    let reply = s.recv_multipart(0).expect("a reply");
+    assert_eq!(reply[0], b"", "{reply:?}");
+    assert_eq!(
+        reply[1], b"lote",
+        "the replies were not sent together: {reply:?}"
+    );
+    let mut got: Vec<Value> = reply[2..]
+        .iter()
+        .map(|f| serde_json::from_slice(f).unwrap())
+        .collect();
+    got.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
+    assert_eq!(got.len(), 3, "{got:?}");
+    for (v, id) in got.iter().zip(&ids) {
+        assert_eq!(v["id"], json!(id));
+        assert_ok(v, "a loan of the message");
+    }
+    assert_eq!(
+        transactions(w, &ids),
+        1,
+        "three books arriving together, not one transaction"
+    );
+    // Without the mark, two request frames are still one invalid message.
+    s.send_multipart([&b""[..], &bytes[0], &bytes[1]], 0)
+        .unwrap();
+    let reply = s.recv_multipart(0).expect("a reply");
+    assert_eq!(reply.len(), 2, "{reply:?}");
+    let v: Value = serde_json::from_slice(&reply[1]).unwrap();
+    assert_err(
+        &v,
+        "PeticionInvalida",
+        "two request frames without the mark",
+    );
+}

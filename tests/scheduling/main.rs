@@ -14,7 +14,8 @@
 //! (another book in that batch neither); several books' writes share one
 //! transaction, with business refusals among them that change nothing for
 //! the others; two storage managers' concurrent batches of the same books,
-//! queued in opposite orders, do not deadlock.
+//! queued in opposite orders, do not deadlock; requests of several books in
+//! one multi-request message share a transaction with no worker stalled.
 
 // A harness-less test is not compiled with cfg(test): allow what tests may do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -57,6 +58,10 @@ fn main() {
             (
                 "refusals_inside_a_cross_book_batch",
                 cross_book::refusals_inside_a_cross_book_batch,
+            ),
+            (
+                "requests_arriving_together_share_a_transaction",
+                cross_book::requests_arriving_together_share_a_transaction,
             ),
             (
                 "concurrent_cross_book_batches_do_not_deadlock",
