@@ -25,12 +25,15 @@
 # The module is split by role, as nixpkgs splits its large modules:
 # modules/options/*.nix declare the options, modules/services.nix the
 # services and their TOML files, modules/database.nix the PostgreSQL node,
-# modules/lib.nix the names they share.
+# modules/lib.nix the names they share, modules/metrics.nix the metrics
+# endpoints' firewall ports and the opt-in Prometheus scrape job.
 {
   imports = [
     ./modules/database.nix
     ./modules/services.nix
+    ./modules/metrics.nix
     ./modules/options/postgresql.nix
     ./modules/options/common.nix
+    ./modules/options/metrics.nix
   ];
 }

@@ -89,7 +89,7 @@ fn bench(clientes: &str, libros: &str, extra: &[&str]) -> std::process::Output {
             "--libros",
             libros,
         ])
-        .args(["--almacenamiento", "--esqueleto", "--json"])
+        .args(["--almacenamiento", "--esqueleto", "--metricas", "--json"])
         .args(extra)
         .output()
         .expect("run biblioteca-bench")
@@ -116,7 +116,7 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
     assert_eq!(f["clients"], 2);
     let pgb = num(f, &["pgbench", "tps"]);
     assert!(pgb > 0.0, "pgbench did nothing: {f}");
-    for system in ["ours", "storage_alone", "skeleton"] {
+    for system in ["ours", "storage_alone", "skeleton", "metrics_on"] {
         assert!(num(f, &[system, "rps"]) > 0.0, "{system} did nothing: {f}");
         assert!(num(f, &[system, "requests"]) > 0.0, "{f}");
         assert_eq!(num(f, &[system, "failures"]), 0.0, "{system} failed: {f}");
@@ -136,10 +136,10 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
         .collect();
     assert_eq!(
         sistemas,
-        ["pgbench", "ours", "storage alone", "skeleton"],
+        ["pgbench", "ours", "storage alone", "skeleton", "metrics on"],
         "{f}"
     );
-    for system in ["ours", "skeleton"] {
+    for system in ["ours", "skeleton", "metrics on"] {
         for part in ["pg primary", "almacenamiento", "carga", "actors", "client"] {
             assert!(cpu(f, system, part) > 0.0, "{system}: no {part} CPU");
         }
@@ -154,7 +154,17 @@ fn the_benchmark_measures_every_system_it_is_asked_for() {
     assert_eq!(floor.len(), 1);
     assert!(num(&floor[0], &["us_per_hop"]) > 0.0);
     let memory = r["memory"].as_array().expect("memory");
-    assert_eq!(memory.len(), 5, "storage, load manager, 3 actors: {r}");
+    assert_eq!(
+        memory.len(),
+        10,
+        "storage, load manager, 3 actors, with metrics off and on: {r}"
+    );
+    assert!(
+        memory
+            .iter()
+            .any(|m| m["service"] == "metrics on: almacenamiento"),
+        "{r}"
+    );
     assert!(memory.iter().all(|m| num(m, &["vm_hwm_kb"]) > 0.0));
     let targets = r["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 4);

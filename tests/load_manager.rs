@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use biblioteca_protocol::config::{ActorConfig, LoadManagerConfig};
+use biblioteca_protocol::config::{ActorConfig, LoadManagerConfig, MetricsConfig};
 use biblioteca_protocol::{Informe, Operacion};
 use biblioteca_runtime::shutdown::Shutdown;
 use serde_json::{json, Value};
@@ -68,6 +68,7 @@ impl Harness {
             actor_timeout: Duration::from_millis(600),
             max_in_flight: 100,
             curve: None,
+            metrics: MetricsConfig::off(),
             ..LoadManagerConfig::default()
         };
         tweak(&mut cfg);
@@ -100,6 +101,7 @@ impl Harness {
             max_in_flight: 16,
             heartbeat_interval: Duration::from_millis(100),
             curve: None,
+            metrics: MetricsConfig::off(),
             ..ActorConfig::default()
         };
         let sd = self.sd.clone();

@@ -24,4 +24,16 @@ rec {
     LoadCredential = [ "${name}.key_secret:${secretKey name}" ];
     BindReadOnlyPaths = [ "-%d:${keyDir}" ];
   };
+
+  # The actors' metrics ports: fixed by operation (src/protocol/metrics_config.rs),
+  # since every instance reads the one actor.toml.
+  actorMetricsPorts = { prestamo = 9571; devolucion = 9572; renovacion = 9573; };
+
+  # The [metrics] table of each service's TOML (options/metrics.nix); the
+  # actors keep their per-operation default port.
+  metricsSettings = let m = cfg.metrics; in {
+    carga.metrics = { enabled = m.enable; listen_address = m.listenAddress; port = m.ports.carga; };
+    almacenamiento.metrics = { enabled = m.enable; listen_address = m.listenAddress; port = m.ports.almacenamiento; };
+    actor.metrics = { enabled = m.enable; listen_address = m.listenAddress; };
+  };
 }

@@ -6,16 +6,18 @@
 let
   inherit (lib) mkIf mkMerge;
   inherit (import ./lib.nix { inherit config lib pkgs; })
-    cfg pgCfg pg format hardening isPrimary credentialsDir keyDir secretKey curveCredential;
+    cfg pgCfg pg format hardening isPrimary credentialsDir keyDir secretKey curveCredential
+    metricsSettings;
 
   # formats.toml cannot express null: an unset optional key is left out.
   render = name: value:
     format.generate "${name}.toml" (lib.filterAttrsRecursive (_: v: v != null) value);
 
   configFiles = lib.mapAttrs render (cfg.settings // {
-    carga = (curveSettings.carga or { }) // cfg.settings.carga;
-    actor = (curveSettings.actor or { }) // cfg.settings.actor;
-    almacenamiento = (curveSettings.almacenamiento or { }) // cfg.settings.almacenamiento;
+    carga = metricsSettings.carga // (curveSettings.carga or { }) // cfg.settings.carga;
+    actor = metricsSettings.actor // (curveSettings.actor or { }) // cfg.settings.actor;
+    almacenamiento = metricsSettings.almacenamiento // (curveSettings.almacenamiento or { })
+      // cfg.settings.almacenamiento;
     solicitante = (curveSettings.solicitante or { }) // cfg.settings.solicitante;
     failover = failoverSettings;
     migrate = migrateSettings;
@@ -59,8 +61,10 @@ let
     };
   };
 
-  # The failover tool's nodes get the admin password file unless they name one.
-  failoverSettings = cfg.settings.failover // {
+  # The failover tool's nodes get the admin password file unless they name
+  # one; the textfile directory comes from metrics.textfileDirectory.
+  failoverSettings = lib.optionalAttrs (cfg.metrics.textfileDirectory != null)
+    { textfile_dir = cfg.metrics.textfileDirectory; } // cfg.settings.failover // {
     nodes = map
       (n: lib.optionalAttrs (cfg.components.failover.passwordFile != null)
         { password_file = cfg.components.failover.passwordFile; } // n)

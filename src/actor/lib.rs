@@ -13,7 +13,9 @@
 //!
 //! - [`worker`]: the poll loop.
 //! - [`pending`]: requests outstanding at the storage manager.
+//! - [`metrics`]: Prometheus metrics and the health endpoint.
 
+mod metrics;
 mod pending;
 mod worker;
 
@@ -32,6 +34,8 @@ pub fn run(config: ActorConfig, shutdown: Shutdown) -> Result<(), ActorError> {
     biblioteca_runtime::sched::apply_or_warn(config.scheduling);
     let ctx = zmq::Context::new();
     let curve = biblioteca_runtime::security::actor(config.curve.as_ref())?;
+    let _endpoint =
+        metrics::serve(&config, &shutdown).map_err(|e| ActorError::Metrics(Box::new(e)))?;
     let mut actor = worker::Actor::open(&ctx, config, actor_name(), curve)?;
     actor.run(&shutdown)
 }

@@ -89,7 +89,9 @@ impl Actor {
             storage = cfg.storage.as_str(),
             "actor ready"
         );
-        notify::ready(&format!("serving {} as {name}", cfg.operacion));
+        super::metrics::get()
+            .registry
+            .ready(&format!("serving {} as {name}", cfg.operacion));
         Ok(Actor {
             ctx: ctx.clone(),
             pending: PendingTable::new(cfg.storage_timeout),
@@ -114,6 +116,7 @@ impl Actor {
             let now = Instant::now();
             if drain_until.is_none() && shutdown.is_triggered() {
                 notify::stopping();
+                super::metrics::get().registry.not_ready();
                 tracing::info!(
                     pendientes = self.pending.len(),
                     "stopping: waiting for outstanding storage replies"
@@ -130,6 +133,7 @@ impl Actor {
                 self.request_log.roll(now);
                 self.heartbeat();
                 self.next_heartbeat = now + self.cfg.heartbeat_interval;
+                super::metrics::get().in_flight(self.cfg.operacion.as_str(), self.pending.len());
             }
             let accept = drain_until.is_none() && self.pending.len() < self.cfg.max_in_flight;
             let (store, published) = {
@@ -246,7 +250,9 @@ impl Actor {
         let Some(id) = p.id.clone() else {
             return;
         };
+        super::metrics::get().received(op.as_str());
         if self.pending.contains(&id) || self.outbox.iter().any(|(o, _, _)| *o == id) {
+            super::metrics::get().duplicate(op.as_str());
             tracing::debug!(
                 id = id.as_str(),
                 "re-publication of a request already at storage"
@@ -344,12 +350,14 @@ impl Actor {
             );
             return;
         };
+        super::metrics::get().storage_reply(self.cfg.operacion.as_str(), p.sent_at);
         self.finish(&p.peticion, r, p.received, now);
     }
 
     /// Reports an outcome and logs it.
     fn finish(&mut self, p: &Peticion, r: Respuesta, received: Instant, now: Instant) {
         let resultado = r.outcome();
+        super::metrics::get().finished(self.cfg.operacion.as_str(), resultado, received);
         request_line!(
             self.request_log.admit(now),
             id = p.id.as_deref(),

@@ -14,13 +14,15 @@
 //! against it and against the transport floor ([`floor`]: what the ZeroMQ
 //! hops alone cost here, measured first) and, on request, against the
 //! skeleton pipeline ([`skeleton`]: what this architecture at best reaches
-//! with the real database work). Everything is stopped and removed at the
-//! end, also on error or Ctrl-C.
+//! with the real database work), and, with `--metricas`, against the same
+//! services with their metrics endpoints on and scraped ([`metrics_cost`]).
+//! Everything is stopped and removed at the end, also on error or Ctrl-C.
 
 pub mod cpu;
 pub mod floor;
 pub mod machine;
 mod meter;
+mod metrics_cost;
 pub mod pgbench;
 pub mod skeleton;
 pub mod switches;
@@ -110,6 +112,11 @@ pub struct BenchOptions {
     /// the ceiling for any pipeline of this shape here.
     #[arg(long = "esqueleto")]
     pub skeleton: bool,
+    /// Also run the same pipeline with every service's metrics endpoint on
+    /// and scraped each second (the pipeline measured first has them off),
+    /// alternated run by run: what metrics cost in throughput and RSS.
+    #[arg(long = "metricas")]
+    pub metrics: bool,
     /// Runs of each system per client count, alternated (pgbench, ours, ...):
     /// the table shows the median run, CPU per request is averaged. Use 3 or
     /// more on a machine whose speed swings between runs.
@@ -159,6 +166,8 @@ pub struct BenchStep {
     pub storage_alone: Option<Ours>,
     /// The same load through the skeleton pipeline (`--esqueleto`).
     pub skeleton: Option<Ours>,
+    /// The pipeline with its metrics endpoints on and scraped (`--metricas`).
+    pub metrics_on: Option<Ours>,
     /// Our requests/s over pgbench's transactions/s (of the median runs).
     pub ratio: f64,
     /// The same ratio for each repetition, pgbench and ours run back to back.
@@ -302,6 +311,14 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
     spec.bin_dir = opts.bin_dir.clone();
     spec.scheduling = opts.scheduling;
     let stack = Stack::start(spec)?;
+    let metrics_on = if opts.metrics {
+        Some(metrics_cost::MetricsOn::start(
+            stack.spec(),
+            &dir.path.join("servicios-metricas"),
+        )?)
+    } else {
+        None
+    };
     let skeleton = if opts.skeleton {
         Some(Skeleton::start(
             &dir.path.join("esqueleto"),
@@ -344,7 +361,12 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
     );
     let pg_dir = dir.path.join("pgbench");
     cluster.primary().pg.make_dir(&pg_dir)?;
-    let parts = meter::parts(&cluster, &stack, skeleton.as_ref());
+    let parts = meter::parts(
+        &cluster,
+        &stack,
+        skeleton.as_ref(),
+        metrics_on.as_ref().map(|m| &m.stack),
+    );
     let meter = Meter {
         parts,
         cluster: &cluster,
@@ -370,9 +392,13 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
         frontend,
         storage: opts.storage_alone.then_some(storage),
         skeleton: skeleton.as_ref().map(|e| e.frontend().to_string()),
+        metrics_on: metrics_on.as_ref().map(metrics_cost::MetricsOn::frontend),
     };
-    if let Some(e) = &endpoints.skeleton {
-        // Also lets the forwarding actor's subscription settle.
+    // Also lets the forwarding actors' subscriptions settle.
+    for e in [&endpoints.skeleton, &endpoints.metrics_on]
+        .into_iter()
+        .flatten()
+    {
         meter.ours(warm_up, WARM_UP, run, e)?;
     }
     let mut rows = Vec::new();
@@ -398,7 +424,11 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
         );
         rows.push(row);
     }
-    let memory = memory(&stack);
+    let mut memory = memory(&stack, "");
+    if let Some(m) = &metrics_on {
+        memory.extend(self::memory(&m.stack, "metrics on: "));
+    }
+    drop(metrics_on);
     drop(skeleton);
     drop(stack);
     drop(cluster);
@@ -416,14 +446,14 @@ pub fn run(opts: &BenchOptions, shutdown: &Shutdown) -> Result<BenchReport, Benc
     })
 }
 
-/// Peak RSS of each service, read while they still run.
-fn memory(stack: &Stack) -> Vec<Memory> {
+/// Peak RSS of each service, read while they still run, named with `prefix`.
+fn memory(stack: &Stack, prefix: &str) -> Vec<Memory> {
     stack
         .services()
         .filter_map(|s| {
             let vm_hwm_kb = machine::vm_hwm_kb(s.pid()?)?;
             Some(Memory {
-                service: s.name().to_string(),
+                service: format!("{prefix}{}", s.name()),
                 vm_hwm_kb,
             })
         })

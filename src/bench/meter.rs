@@ -42,7 +42,13 @@ fn system_cpu(system: &'static str, runs: &[Costs]) -> SystemCpu {
 /// The skeleton's processes ([`Skeleton`]) count under the load manager and
 /// the actors: only one system runs at a time, and the idle one's
 /// heartbeats are noise.
-pub(super) fn parts(cluster: &Cluster, stack: &Stack, skeleton: Option<&Skeleton>) -> cpu::Parts {
+/// The services with metrics on (`--metricas`) count under the same parts.
+pub(super) fn parts(
+    cluster: &Cluster,
+    stack: &Stack,
+    skeleton: Option<&Skeleton>,
+    metrics_on: Option<&Stack>,
+) -> cpu::Parts {
     let pids = |v: Vec<Option<u32>>| cpu::Part::Processes(v.into_iter().flatten().collect());
     let mut parts = cpu::Parts::new();
     for (name, nodo) in [
@@ -54,12 +60,19 @@ pub(super) fn parts(cluster: &Cluster, stack: &Stack, skeleton: Option<&Skeleton
         }
     }
     parts
-        .with("almacenamiento", pids(vec![stack.storage.pid()]))
+        .with(
+            "almacenamiento",
+            pids(vec![
+                stack.storage.pid(),
+                metrics_on.and_then(|m| m.storage.pid()),
+            ]),
+        )
         .with(
             "carga",
             pids(vec![
                 stack.carga.pid(),
                 skeleton.and_then(|e| e.load_manager.pid()),
+                metrics_on.and_then(|m| m.carga.pid()),
             ]),
         )
         .with(
@@ -68,6 +81,7 @@ pub(super) fn parts(cluster: &Cluster, stack: &Stack, skeleton: Option<&Skeleton
                 stack
                     .actors
                     .iter()
+                    .chain(metrics_on.into_iter().flat_map(|m| m.actors.iter()))
                     .map(|(_, s)| s.pid())
                     .chain([skeleton.and_then(|e| e.actor.pid())])
                     .collect(),
@@ -84,6 +98,8 @@ pub(super) struct Endpoints {
     pub(super) storage: Option<String>,
     /// The skeleton's load manager (`--esqueleto`).
     pub(super) skeleton: Option<String>,
+    /// The load manager of the services with metrics on (`--metricas`).
+    pub(super) metrics_on: Option<String>,
 }
 
 /// Runs the two systems against one cluster and stack.
@@ -115,6 +131,7 @@ impl Meter<'_> {
         let mut extra: Vec<(&'static str, &str, Vec<Ours>, Vec<_>)> = [
             ("storage alone", endpoints.storage.as_deref()),
             ("skeleton", endpoints.skeleton.as_deref()),
+            ("metrics on", endpoints.metrics_on.as_deref()),
         ]
         .into_iter()
         .filter_map(|(name, ep)| Some((name, ep?, Vec::new(), Vec::new())))
@@ -148,6 +165,7 @@ impl Meter<'_> {
                 runs.push(r);
             }
         }
+        let off_runs = ours.clone();
         let ratios = pgbench_runs
             .iter()
             .zip(&ours)
@@ -174,6 +192,18 @@ impl Meter<'_> {
                 per_run.join(", ")
             );
             cpu.push(system_cpu(system, cpus));
+            if *system == "metrics on" {
+                // Each run against the metrics-off run just before it.
+                let on_off: Vec<String> = runs
+                    .iter()
+                    .zip(&off_runs)
+                    .map(|(on, off)| format!("{:.3}", on.rps / off.rps.max(f64::MIN_POSITIVE)))
+                    .collect();
+                eprintln!(
+                    "{n:>3} clients: metrics on/off per run: {}",
+                    on_off.join(", ")
+                );
+            }
         }
         let of = |name: &str| {
             let (_, _, runs, _) = extra.iter().find(|e| e.0 == name)?;
@@ -185,6 +215,7 @@ impl Meter<'_> {
             ratios,
             storage_alone: of("storage alone"),
             skeleton: of("skeleton"),
+            metrics_on: of("metrics on"),
             pgbench,
             ours,
             cpu,

@@ -157,6 +157,7 @@ pub fn table(r: &BenchReport) -> String {
          the ceiling of this shape here)",
         "skeleton",
     ));
+    s.push_str(&metrics_table(&r.rows));
     s.push_str("\nlatencies in ms, per request (one loan or one return)\n");
     s.push_str(&cpu_table(&r.rows));
     s.push_str(&switches_table(&r.rows));
@@ -173,6 +174,28 @@ pub fn table(r: &BenchReport) -> String {
             None => "-",
         };
         s.push_str(&format!("| {} | {} | {met} |\n", o.description, o.measured));
+    }
+    s
+}
+
+/// `--metricas`: the pipeline with its endpoints off (the main rows) and on.
+fn metrics_table(rows: &[BenchStep]) -> String {
+    if !rows.iter().any(|f| f.metrics_on.is_some()) {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nmetrics endpoints off (the pipeline above) and on (scraped every second), alternated:\n\n\
+         | clients | off req/s | on req/s | on/off | off p99 | on p99 | on fails |\n\
+         |--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for f in rows {
+        if let Some(on) = &f.metrics_on {
+            let ratio = on.rps / f.ours.rps.max(f64::MIN_POSITIVE);
+            s.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {ratio:.3} | {:.2} | {:.2} | {} |\n",
+                f.clients, f.ours.rps, on.rps, f.ours.p99_ms, on.p99_ms, on.failures
+            ));
+        }
     }
     s
 }
@@ -333,6 +356,7 @@ mod tests {
             },
             storage_alone: None,
             skeleton: None,
+            metrics_on: None,
             ratio: ours / pgb,
             ratios: vec![ours / pgb],
             cpu: Vec::new(),

@@ -2,6 +2,7 @@
 //! commands for both database nodes, where the logs are, and a ready
 //! `failover.toml` for running `biblioteca-failover` by hand.
 
+use biblioteca_protocol::metrics_config::{actor_port, PORT_ALMACENAMIENTO, PORT_CARGA};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -52,6 +53,18 @@ fn psql(port: u16, pgpass: Option<&Path>) -> String {
     format!("{env}psql -h 127.0.0.1 -p {port} -U app -d library")
 }
 
+/// `endpoints` and the service's metrics URL, when it serves one.
+fn with_metrics(
+    mut endpoints: Vec<String>,
+    svc: &biblioteca_stack::launch::Service,
+    default_port: u16,
+) -> Vec<String> {
+    if let Some(port) = biblioteca_stack::metrics_port(svc, default_port) {
+        endpoints.push(format!("http://127.0.0.1:{port}/metrics"));
+    }
+    endpoints
+}
+
 impl Endpoints {
     pub fn of(demo: &Demo) -> Endpoints {
         let ports = demo.stack.ports();
@@ -71,18 +84,26 @@ impl Endpoints {
         let mut services = vec![
             ServiceInfo {
                 name: "biblioteca-almacenamiento".into(),
-                endpoints: vec![ports.storage_endpoint()],
+                endpoints: with_metrics(
+                    vec![ports.storage_endpoint()],
+                    &demo.stack.storage,
+                    PORT_ALMACENAMIENTO,
+                ),
                 config: demo.stack.storage.spec().config_path(),
                 log: demo.stack.storage.log_path(),
                 pid: demo.stack.storage.pid(),
             },
             ServiceInfo {
                 name: "biblioteca-carga".into(),
-                endpoints: vec![
-                    ports.frontend_endpoint(),
-                    ports.publisher_endpoint(),
-                    ports.backchannel_endpoint(),
-                ],
+                endpoints: with_metrics(
+                    vec![
+                        ports.frontend_endpoint(),
+                        ports.publisher_endpoint(),
+                        ports.backchannel_endpoint(),
+                    ],
+                    &demo.stack.carga,
+                    PORT_CARGA,
+                ),
                 config: demo.stack.carga.spec().config_path(),
                 log: demo.stack.carga.log_path(),
                 pid: demo.stack.carga.pid(),
@@ -91,7 +112,7 @@ impl Endpoints {
         for (op, svc) in &demo.stack.actors {
             services.push(ServiceInfo {
                 name: format!("biblioteca-actor@{op}"),
-                endpoints: vec![],
+                endpoints: with_metrics(vec![], svc, actor_port(*op)),
                 config: svc.spec().config_path(),
                 log: svc.log_path(),
                 pid: svc.pid(),

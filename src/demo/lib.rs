@@ -144,6 +144,7 @@ impl Demo {
         );
         spec.use_cluster(&cluster);
         spec.bin_dir = config.bin_dir.clone();
+        spec.metrics = biblioteca_stack::StackMetrics::DefaultPorts;
         let passwords = if config.secure {
             let passwords = cluster.require_passwords()?;
             let keys = HostKeys::generate(&dir.join("claves"))?;

@@ -135,6 +135,10 @@ pub struct FailoverConfig {
     /// (`ANY quorum (...)`); `promote` trusts the most advanced reachable
     /// standby only when at least `standbys - quorum + 1` answer.
     pub quorum: usize,
+    /// node_exporter's textfile directory: each action that changes
+    /// something records its last run, last success and duration there
+    /// (`biblioteca_failover_<action>.prom`); absent: nothing is written.
+    pub textfile_dir: Option<PathBuf>,
 }
 
 impl Default for FailoverConfig {
@@ -149,6 +153,7 @@ impl Default for FailoverConfig {
             streaming_timeout: Duration::from_secs(120),
             synchronous: true,
             quorum: 1,
+            textfile_dir: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::actors::Liveness;
 use super::inflight::{Admision, InFlight};
+use super::metrics;
 use super::queries::{Consulta, Consultas};
 use super::sockets::Sockets;
 use super::status::{self, Counters, Ids};
@@ -98,6 +99,7 @@ impl Broker {
             if drain_until.is_none() && shutdown.is_triggered() {
                 let drain = self.cfg.deadline.min(DRAIN_MAX);
                 notify::stopping();
+                metrics::get().registry.not_ready();
                 tracing::info!(
                     en_curso = self.en_curso(),
                     drain_ms = drain.as_millis() as u64,
@@ -264,6 +266,7 @@ impl Broker {
                 CodigoError::ServicioNoDisponible,
                 "the load manager is stopping; retry with the same id",
             );
+            metrics::get().refused(operacion, &r);
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -275,6 +278,7 @@ impl Broker {
                 CodigoError::ServicioOcupado,
                 format!("busy, retry: {en_curso} requests in flight"),
             );
+            metrics::get().refused(operacion, &r);
             self.reply(&route, &r.with_id(id).to_bytes());
             return None;
         }
@@ -407,6 +411,7 @@ impl Broker {
 
     fn answer_consulta(&mut self, c: Consulta, r: Respuesta, now: Instant) {
         let r = r.with_id(c.client_id.clone());
+        metrics::get().answered(c.operacion, r.outcome(), c.received);
         request_line!(
             self.request_log.admit(now),
             id = c.client_id.as_deref(),
@@ -432,6 +437,7 @@ impl Broker {
         };
         let waiting = self.consultas.take(&id);
         if waiting.is_empty() {
+            metrics::get().late("storage");
             tracing::debug!(
                 id = id.as_str(),
                 "storage reply for nobody waiting (late) ignored"
@@ -454,6 +460,7 @@ impl Broker {
                     return;
                 }
                 Ok(Informe::Latido { operacion, actor }) => {
+                    metrics::get().heartbeat(operacion);
                     if !self.liveness.latido(operacion, &actor, now) {
                         tracing::warn!(operacion = %operacion, "heartbeat rejected");
                     }
@@ -476,6 +483,7 @@ impl Broker {
             return;
         }
         let Some(entry) = self.inflight.complete(&id) else {
+            metrics::get().late("actor");
             tracing::debug!(
                 id = id.as_str(),
                 "result for an unknown id (late duplicate) ignored"
@@ -490,6 +498,7 @@ impl Broker {
     }
 
     fn log_outcome(&mut self, p: &Peticion, r: &Respuesta, received: Instant, now: Instant) {
+        metrics::get().answered(p.operacion.as_str(), r.outcome(), received);
         request_line!(
             self.request_log.admit(now),
             id = r.id.as_deref().or(p.id.as_deref()),
@@ -512,6 +521,7 @@ impl Broker {
                 .filter(|(o, _)| *o == op)
                 .map(|(_, p)| p.as_slice())
                 .collect();
+            metrics::get().republished(op, payloads.len());
             self.publish(op, &payloads);
         }
         if !tick.republish.is_empty() {
@@ -521,6 +531,7 @@ impl Broker {
             );
         }
         for e in tick.expired {
+            metrics::get().expired(e.peticion.operacion);
             let (codigo, causa) = match e.transient {
                 Some(t) => (
                     t.error.unwrap_or(CodigoError::ServicioNoDisponible),
@@ -557,6 +568,8 @@ impl Broker {
         }
         if now >= self.next_sweep {
             self.liveness.sweep(now);
+            let (f, c, l) = (&self.inflight, &self.consultas, &self.liveness);
+            metrics::get().observe(self.en_curso(), f, c, l, now);
             self.next_sweep = now + SWEEP;
         }
     }

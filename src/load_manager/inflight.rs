@@ -92,6 +92,14 @@ impl InFlight {
         self.waiters
     }
 
+    /// When the longest-waiting client arrived (a scan: call it rarely).
+    pub fn oldest_received(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .flat_map(|e| e.waiters.iter().map(|w| w.received))
+            .min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

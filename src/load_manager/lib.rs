@@ -13,10 +13,12 @@
 //! - [`queries`]: clients awaiting the storage manager.
 //! - [`actors`]: which operations have live actors.
 //! - [`status`]: the status reply and assigned request ids.
+//! - [`metrics`]: Prometheus metrics and the health endpoint.
 
 mod actors;
 mod broker;
 mod inflight;
+mod metrics;
 mod queries;
 mod sockets;
 mod status;
@@ -24,7 +26,6 @@ mod status;
 use std::time::Instant;
 
 use biblioteca_protocol::config::LoadManagerConfig;
-use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
 
 /// Socket and CURVE set-up failures (shared with the other socket services).
@@ -40,6 +41,8 @@ pub fn run(config: LoadManagerConfig, shutdown: Shutdown) -> Result<(), LoadMana
     // Declared before the sockets, so it outlives them (dropped after).
     let (curve, _zap) = biblioteca_runtime::security::load_manager(&ctx, config.curve.as_ref())?;
     let sockets = sockets::Sockets::open(&ctx, &config, &curve)?;
+    let _endpoint =
+        metrics::serve(&config, &shutdown).map_err(|e| LoadManagerError::Metrics(Box::new(e)))?;
     tracing::info!(
         frontend = config.frontend.as_str(),
         publisher = config.publisher.as_str(),
@@ -48,7 +51,7 @@ pub fn run(config: LoadManagerConfig, shutdown: Shutdown) -> Result<(), LoadMana
         deadline = %humantime::format_duration(config.deadline),
         "load manager ready"
     );
-    notify::ready(&format!(
+    metrics::get().registry.ready(&format!(
         "serving clients on {}, publishing on {}",
         config.frontend, config.publisher
     ));

@@ -39,6 +39,11 @@ impl Consultas {
         self.count
     }
 
+    /// When the longest-waiting look-up arrived (a scan: call it rarely).
+    pub fn oldest_received(&self) -> Option<Instant> {
+        self.waiting.values().flatten().map(|c| c.received).min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::curve::{ActorCurve, ClientCurve, LoadManagerCurve, StorageCurve};
+pub use crate::metrics_config::MetricsConfig;
 use crate::scheduling::Scheduling;
 use crate::Operacion;
 
@@ -228,6 +229,8 @@ pub struct StorageConfig {
     /// before synchronous replication is switched off.
     #[serde(with = "humantime_serde")]
     pub degradar_tras: Duration,
+    /// The HTTP endpoint for Prometheus and health checks (`metrics_config`).
+    pub metrics: MetricsConfig,
     /// Not a key: the file that set the nodes' roles, the main file or the
     /// failover tool's drop-in (see `config_roles`).
     #[serde(skip)]
@@ -301,6 +304,7 @@ impl Default for StorageConfig {
             curve: None,
             replicacion: ReplicationMode::Estricta,
             degradar_tras: Duration::from_secs(5),
+            metrics: MetricsConfig::default(),
             roles_from: None,
         }
     }
@@ -309,6 +313,7 @@ impl Default for StorageConfig {
 impl Validate for StorageConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         check_endpoint("bind", &self.bind)?;
+        self.metrics.validate()?;
         if self.workers == 0 || self.workers > 256 {
             return invalid("workers must be between 1 and 256");
         }
@@ -380,6 +385,8 @@ pub struct LoadManagerConfig {
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<LoadManagerCurve>,
+    /// The HTTP endpoint for Prometheus and health checks (`metrics_config`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for LoadManagerConfig {
@@ -396,12 +403,14 @@ impl Default for LoadManagerConfig {
             scheduling: Scheduling::default(),
             request_lines_per_second: REQUEST_LINES_PER_SECOND,
             curve: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
 
 impl Validate for LoadManagerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics.validate()?;
         check_endpoint("frontend", &self.frontend)?;
         check_endpoint("publisher", &self.publisher)?;
         check_endpoint("backchannel", &self.backchannel)?;
@@ -445,6 +454,8 @@ pub struct ActorConfig {
     /// CURVE encryption and authentication (see `security`); absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<ActorCurve>,
+    /// The HTTP endpoint for Prometheus and health checks (`metrics_config`).
+    pub metrics: MetricsConfig,
 }
 
 impl Default for ActorConfig {
@@ -460,12 +471,14 @@ impl Default for ActorConfig {
             scheduling: Scheduling::default(),
             request_lines_per_second: REQUEST_LINES_PER_SECOND,
             curve: None,
+            metrics: MetricsConfig::default(),
         }
     }
 }
 
 impl Validate for ActorConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.metrics.validate()?;
         check_endpoint("subscribe", &self.subscribe)?;
         check_endpoint("report", &self.report)?;
         check_endpoint("storage", &self.storage)?;

@@ -17,6 +17,7 @@ pub mod catalogue;
 pub mod config;
 pub mod config_roles;
 pub mod curve;
+pub mod metrics_config;
 pub mod scheduling;
 
 use serde::{Deserialize, Serialize};

@@ -33,6 +33,9 @@ pub enum ServiceError {
     Zmq(#[from] zmq::Error),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
+    /// The metrics endpoint could not start (its crate sits above this one).
+    #[error(transparent)]
+    Metrics(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Default high-water mark: deep enough for bursts, bounded so memory is too.

@@ -115,6 +115,20 @@ impl Shutdown {
         }
     }
 
+    /// Every thread that ever checked in, with the time since its last
+    /// check-in (the metrics endpoint's heartbeats).
+    pub fn checkin_ages(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        self.checkins
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Marks thread `name` as waiting on the database until the guard is
     /// dropped (it then checks in): the watchdog counts it alive meanwhile.
     pub fn waiting(&self, name: &str) -> Waiting<'_> {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use crate::launch::{find_binary, LaunchError, Service, ServiceSpec};
 use biblioteca_cluster::OWNER_USER;
 use biblioteca_protocol::config::{
-    ActorConfig, DatabaseConfig, LoadManagerConfig, NodeConfig, NodeRole, ReplicationMode,
-    StorageConfig,
+    ActorConfig, DatabaseConfig, LoadManagerConfig, MetricsConfig, NodeConfig, NodeRole,
+    ReplicationMode, StorageConfig,
 };
 use biblioteca_protocol::Operacion;
 use biblioteca_runtime::sched::Scheduling;
@@ -64,6 +64,73 @@ impl StackPorts {
     }
 }
 
+/// Where the services' metrics endpoints listen. Only the first actor of
+/// each operation serves metrics (a second one would need a port of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StackMetrics {
+    /// No endpoint (most suites start many stacks at once).
+    #[default]
+    Off,
+    /// Each service on its fixed default port (the demo).
+    DefaultPorts,
+    /// On these ports of 127.0.0.1.
+    Ports(MetricsPorts),
+}
+
+/// Metrics ports of one stack: the storage manager, the load manager, and
+/// the actors in [`Operacion::WRITES`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsPorts {
+    pub storage: u16,
+    pub carga: u16,
+    pub actors: [u16; 3],
+}
+
+impl MetricsPorts {
+    /// Free ports below 32768.
+    pub fn free() -> Result<MetricsPorts, LaunchError> {
+        let mut taken = Vec::new();
+        let mut next = || -> Result<u16, LaunchError> {
+            loop {
+                let p = launch::free_port()?;
+                if !taken.contains(&p) {
+                    taken.push(p);
+                    return Ok(p);
+                }
+            }
+        };
+        Ok(MetricsPorts {
+            storage: next()?,
+            carga: next()?,
+            actors: [next()?, next()?, next()?],
+        })
+    }
+}
+
+impl StackMetrics {
+    fn config(self, port: impl Fn(&MetricsPorts) -> u16) -> MetricsConfig {
+        match self {
+            StackMetrics::Off => MetricsConfig::off(),
+            StackMetrics::DefaultPorts => MetricsConfig::default(),
+            StackMetrics::Ports(p) => MetricsConfig::on_port(port(&p)),
+        }
+    }
+}
+
+/// The port a started service's metrics endpoint listens on, from its
+/// configuration (`None`: off); the default port is `default_port`.
+pub fn metrics_port(svc: &Service, default_port: u16) -> Option<u16> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        metrics: MetricsConfig,
+    }
+    let only: Only = toml::from_str(&svc.spec().config_toml).ok()?;
+    only.metrics
+        .enabled
+        .then_some(only.metrics.port.unwrap_or(default_port))
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackSpec {
@@ -88,6 +155,8 @@ pub struct StackSpec {
     /// The storage manager's `replicacion` and `degradar_tras`.
     pub replicacion: ReplicationMode,
     pub degradar_tras: std::time::Duration,
+    /// The services' metrics endpoints (default: off).
+    pub metrics: StackMetrics,
 }
 
 /// What secures a stack (the demo's `--seguro`, the security tests).
@@ -144,6 +213,7 @@ impl StackSpec {
             scheduling: Scheduling::default(),
             replicacion: ReplicationMode::default(),
             degradar_tras: StorageConfig::default().degradar_tras,
+            metrics: StackMetrics::default(),
         }
     }
 
@@ -179,6 +249,7 @@ impl StackSpec {
             scheduling: self.scheduling,
             replicacion: self.replicacion,
             degradar_tras: self.degradar_tras,
+            metrics: self.metrics.config(|p| p.storage),
             ..StorageConfig::default()
         }
     }
@@ -196,11 +267,16 @@ impl StackSpec {
                 .as_ref()
                 .map(HostKeys::load_manager_curve),
             scheduling: self.scheduling,
+            metrics: self.metrics.config(|p| p.carga),
             ..LoadManagerConfig::default()
         }
     }
 
     pub fn actor_config(&self, operacion: Operacion) -> ActorConfig {
+        let slot = Operacion::WRITES.iter().position(|o| *o == operacion);
+        let metrics = self
+            .metrics
+            .config(|p| slot.and_then(|i| p.actors.get(i)).copied().unwrap_or(0));
         ActorConfig {
             operacion,
             subscribe: self.ports.publisher_endpoint(),
@@ -212,6 +288,7 @@ impl StackSpec {
                 .as_ref()
                 .map(|k| k.actor_curve(operacion)),
             scheduling: self.scheduling,
+            metrics,
             ..ActorConfig::default()
         }
     }
@@ -245,7 +322,9 @@ impl StackSpec {
             move |source| LaunchError::Io { path, source }
         };
         let config = self.run_dir.join("migrate.toml");
-        std::fs::write(&config, to_toml(&self.storage_config())?).map_err(io(&config))?;
+        let mut migrate = self.storage_config();
+        migrate.metrics = MetricsConfig::off();
+        std::fs::write(&config, to_toml(&migrate)?).map_err(io(&config))?;
         let log = self.run_dir.join("migrate.log");
         let mut cmd = std::process::Command::new(&binary);
         cmd.arg("--config")
@@ -285,7 +364,17 @@ impl StackSpec {
         } else {
             format!("actor-{op}-{index}")
         };
-        self.service(&name, "biblioteca-actor", to_toml(&self.actor_config(op))?)
+        self.service(
+            &name,
+            "biblioteca-actor",
+            to_toml(&{
+                let mut cfg = self.actor_config(op);
+                if index > 0 {
+                    cfg.metrics = MetricsConfig::off();
+                }
+                cfg
+            })?,
+        )
     }
 }
 

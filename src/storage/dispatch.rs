@@ -182,9 +182,16 @@ impl<J: Work> Dispatch<J> {
         }
     }
 
+    /// Workers running a job.
+    pub(super) fn busy(&self) -> usize {
+        self.state
+            .iter()
+            .filter(|s| matches!(s, State::Busy(_)))
+            .count()
+    }
+
     /// Jobs waiting for a worker.
-    #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.queued
     }
 

@@ -7,7 +7,8 @@
 //! writes ([`nodes`], [`monitor`]) and refuses to start on a schema that
 //! lacks migrations ([`migrate`]). [`run`] is the service; [`migrate`](fn@migrate)
 //! (a deployment step, run as the schema's owner) and [`seed`](fn@seed) are
-//! the one-shot subcommands of the binary.
+//! the one-shot subcommands of the binary. [`metrics`] serves Prometheus
+//! metrics, `/liveness`, `/readiness` and `/primary`.
 //!
 //! Besides the four operations the socket answers `{"operacion":"status"}`
 //! (without touching the database) and `{"operacion":"resultado","id":X}`
@@ -20,6 +21,7 @@ mod dispatch;
 mod failure;
 mod fencing;
 mod handler;
+mod metrics;
 mod migrate;
 mod monitor;
 mod nodes;
@@ -61,6 +63,8 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Metrics(String),
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
     #[error(transparent)]
@@ -179,6 +183,8 @@ pub fn run(
     let fencing = fencing::Fencing::load(config.state_dir.as_ref())?;
     let bind = config.bind.clone();
     let shared = Arc::new(Shared::new(nodes::Backend::new(config)?, fencing));
+    let _endpoint =
+        metrics::serve(&shared, &shutdown).map_err(|e| StorageError::Metrics(e.to_string()))?;
     let mut probes = monitor::Probes::default();
     let mut generation = shutdown.reload_generation();
     let waited = wait_for_database(

@@ -165,6 +165,9 @@ impl Backend {
                 // Checked by the write path instead (see write::write_as).
                 .test_on_check_out(false)
                 .error_handler(Box::new(QuietErrors))
+                .event_handler(Box::new(super::metrics::PoolEvents {
+                    node: n.name.clone(),
+                }))
                 .connection_customizer(Box::new(SessionSettings {
                     statement_timeout_ms: db.statement_timeout.as_millis() as u64,
                 }))
@@ -297,6 +300,7 @@ impl Backend {
             return;
         }
         if let Some(node) = self.nodes.get(idx) {
+            super::metrics::get().fencing_refusals.inc();
             tracing::error!(node = %node.cfg.name, reason, "refusing writes on this node");
             let mut s = node.state();
             if stale {

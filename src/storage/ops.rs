@@ -135,6 +135,7 @@ fn outcome(salida: Salida, p: &Peticion, id: &str) -> Result<Vec<u8>, TxError> {
                 )));
             }
             tracing::debug!(id, op, "repeated request id: replaying the stored outcome");
+            super::metrics::get().replayed.inc();
             Ok(respuesta.map(reply_bytes).unwrap_or_default())
         }
     }

@@ -188,6 +188,8 @@ impl Watch {
         let Some(mut c) = self.take_client(node) else {
             return;
         };
+        let names: Vec<String> = backend.nodes.iter().map(|n| n.cfg.name.clone()).collect();
+        super::metrics::observe_standbys(&mut c, &names);
         if self.step(&mut c, backend, replication, &writer, registro) {
             self.client = Some((writer, c));
         }

@@ -102,6 +102,9 @@ impl Replication {
         f(&mut r);
         if r != *guard {
             self.persist(&r)?;
+            if r.estado != guard.estado {
+                super::metrics::get().replication_changed(r.estado);
+            }
             *guard = r;
         }
         Ok(())

@@ -56,6 +56,8 @@ struct Pending {
 struct Job {
     n: u64,
     entrada: Entrada,
+    /// When the front-end queued it (the queue wait).
+    queued: Instant,
 }
 
 impl Work for Job {
@@ -102,7 +104,9 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
     }
 
     let node = shared.writer_name().unwrap_or_else(|| "none".into());
-    notify::ready(&format!("serving on {bind}, writes to {node}"));
+    super::metrics::get()
+        .registry
+        .ready(&format!("serving on {bind}, writes to {node}"));
     tracing::info!(endpoint = bind, node, workers = cfg.workers, "ready");
 
     // Longer than any legitimate request (a connection, then statements
@@ -129,6 +133,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         front.turn(accepting)?;
         if accepting && shutdown.is_triggered() {
             notify::stopping();
+            super::metrics::get().registry.not_ready();
             tracing::info!(
                 in_flight = front.pending.len(),
                 "stopping: finishing in-flight requests"
@@ -206,6 +211,13 @@ impl Front {
         self.sweep();
         self.flush();
         self.shared.set_in_flight(self.pending.len());
+        let m = super::metrics::get();
+        m.in_flight
+            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        m.queue_depth
+            .set(i64::try_from(self.dispatch.queued()).unwrap_or(i64::MAX));
+        m.busy_workers
+            .set(i64::try_from(self.dispatch.busy()).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -239,6 +251,7 @@ impl Front {
             )
             .with_id(p.id)
             .to_bytes();
+            super::metrics::get().answered(p.op, &reply, p.since);
             self.answer(p.route, reply, p.lote);
         }
     }
@@ -291,6 +304,7 @@ impl Front {
                 tracing::debug!(job = n, "late reply for an expired job dropped");
                 continue;
             };
+            super::metrics::get().answered(p.op, &reply, p.since);
             self.answer(p.route, reply, p.lote);
         }
     }
@@ -361,11 +375,12 @@ impl Front {
             Entrada::Operacion(p) => p.operacion.as_str(),
             _ => "resultado",
         };
-        match self.dispatch.submit(Job { n, entrada }) {
+        let queued = Instant::now();
+        match self.dispatch.submit(Job { n, entrada, queued }) {
             Ok(()) => {
                 let pending = Pending {
                     route,
-                    since: Instant::now(),
+                    since: queued,
                     op,
                     id,
                     lote,
@@ -380,6 +395,7 @@ impl Front {
                 )
                 .with_id(id)
                 .to_bytes();
+                super::metrics::get().answered(op, &reply, queued);
                 self.answer(route, reply, lote);
             }
             Err((Refused::Gone, _)) => {
@@ -390,6 +406,7 @@ impl Front {
                 )
                 .with_id(id)
                 .to_bytes();
+                super::metrics::get().answered(op, &reply, queued);
                 self.answer(route, reply, lote);
             }
         }
@@ -415,11 +432,21 @@ fn worker(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let numbers: Vec<[u8; 8]> = jobs.iter().map(|j| j.n.to_be_bytes()).collect();
+        let m = super::metrics::get();
+        for j in &jobs {
+            m.queue_wait.observe(j.queued.elapsed().as_secs_f64());
+        }
+        let writes = jobs
+            .iter()
+            .filter(|j| handler::write_book(&j.entrada).is_some())
+            .count();
+        let started = Instant::now();
         // Alive while the database holds it (a commit waiting for a standby).
         let replies = {
             let _wait = shutdown.waiting(&name);
             handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect())
         };
+        m.transaction(writes, started.elapsed());
         let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());
         frames.push(&me[..]);
         for (n, reply) in numbers.iter().zip(&replies) {

@@ -9,7 +9,9 @@
 #
 # Tools it installs when missing (idempotent; run as root):
 #   apt:   ansible (ansible-playbook --syntax-check), nix-bin (nix-instantiate),
-#          python3-venv, postgresql-15 (validates the PostgreSQL templates)
+#          python3-venv, postgresql-15 (validates the PostgreSQL templates),
+#          prometheus (promtool: the alert rules and their tests,
+#          docs/monitoring/; installed without recommends)
 #   pip:   ansible-lint==$ANSIBLE_LINT_VERSION in the venv $ANSIBLE_LINT_VENV
 #   cargo: nixpkgs-fmt and deadnix (cargo install --locked; minutes the first
 #          time, built in $TOOLS_TARGET_DIR, outside the repository)
@@ -68,6 +70,13 @@ install_tools() {
     if ((${#missing[@]})); then
         log "installing with apt: ${missing[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null ||
+            return 1
+    fi
+    # Its recommends would pull in the node exporter and start it on :9100.
+    if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "ok installed"; then
+        log "installing with apt: prometheus (no recommends)"
+        apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
             return 1
     fi
     if ! "$ANSIBLE_LINT_VENV/bin/ansible-lint" --version 2>/dev/null | grep -q "$ANSIBLE_LINT_VERSION"; then
@@ -281,6 +290,40 @@ check "Cargo.toml's rust-version is the locked tree's real minimum" python3 test
 check "ansible templates render for the example inventory" render_configs
 check "rendered TOML accepted by each binary's --check-config" configs_accepted
 check "rendered postgresql.conf/pg_hba.conf accepted by PostgreSQL" postgres_accepts_templates
+
+# ---------------------------------------------------------------- monitoring
+
+dashboard_parses() {
+    python3 -c 'import json, sys
+d = json.load(open(sys.argv[1]))
+exprs = [t["expr"] for p in d["panels"] for t in p["targets"]]
+assert exprs and all(e.strip() for e in exprs), "panels without expressions"
+print(len(exprs), "expressions")' docs/monitoring/dashboard.json
+}
+
+check "promtool check rules docs/monitoring/alerts.yml" promtool check rules docs/monitoring/alerts.yml
+check "promtool test rules docs/monitoring/alerts.test.yml" \
+    bash -c 'cd docs/monitoring && promtool test rules alerts.test.yml'
+check "Grafana dashboard JSON parses, every panel has expressions" dashboard_parses
+
+# A Prometheus configuration as the ansible role's docs describe it, over the
+# file_sd file rendered for the example inventory: promtool loads both, and
+# the file names app1's five endpoints. (render_configs.yml loads the role
+# defaults over inventory variables, so app2's single operation is not seen.)
+prometheus_file_sd() {
+    local out="$WORK/rendered-curve" cfg="$WORK/prometheus.yml"
+    cp docs/monitoring/alerts.yml "$WORK/alerts.yml" || return 1
+    printf 'rule_files: [%s]\nscrape_configs:\n  - job_name: biblioteca\n    file_sd_configs: [{files: [%s]}]\n' \
+        "$WORK/alerts.yml" "$out/file_sd.json" >"$cfg"
+    promtool check config "$cfg" || return 1
+    python3 -c 'import json, sys
+groups = json.load(open(sys.argv[1]))
+targets = {t for g in groups for t in g["targets"]}
+want = {"192.0.2.21:%d" % p for p in (9555, 9570, 9571, 9572, 9573)}
+assert want <= targets, sorted(targets)
+print(sorted(targets))' "$out/file_sd.json"
+}
+check "ansible file_sd targets accepted by promtool check config" prometheus_file_sd
 
 echo "static: $PASSED passed, $FAILED failed"
 [[ $FAILED -eq 0 && -z ${NIX_EVAL_FAILED:-} ]]

@@ -76,6 +76,10 @@ let
       systemd.targets = mkOption { type = types.attrsOf (types.submodule { options = unitCommon; }); default = { }; };
       systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
       networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+      # As nixos/modules/services/monitoring/prometheus (scrape configs are
+      # submodules there; their keys are checked by Prometheus itself).
+      services.prometheus.scrapeConfigs = mkOption { type = types.listOf (types.attrsOf types.unspecified); default = [ ]; };
+      services.prometheus.ruleFiles = mkOption { type = types.listOf types.path; default = [ ]; };
       networking.primaryIPAddress = mkOption { type = types.str; default = ""; };
       networking.primaryIPv6Address = mkOption { type = types.str; default = ""; };
       virtualisation.memorySize = mkOption { type = types.ints.positive; default = 1024; };
@@ -206,6 +210,34 @@ let
           && (toml cfg "almacenamiento").state_dir == "/var/lib/biblioteca"))
       (check "passwords reach the services as credentials"
         (lib.elem "db-password:/run/secrets/db" (svc cfg "biblioteca-almacenamiento").serviceConfig.LoadCredential))
+      (check "metrics on 127.0.0.1 by default, at the documented ports, not scraped nor opened"
+        ((toml cfg "carga").metrics == { enabled = true; listen_address = "127.0.0.1"; port = 9555; }
+          && (toml cfg "almacenamiento").metrics.port == 9570
+          && !((toml cfg "actor").metrics ? port)
+          && cfg.services.prometheus.scrapeConfigs == [ ]
+          && cfg.networking.firewall.allowedTCPPorts == [ ]))
+    ];
+    app-metrics = cfg: common cfg ++ [
+      (check "metrics.openFirewall opens the five metrics ports only"
+        (lib.sort lib.lessThan cfg.networking.firewall.allowedTCPPorts == [ 9556 9570 9571 9572 9573 ]))
+      (check "metrics.scrape adds one job with this host's five targets and the alert rules"
+        (
+          let job = lib.head cfg.services.prometheus.scrapeConfigs; in
+          lib.length cfg.services.prometheus.scrapeConfigs == 1
+            && job.job_name == "biblioteca"
+            && (lib.head job.static_configs).targets == map (p: "10.0.0.3:${toString p}") [ 9556 9570 9571 9572 9573 ]
+            && lib.length cfg.services.prometheus.ruleFiles == 1
+        ))
+      (check "listenAddress and ports reach the TOML files"
+        ((toml cfg "carga").metrics.listen_address == "0.0.0.0" && (toml cfg "carga").metrics.port == 9556))
+      (check "failover.toml names the textfile directory"
+        ((toml cfg "failover").textfile_dir == "/var/lib/node-exporter"))
+    ];
+    app-metrics-off = cfg: common cfg ++ [
+      (check "metrics.enable = false: every service's endpoint off, nothing scraped or opened"
+        (lib.all (n: !(toml cfg n).metrics.enabled) [ "carga" "almacenamiento" "actor" ]
+          && cfg.services.prometheus.scrapeConfigs == [ ]
+          && cfg.networking.firewall.allowedTCPPorts == [ ]))
     ];
     app-plain = cfg: common cfg ++ [
       (check "CURVE off: no [curve] anywhere"
@@ -304,6 +336,27 @@ let
         };
       }
     ];
+    app-metrics = [
+      module
+      secrets
+      keys
+      (storageNodes kv)
+      {
+        services.biblioteca = {
+          enable = true;
+          components.failover.enable = true;
+          settings.failover.nodes = [{ name = "db1"; conninfo = kv "10.0.0.1"; }];
+          metrics = {
+            listenAddress = "0.0.0.0";
+            ports.carga = 9556;
+            openFirewall = true;
+            scrape = { enable = true; host = "10.0.0.3"; };
+            textfileDirectory = "/var/lib/node-exporter";
+          };
+        };
+      }
+    ];
+    app-metrics-off = [ module secrets keys (storageNodes kv) { services.biblioteca = { enable = true; metrics.enable = false; }; } ];
     two-standbys = [ module (db "primary" { synchronousStandbys = [ "db2" "db-3" ]; peerAddresses = [ "10.0.0.2" "10.0.0.4" ]; }) ];
     two-standbys-both = [ module (db "primary" { synchronousStandbys = [ "db2" "db-3" ]; synchronousCount = 2; peerAddresses = [ "10.0.0.2" "10.0.0.4" ]; }) ];
     vm-primary = [ vmTest.nodes.primary ];

@@ -25,6 +25,10 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    /// node_exporter textfile directory for the run's metrics (overrides
+    /// `textfile_dir` in the configuration).
+    #[arg(long, value_name = "DIR")]
+    textfile_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,10 +77,25 @@ enum Command {
     Restore,
 }
 
+impl Command {
+    /// The `action` label of a command that changes something (`status`
+    /// records nothing).
+    fn action(&self) -> Option<&'static str> {
+        match self {
+            Command::Status { .. } => None,
+            Command::Promote { .. } => Some("promote"),
+            Command::Rejoin { .. } => Some("rejoin"),
+            Command::Switchover { .. } => Some("switchover"),
+            Command::Degrade => Some("degrade"),
+            Command::Restore => Some("restore"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     biblioteca_runtime::logging::init_terminal("biblioteca-failover");
     let cli = Cli::parse();
-    let cfg: FailoverConfig = match biblioteca_protocol::config::parse(&cli.config) {
+    let mut cfg: FailoverConfig = match biblioteca_protocol::config::parse(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -95,7 +114,12 @@ fn main() -> ExitCode {
         eprintln!("error: no command given; try `biblioteca-failover --help`");
         return ExitCode::from(2);
     };
+    if let Some(dir) = cli.textfile_dir {
+        cfg.textfile_dir = Some(dir);
+    }
     let progress = Progress::default();
+    let action = command.action();
+    let started = (biblioteca_metrics::unix_now(), std::time::Instant::now());
     let result = match command {
         Command::Status { json } => {
             let report = status::collect(&cfg);
@@ -126,6 +150,17 @@ fn main() -> ExitCode {
         Command::Degrade => degrade::degrade(&cfg, &progress),
         Command::Restore => degrade::restore(&cfg, &progress),
     };
+    if let (Some(dir), Some(action)) = (&cfg.textfile_dir, action) {
+        let took = started.1.elapsed();
+        let written =
+            biblioteca_metrics::textfile::record_run(dir, action, started.0, took, result.is_ok());
+        if let Err(e) = written {
+            eprintln!(
+                "warning: cannot write the textfile metrics in {}: {e}",
+                dir.display()
+            );
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
