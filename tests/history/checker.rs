@@ -363,3 +363,62 @@ fn check_users(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::workload::Outcome;
+
+    fn loan(id: &str, usuario: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            op: Operacion::Prestamo,
+            isbn: "979-0000000100".into(),
+            usuario: usuario.into(),
+            start: 1,
+            end: 2,
+            tries: 1,
+            transient: 0,
+            transient_texts: vec![],
+            timeouts: 0,
+            outcome: Outcome::Definitive(
+                Respuesta::ok("prestamo", "ok", serde_json::json!({})).with_id(Some(id.into())),
+            ),
+        }
+    }
+
+    fn rows(solicitudes: &str, prestamos: &str) -> Snapshot {
+        Snapshot::parse(solicitudes, prestamos, "979-0000000100|10\n").unwrap()
+    }
+
+    #[test]
+    fn an_acknowledged_loan_only_on_a_demoted_primary_is_lost_and_named() {
+        let history = vec![loan("t-1", "tu1")];
+        let resolved = vec![Resolution::Told(match &history[0].outcome {
+            Outcome::Definitive(r) => r.clone(),
+            Outcome::Unknown { .. } => unreachable!(),
+        })];
+        let initial: HashMap<String, i64> = [("979-0000000100".to_string(), 10)].into();
+        let stored = "t-1|prestamo|979-0000000100|tu1|true|\n";
+        let active = "tu1|979-0000000100|ACTIVO|0|t-1\n";
+        let final_ok = rows(stored, active);
+        assert!(check(&final_ok, &[], "t", &history, &resolved, &initial).is_empty());
+
+        let old = vec![("db1".to_string(), rows(stored, active))];
+        let v = check(&rows("", ""), &old, "t", &history, &resolved, &initial);
+        assert!(
+            v.iter()
+                .any(|v| v.kind == Kind::Lost && v.text.contains("only on db1")),
+            "{v:?}"
+        );
+
+        // Applied twice: two loans, and a copy out of thin air (the copies
+        // query counts available + on loan).
+        let twice = format!("{active}{active}");
+        let doubled = Snapshot::parse(stored, &twice, "979-0000000100|11\n").unwrap();
+        let v = check(&doubled, &[], "t", &history, &resolved, &initial);
+        assert!(v.iter().any(|v| v.kind == Kind::Duplicated), "{v:?}");
+        assert!(v.iter().any(|v| v.kind == Kind::Copies), "{v:?}");
+    }
+}
