@@ -470,6 +470,30 @@ fn an_actor_checks_topics_and_bodies_and_reports_with_heartbeats() {
         "only the valid request reached storage: {calls:?}"
     );
     assert_eq!(calls.get("a-1"), Some(&1));
+
+    // Several requests in one publication (the load manager's form when it
+    // had several ready): each reaches storage once and each is reported,
+    // an invalid one among them dropped alone.
+    let (b1, b2) = (
+        prestamo("ok", Some("m-1")).to_string(),
+        prestamo("ok", Some("m-2")).to_string(),
+    );
+    publ.send_multipart(["prestamo", b1.as_str(), "not json", b2.as_str()], 0)
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(6), "reported: {ids:?}");
+        if let Informe::Resultado { respuesta } =
+            Informe::from_bytes(&pull.recv_bytes(0).unwrap()).unwrap()
+        {
+            assert!(respuesta.exito);
+            ids.push(respuesta.id.unwrap());
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["m-1", "m-2"]);
+    let calls = h.calls.lock().unwrap().clone();
+    assert_eq!((calls.get("m-1"), calls.get("m-2")), (Some(&1), Some(&1)));
 }
 
 #[test]

@@ -92,18 +92,36 @@ pub fn retarget(current: &str, primary: &str, application_name: &str) -> String 
     if !out.iter().any(|(k, _)| k == "application_name") {
         out.push(("application_name".into(), application_name.into()));
     }
-    if !out.iter().any(|(k, _)| k == "connect_timeout") {
-        out.push(("connect_timeout".into(), STANDBY_CONNECT_TIMEOUT.into()));
-    }
+    with_silent_network_bounds(&mut out);
     render(&out)
 }
 
-/// libpq's `connect_timeout` (seconds) in a standby's `primary_conninfo`:
-/// a connection attempt to a primary behind a silent cut is given up and
-/// retried instead of waiting on SYN retransmissions, which back off to 16
-/// and 32 s, so a standby streams again within seconds of a heal (measured
-/// in the lab: 15.6 s without it; docs/failover.md, "Network faults").
-pub const STANDBY_CONNECT_TIMEOUT: &str = "2";
+/// Options of a standby's `primary_conninfo` for a silent network: a
+/// connection attempt to a primary behind a silent cut is given up after
+/// 5 s (the walreceiver runs its own connect loop and ignores
+/// `connect_timeout`; `TCP_USER_TIMEOUT` also bounds the SYN
+/// retransmissions, which otherwise back off to 15 and 31 s) and retried
+/// after `wal_retrieve_retry_interval`, so a standby streams again within
+/// seconds of a heal (the lab measured 15.4 s without it; docs/failover.md,
+/// "Network faults").
+pub const STANDBY_CONNINFO: [(&str, &str); 2] =
+    [("connect_timeout", "2"), ("tcp_user_timeout", "5000")];
+
+/// Adds each of [`STANDBY_CONNINFO`] that `pairs` does not set.
+pub fn with_silent_network_bounds(pairs: &mut Vec<(String, String)>) {
+    for (k, v) in STANDBY_CONNINFO {
+        if !pairs.iter().any(|(have, _)| have == k) {
+            pairs.push((k.into(), v.into()));
+        }
+    }
+}
+
+/// `conninfo` with [`STANDBY_CONNINFO`] added where it sets none.
+pub fn standby_conninfo(conninfo: &str) -> String {
+    let mut out = pairs(conninfo);
+    with_silent_network_bounds(&mut out);
+    render(&out)
+}
 
 /// Points every reachable standby other than `new` and `old` at `new`,
 /// then sets the new primary's synchronous standbys; returns the names of
@@ -229,12 +247,12 @@ mod tests {
         );
         assert_eq!(
             out,
-            "user=replicator passfile='/var/lib/x y.pgpass' application_name=standby2 host=10.0.0.5 port=5433 connect_timeout=2"
+            "user=replicator passfile='/var/lib/x y.pgpass' application_name=standby2 host=10.0.0.5 port=5433 connect_timeout=2 tcp_user_timeout=5000"
         );
         let fresh = retarget("", "host=h port=1 user=postgres dbname=library", "s3");
         assert_eq!(
             fresh,
-            "host=h port=1 user=postgres application_name=s3 connect_timeout=2"
+            "host=h port=1 user=postgres application_name=s3 connect_timeout=2 tcp_user_timeout=5000"
         );
     }
 }

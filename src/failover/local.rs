@@ -343,13 +343,10 @@ impl Local {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        let mut conninfo = format!("{} application_name={}", primary.conninfo, n.name);
-        if !conninfo.contains("connect_timeout") {
-            conninfo.push_str(&format!(
-                " connect_timeout={}",
-                super::follow::STANDBY_CONNECT_TIMEOUT
-            ));
-        }
+        let mut conninfo = super::follow::standby_conninfo(&format!(
+            "{} application_name={}",
+            primary.conninfo, n.name
+        ));
         let passfile = passfile_of(dir);
         if self.write_pgpass(&passfile, primary)? {
             conninfo.push_str(&format!(

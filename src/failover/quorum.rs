@@ -191,9 +191,20 @@ pub fn verify(
                 ))
             }
         },
-        Err(why) => progress.warn(format!(
-            "cannot read the storage manager's degraded-mode record ({why}): if it ran degraded, writes acknowledged then may be missing on {target}"
+        // Run away from the storage manager (its host cut off or down, the
+        // tool on the database side): with `replicacion = "disponible"` it
+        // may have acknowledged writes that only the old primary has, and
+        // nothing here can tell. Refused, as any other possible loss.
+        Err(why) if allow => progress.warn(format!(
+            "cannot read the storage manager's degraded-mode record ({why}); promoting {target} anyway (--allow-data-loss): writes it acknowledged in degraded mode, if any, are LOST"
         )),
+        Err(why) => {
+            return Err(refuse(
+                target,
+                format!("cannot read the storage manager's degraded-mode record ({why}), so writes acknowledged without a standby (replicacion = \"disponible\") cannot be ruled out"),
+                "any write the storage manager acknowledged in degraded mode (none if it runs replicacion = \"estricta\")",
+            ))
+        }
     }
     Ok(())
 }

@@ -449,23 +449,24 @@ impl Broker {
     }
 
     /// One report per frame: an actor sends the outcomes it had ready
-    /// together.
+    /// together. A frame that is not a report drops the rest of its message
+    /// with one log line (no actor sends that; junk costs no more than a
+    /// one-frame message).
     fn on_reports(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        for frame in &frames {
-            self.on_report(frame, now);
-        }
-    }
-
-    fn on_report(&mut self, frame: &[u8], now: Instant) {
-        match Informe::from_bytes(frame) {
-            Err(e) => tracing::warn!(error = %e, "back-channel report dropped"),
-            Ok(Informe::Latido { operacion, actor }) => {
-                metrics::get().heartbeat(operacion);
-                if !self.liveness.latido(operacion, &actor, now) {
-                    tracing::warn!(operacion = %operacion, "heartbeat rejected");
+        for (i, frame) in frames.iter().enumerate() {
+            match Informe::from_bytes(frame) {
+                Err(e) => {
+                    tracing::warn!(error = %e, frame = i, frames = frames.len(), "back-channel message dropped");
+                    return;
                 }
+                Ok(Informe::Latido { operacion, actor }) => {
+                    metrics::get().heartbeat(operacion);
+                    if !self.liveness.latido(operacion, &actor, now) {
+                        tracing::warn!(operacion = %operacion, "heartbeat rejected");
+                    }
+                }
+                Ok(Informe::Resultado { respuesta }) => self.on_result(respuesta, now),
             }
-            Ok(Informe::Resultado { respuesta }) => self.on_result(respuesta, now),
         }
     }
 

@@ -367,3 +367,16 @@ pub fn seed(config: &StorageConfig, libros: u64, ejemplares: i32) -> Result<u64,
     migrate::check(&mut client)?;
     Ok(seed::seed(&mut client, libros, ejemplares)?)
 }
+
+/// [`seed`](fn@seed) without the migration check, for a tool that has just
+/// had the schema migrated by a storage manager binary of another version
+/// than this library (`biblioteca-bench --bin-dir` with an older tree's
+/// services, to measure before and after with one bench).
+pub fn seed_any_version(
+    config: &StorageConfig,
+    libros: u64,
+    ejemplares: i32,
+) -> Result<u64, StorageError> {
+    let mut client = connect_writer(config)?;
+    Ok(seed::seed(&mut client, libros, ejemplares)?)
+}

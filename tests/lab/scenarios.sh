@@ -119,8 +119,10 @@ scenario() {
         --marks "$MARKS" --out "$dir/history.jsonl" ${SEED:+--seed "$SEED"} 2>"$dir/run.log" &
     wl=$!
     sleep "$before"
+    FAULT_FAILED=
     "$fault" "$primary"
     heal_all
+    [[ -z $FAULT_FAILED ]] || { echo "$name: $FAULT_FAILED"; rc=1; }
     wait "$wl" || { echo "$name: the workload failed: $(cat "$dir/run.log")"; rc=1; }
     rm -f "$LAB/sampling"
     wait "$sampler_pid" || true
@@ -178,17 +180,20 @@ s4_fault() {
 }
 
 # S5: the storage host cut from the primary, then failover.yml promotes a
-# standby while the cut lasts; it must say it could not stop the old primary.
+# standby while the cut lasts; it must say it could not reach (so not stop)
+# the old primary; the fencing and the absence of acknowledged ids found
+# only on the old primary are the checker's.
 s5_fault() {
     local node
     cut_both app "$1"
     sleep 5
     node=$(for h in db1 db2 db3; do [[ $h != "$1" && -f $LAB/$h.pid ]] && echo "$h"; done | head -n 1)
     mark "promote $node"
-    playbook failover.yml "failover-$1" -e "biblioteca_failover_node=$(pg_node_name "$node")" ||
-        echo "S5: failover.yml failed"
-    grep -q "could not stop\|cannot stop\|not stopped\|unreachable" "$LOGS/failover-$1.log" ||
-        echo "S5: failover.yml did not say it could not stop $1"
+    if ! playbook failover.yml "failover-$1" -e "biblioteca_failover_node=$(pg_node_name "$node")"; then
+        FAULT_FAILED="failover.yml failed: $(grep -o '"stderr": "[^"]*' "$LOGS/failover-$1.log" | head -n 1)"
+    elif ! grep -q "old primary unreachable" "$LOGS/failover-$1.log"; then
+        FAULT_FAILED="failover.yml did not say it could not reach (stop) the old primary $1"
+    fi
     sleep 5
 }
 
@@ -214,7 +219,7 @@ s9_fault() {
 # S10: the primary's host frozen, then resumed.
 s10_fault() {
     freeze "$1"
-    sleep 20
+    sleep "$FAULT_SECONDS"
 }
 
 # The inventory's node names (biblioteca_pg_node_name) of the lab's hosts.
@@ -234,4 +239,24 @@ soak_fault() {
         heal_all
         sleep 10
     done
+}
+
+# S3: the standbys' packets to the primary dropped (WAL reaches them, their
+# acknowledgements do not), then the primary's host crashes and failover.yml
+# promotes the standby with the most WAL: the writes left waiting resolve as
+# applied once. Leaves the primary's host down: the last scenario of a run.
+s3_fault() {
+    local h nspawn
+    for h in db1 db2 db3; do [[ $h != "$1" && -f $LAB/$h.pid ]] && cut "$h" "$1"; done
+    sleep "$FAULT_SECONDS"
+    mark "crash $1"
+    nspawn=$(cat "$LAB/$1.pid")
+    kill -9 "$(init_pid "$1")"
+    for _ in $(seq 1 20); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.5; done
+    rm -f "$LAB/$1.pid"
+    heal_all
+    if ! playbook failover.yml "failover-s3"; then
+        FAULT_FAILED="failover.yml failed: $(grep -o '"stderr": "[^"]*' "$LOGS/failover-s3.log" | head -n 1)"
+    fi
+    sleep 5
 }
