@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::actors::Liveness;
-use super::inflight::{Admision, InFlight};
+use super::inflight::{unknown_outcome, Admision, InFlight};
 use super::metrics;
 use super::queries::{Consulta, Consultas};
 use super::sockets::Sockets;
@@ -53,20 +53,6 @@ pub(super) struct Broker {
     request_log: RequestLog,
     /// Requests admitted this turn, published together ([`Self::publish_all`]).
     to_publish: Vec<(Operacion, String)>,
-}
-
-/// The text of a reply sent before a published request's outcome is known.
-/// Actors and the storage manager keep working on it (a frozen or restarting
-/// storage manager may apply it seconds later), so it must not read as a
-/// failure: the client learns the outcome by retrying under the same id (the
-/// id makes that safe) or by looking it up.
-fn unknown_outcome(causa: &str, id: Option<&str>) -> String {
-    let id = id.unwrap_or("<id>");
-    format!(
-        "{causa}; the outcome is UNKNOWN: the request may still be applied. Retry with the \
-         same id (it is applied at most once) or look it up with \
-         {{\"operacion\":\"resultado\",\"id\":\"{id}\"}}"
-    )
 }
 
 impl Broker {

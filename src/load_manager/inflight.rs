@@ -5,11 +5,27 @@
 //! published again), when to re-publish and when each client's deadline runs
 //! out. Timers are found by scanning, but only when the earliest one is due
 //! (`next_due`), so a busy loop does not pay for the scan on every message.
+//! [`unknown_outcome`] words the reply of a request whose outcome is not
+//! known yet (its deadline passed, or the load manager is stopping).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use biblioteca_protocol::{Operacion, Peticion, Respuesta};
+
+/// The text of a reply sent before a published request's outcome is known.
+/// Actors and the storage manager keep working on it (a frozen or restarting
+/// storage manager may apply it seconds later), so it must not read as a
+/// failure: the client learns the outcome by retrying under the same id (the
+/// id makes that safe) or by looking it up.
+pub fn unknown_outcome(causa: &str, id: Option<&str>) -> String {
+    let id = id.unwrap_or("<id>");
+    format!(
+        "{causa}; the outcome is UNKNOWN: the request may still be applied. Retry with the \
+         same id (it is applied at most once) or look it up with \
+         {{\"operacion\":\"resultado\",\"id\":\"{id}\"}}"
+    )
+}
 
 /// A client waiting for a reply: its ROUTER route and its own deadline.
 #[derive(Debug, Clone)]

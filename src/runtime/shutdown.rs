@@ -118,15 +118,7 @@ impl Shutdown {
     /// Every thread that ever checked in, with the time since its last
     /// check-in (the metrics endpoint's heartbeats).
     pub fn checkin_ages(&self) -> Vec<(String, Duration)> {
-        let now = Instant::now();
-        self.checkins
-            .lock()
-            .map(|map| {
-                map.iter()
-                    .map(|(n, t)| (n.clone(), now.duration_since(*t)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        ages(&self.checkins)
     }
 
     /// Marks thread `name` as waiting on the database until the guard is
@@ -143,16 +135,9 @@ impl Shutdown {
 
     /// Threads waiting on the database for longer than `over`, with how long.
     pub fn long_waits(&self, over: Duration) -> Vec<(String, Duration)> {
-        let now = Instant::now();
-        self.waits
-            .lock()
-            .map(|map| {
-                map.iter()
-                    .map(|(n, t)| (n.clone(), now.duration_since(*t)))
-                    .filter(|(_, d)| *d > over)
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut waits = ages(&self.waits);
+        waits.retain(|(_, d)| *d > over);
+        waits
     }
 
     /// Threads that have not checked in within `within` and are not waiting
@@ -174,6 +159,18 @@ impl Shutdown {
             })
             .unwrap_or_default()
     }
+}
+
+/// Each name in `map` with the time since its instant.
+fn ages(map: &Mutex<HashMap<String, Instant>>) -> Vec<(String, Duration)> {
+    let now = Instant::now();
+    map.lock()
+        .map(|map| {
+            map.iter()
+                .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A declared wait on the database ([`Shutdown::waiting`]).
