@@ -151,21 +151,40 @@ impl Snapshot {
 
 /// The mean cost of each part over several runs (parts as in the first run).
 pub fn average(runs: &[Vec<PartCost>]) -> Vec<PartCost> {
+    average_parts(
+        runs,
+        |c| (&c.part, c.us_per_request),
+        |part, us_per_request| PartCost {
+            part,
+            us_per_request,
+        },
+    )
+}
+
+/// The mean of one figure per part over several runs, parts as in the first
+/// run (a part missing from a later run is averaged over the runs that have
+/// it). Shared by every per-part figure the bench reports.
+pub(crate) fn average_parts<T>(
+    runs: &[Vec<T>],
+    figure: impl Fn(&T) -> (&String, f64),
+    make: impl Fn(String, f64) -> T,
+) -> Vec<T> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };
     first
         .iter()
         .map(|c| {
+            let part = figure(c).0;
             let values: Vec<f64> = runs
                 .iter()
-                .filter_map(|r| r.iter().find(|d| d.part == c.part))
-                .map(|d| d.us_per_request)
+                .filter_map(|r| r.iter().find(|d| figure(d).0 == part))
+                .map(|d| figure(d).1)
                 .collect();
-            PartCost {
-                part: c.part.clone(),
-                us_per_request: values.iter().sum::<f64>() / values.len().max(1) as f64,
-            }
+            make(
+                part.clone(),
+                values.iter().sum::<f64>() / values.len().max(1) as f64,
+            )
         })
         .collect()
 }

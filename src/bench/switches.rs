@@ -243,23 +243,11 @@ fn sample(tallies: &Tallies, during: bool) {
 
 /// The mean of several runs (parts as in the first run).
 pub fn average(runs: &[Vec<PartSwitches>]) -> Vec<PartSwitches> {
-    let Some(first) = runs.first() else {
-        return Vec::new();
-    };
-    first
-        .iter()
-        .map(|c| {
-            let values: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| r.iter().find(|d| d.part == c.part))
-                .map(|d| d.per_request)
-                .collect();
-            PartSwitches {
-                part: c.part.clone(),
-                per_request: values.iter().sum::<f64>() / values.len().max(1) as f64,
-            }
-        })
-        .collect()
+    crate::cpu::average_parts(
+        runs,
+        |c| (&c.part, c.per_request),
+        |part, per_request| PartSwitches { part, per_request },
+    )
 }
 
 #[cfg(test)]

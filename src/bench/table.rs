@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::floor::Floor;
-use super::{BenchReport, BenchStep, Memory, Ours};
+use super::{BenchReport, BenchStep, Memory, Ours, SystemCpu};
 
 /// One performance target and whether this run met it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -229,69 +229,71 @@ fn extra_table(
 
 /// CPU microseconds per request of each part, one row per system and client count.
 fn cpu_table(rows: &[BenchStep]) -> String {
-    let Some(parts) = rows
-        .iter()
-        .flat_map(|f| f.cpu.iter())
-        .map(|c| c.parts.iter().map(|p| p.part.clone()).collect::<Vec<_>>())
-        .max_by_key(Vec::len)
-    else {
-        return String::new();
-    };
-    let mut s = format!(
-        "\nCPU time per request (us; all processes of each part, both cores):\n\n| clients | system | {} |\n|--:|---|{}\n",
-        parts.join(" | "),
-        "--:|".repeat(parts.len())
-    );
-    for f in rows {
-        for c in &f.cpu {
-            let cells: Vec<String> = parts
+    part_table(
+        rows,
+        "CPU time per request (us; all processes of each part, both cores)",
+        |c| {
+            c.parts
                 .iter()
-                .map(|n| match c.parts.iter().find(|p| &p.part == n) {
-                    Some(p) if p.us_per_request >= 0.5 || n == "total" => {
-                        format!("{:.0}", p.us_per_request)
-                    }
-                    _ => "-".into(),
-                })
-                .collect();
-            s.push_str(&format!(
-                "| {} | {} | {} |\n",
-                f.clients,
-                c.system,
-                cells.join(" | ")
-            ));
-        }
-    }
-    s
+                .map(|p| (p.part.clone(), p.us_per_request))
+                .collect()
+        },
+        |part, us| {
+            if us >= 0.5 || part == "total" {
+                format!("{us:.0}")
+            } else {
+                "-".into()
+            }
+        },
+    )
 }
 
 /// Context switches per request of each part, one row per system and
 /// client count (see [`crate::switches`]).
 fn switches_table(rows: &[BenchStep]) -> String {
+    part_table(
+        rows,
+        "Context switches per request (voluntary + involuntary, every thread of each part)",
+        |c| {
+            c.switches
+                .iter()
+                .map(|p| (p.part.clone(), p.per_request))
+                .collect()
+        },
+        |_, n| format!("{n:.1}"),
+    )
+}
+
+/// One figure per part, one row per system and client count; the columns
+/// are the parts of the system with the most of them, "-" where a system
+/// has no such part (or `cell` says it did nothing worth a figure).
+fn part_table(
+    rows: &[BenchStep],
+    title: &str,
+    figures: impl Fn(&SystemCpu) -> Vec<(String, f64)>,
+    cell: impl Fn(&str, f64) -> String,
+) -> String {
     let Some(parts) = rows
         .iter()
         .flat_map(|f| f.cpu.iter())
-        .map(|c| {
-            c.switches
-                .iter()
-                .map(|p| p.part.clone())
-                .collect::<Vec<_>>()
-        })
+        .map(|c| figures(c).into_iter().map(|(p, _)| p).collect::<Vec<_>>())
         .max_by_key(Vec::len)
         .filter(|p| !p.is_empty())
     else {
         return String::new();
     };
     let mut s = format!(
-        "\nContext switches per request (voluntary + involuntary, every thread of each part):\n\n| clients | system | {} |\n|--:|---|{}\n",
+        "\n{title}:\n\n| clients | system | {} |\n|--:|---|{}\n",
         parts.join(" | "),
         "--:|".repeat(parts.len())
     );
     for f in rows {
         for c in &f.cpu {
+            let figures = figures(c);
             let cells: Vec<String> = parts
                 .iter()
-                .map(|n| match c.switches.iter().find(|p| &p.part == n) {
-                    Some(p) => format!("{:.1}", p.per_request),
+                .map(|n| match figures.iter().find(|(p, _)| p == n) {
+                    Some((p, v)) => cell(p, *v),
                     None => "-".into(),
                 })
                 .collect();
