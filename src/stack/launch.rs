@@ -484,6 +484,30 @@ fn drain_notify(sock: UnixDatagram, inbox: &Inbox, stop: &AtomicBool) {
     }
 }
 
+/// Runs `biblioteca-failover --config CONFIG ARGS` to its end (warnings
+/// only) and returns whether it succeeded with its stdout and stderr
+/// together: how the suites drive the failover tool, as an operator would.
+pub fn run_failover(config: &Path, args: &[&str]) -> Result<(bool, String), LaunchError> {
+    let binary = find_binary("biblioteca-failover", None)?;
+    let out = Command::new(&binary)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|source| LaunchError::Spawn {
+            name: "biblioteca-failover".into(),
+            binary,
+            source,
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

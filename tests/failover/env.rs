@@ -7,7 +7,6 @@
 //! processes, and the machine has two cores.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use biblioteca_client::pirate::Client;
 use biblioteca_cluster::{wait_until, Cluster, ClusterSpec, Node};
 use biblioteca_protocol::config::{ClientConfig, ReplicationMode};
 use biblioteca_protocol::{Operacion, Peticion, Respuesta};
-use biblioteca_stack::launch::{find_binary, port_in_use};
+use biblioteca_stack::launch::{port_in_use, run_failover};
 use biblioteca_stack::{Stack, StackPorts, StackSpec};
 
 /// The storage manager's `degradar_tras` in this suite.
@@ -147,27 +146,15 @@ impl Env {
     /// Runs `biblioteca-failover --config .. ARGS`, echoes its output, and
     /// returns (success, stdout + stderr).
     pub fn failover(&self, args: &[&str]) -> (bool, String) {
-        let bin = find_binary("biblioteca-failover", None).unwrap();
         let started = Instant::now();
-        let out = Command::new(bin)
-            .arg("--config")
-            .arg(&self.failover_toml)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, text) = run_failover(&self.failover_toml, args).unwrap();
         println!(
             "$ biblioteca-failover {} ({:.1}s, {})\n{text}",
             args.join(" "),
             started.elapsed().as_secs_f64(),
-            out.status
+            if ok { "ok" } else { "failed" }
         );
-        (out.status.success(), text)
+        (ok, text)
     }
 
     pub fn client(&self, timeout_ms: u64) -> Client {

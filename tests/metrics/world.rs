@@ -3,14 +3,13 @@
 //! `degradar_tras` 3 s), and a `biblioteca-failover` configuration.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use biblioteca_client::pirate::Client;
 use biblioteca_cluster::{Cluster, ClusterSpec, Node};
 use biblioteca_protocol::config::{ClientConfig, ReplicationMode};
 use biblioteca_protocol::{Operacion, Peticion};
-use biblioteca_stack::launch::{find_binary, free_port};
+use biblioteca_stack::launch::{free_port, run_failover};
 use biblioteca_stack::{MetricsPorts, Stack, StackMetrics, StackPorts, StackSpec};
 
 use crate::prom::status;
@@ -125,20 +124,9 @@ impl World {
 
     /// `biblioteca-failover --config .. ARGS`: (success, output).
     pub fn failover(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(find_binary("biblioteca-failover", None).unwrap())
-            .arg("--config")
-            .arg(&self.failover_toml)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, text) = run_failover(&self.failover_toml, args).unwrap();
         println!("$ biblioteca-failover {}\n{text}", args.join(" "));
-        (out.status.success(), text)
+        (ok, text)
     }
 
     /// Waits until `path` on `port` answers `want`.
