@@ -15,6 +15,8 @@ use std::time::Duration;
 use biblioteca_protocol::config::{ConfigError, Validate};
 use biblioteca_runtime::security::OperatorCurve;
 
+pub use super::auto_config::AutoConfig;
+
 /// One PostgreSQL node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +137,8 @@ pub struct FailoverConfig {
     /// (`ANY quorum (...)`); `promote` trusts the most advanced reachable
     /// standby only when at least `standbys - quorum + 1` answer.
     pub quorum: usize,
+    /// The opt-in automatic mode (`biblioteca-failover agent`).
+    pub auto: AutoConfig,
 }
 
 impl Default for FailoverConfig {
@@ -149,6 +153,7 @@ impl Default for FailoverConfig {
             streaming_timeout: Duration::from_secs(120),
             synchronous: true,
             quorum: 1,
+            auto: AutoConfig::default(),
         }
     }
 }
@@ -227,7 +232,8 @@ impl Validate for FailoverConfig {
         if self.promote_timeout.is_zero() || self.storage.status_timeout.is_zero() {
             return invalid("promote_timeout and storage.status_timeout must be positive");
         }
-        Ok(())
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.auto.validate(&names)
     }
 }
 

@@ -11,8 +11,12 @@
 //! line through [`Progress`]; a failure says what state things were left in
 //! and what to do next ([`FailoverError::Stuck`]).
 
+pub mod agent;
+pub mod auto_config;
 pub mod config;
 pub mod degrade;
+pub mod election;
+pub mod etcd;
 pub mod follow;
 pub mod local;
 pub mod pg;
@@ -23,10 +27,11 @@ pub mod roles_file;
 pub mod status;
 pub mod storage;
 pub mod switchover;
+pub mod sync_record;
 
 use std::time::Instant;
 
-pub use config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
+pub use config::{AutoConfig, FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -53,6 +58,8 @@ pub enum FailoverError {
     Net(#[from] biblioteca_runtime::net::NetError),
     #[error("{0}")]
     Cluster(#[from] biblioteca_cluster::ClusterError),
+    #[error("{0}")]
+    Etcd(#[from] etcd::EtcdError),
     #[error("curve: {0}")]
     Security(#[from] biblioteca_runtime::security::SecurityError),
 }

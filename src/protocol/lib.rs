@@ -17,6 +17,7 @@ pub mod config;
 pub mod config_roles;
 pub mod curve;
 pub mod scheduling;
+pub mod sync_names;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
