@@ -287,9 +287,17 @@ impl<'a> Agent<'a> {
         )?;
         match self.leader()? {
             None => Election::step(self, me, probe),
-            Some((_, Some(l))) if l.node == me.name => {
-                // Won the election but the promotion stopped half-way.
-                Election::promote(self, me, None)
+            Some((kv, Some(l))) if l.node == me.name => {
+                if kv.lease == self.lease {
+                    // Won the election but the promotion stopped half-way.
+                    Election::promote(self, me, None)
+                } else {
+                    self.note(format!(
+                        "the leader key names {} (an operator's promote): waiting for it",
+                        me.name
+                    ));
+                    Ok(())
+                }
             }
             Some((_, Some(l))) => {
                 self.election.follow(self.cfg, me, &l)?;

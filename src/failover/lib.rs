@@ -19,6 +19,7 @@ pub mod election;
 pub mod etcd;
 pub mod follow;
 pub mod local;
+pub mod manual;
 pub mod pg;
 pub mod promote;
 pub mod quorum;

@@ -88,7 +88,12 @@ pub fn promote(
     if let Some(o) = old {
         fence_old_primary(cfg, o, find(&probes, &o.name), progress)?;
     }
-    finish_promotion(cfg, target, old.map(|o| o.name.as_str()), already, progress)
+    let claim = super::manual::claim(cfg, &target.name, None, progress)?;
+    let outcome = finish_promotion(cfg, target, old.map(|o| o.name.as_str()), already, progress)?;
+    if let Some(c) = claim {
+        c.done(outcome.timeline)?;
+    }
+    Ok(outcome)
 }
 
 fn find<'a>(probes: &'a [Probe], name: &str) -> Option<&'a Probe> {

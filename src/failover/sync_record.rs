@@ -7,12 +7,14 @@
 //! `synchronous_standby_names` (the storage manager's degraded mode is
 //! refused with it), and always in this order: before it widens what may
 //! acknowledge, it records the union of the old and new sets with the
-//! smaller quorum (true under both rules); it changes the setting; after it
-//! narrows, it records the new set. A standby that stops streaming is
-//! dropped from the set (commits go on with the others, as `ANY k` already
-//! allowed), so the record then proves that the survivors hold everything;
-//! one that streams again is added back. The set is never emptied: with
-//! no standby streaming, commits wait (strict).
+//! smaller quorum (true under both rules); it changes the setting; then it
+//! records the new set, once that proves every earlier commit too (each of
+//! its standbys flushed what the primary had flushed after the change). A
+//! standby that stops streaming is dropped from the set (commits go on
+//! with the others, as `ANY k` already allowed), so the record then proves
+//! that the survivors hold everything; one that streams again is added
+//! back. The set is never emptied: with no standby streaming, commits wait
+//! (strict). Every write is fenced by the leader key's revision.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent::Agent;
 use super::pg::{self, Probe};
-use super::{FailoverError, FailoverNode, Result};
+use super::{FailoverConfig, FailoverError, FailoverNode, Result};
 use biblioteca_protocol::sync_names::{members, required};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +32,17 @@ pub struct SyncRecord {
     pub standbys: Vec<String>,
     /// The k of `ANY k`; 0 with no standby (asynchronous).
     pub quorum: usize,
+}
+
+/// The record, for a command (`None` when the automatic mode is off).
+pub fn read_with(cfg: &FailoverConfig) -> Result<Option<SyncRecord>> {
+    if !cfg.auto.enabled {
+        return Ok(None);
+    }
+    let etcd = super::etcd::Etcd::new(&cfg.auto.etcd, cfg.auto.etcd_timeout);
+    Ok(etcd
+        .get(&cfg.auto.key("sync"))?
+        .and_then(|kv| serde_json::from_str(&kv.value).ok()))
 }
 
 pub fn read(agent: &Agent<'_>) -> Result<Option<SyncRecord>> {
@@ -84,8 +97,11 @@ pub fn maintain(
 ) -> Result<()> {
     let current_names = probe.synchronous_standby_names.clone().unwrap_or_default();
     let current = describe(&me.name, &current_names);
-    if read(agent)?.as_ref() != Some(&current) {
-        write(agent, &current, revision)?;
+    let recorded = read(agent)?;
+    if recorded.as_ref() != Some(&current)
+        && !record_safely(agent, me, recorded.as_ref(), &current, revision)?
+    {
+        return Ok(());
     }
     if !agent.cfg.synchronous {
         return Ok(());
@@ -131,7 +147,9 @@ pub fn maintain(
             current.quorum.min(k)
         },
     };
-    write(agent, &both, revision)?;
+    if !record_safely(agent, me, Some(&current), &both, revision)? {
+        return Ok(());
+    }
     let names: Vec<&str> = wanted.standbys.iter().map(String::as_str).collect();
     let value = pg::sync_names(&names, k);
     let mut c = pg::connect(me, agent.cfg.connect_timeout())?;
@@ -153,5 +171,64 @@ pub fn maintain(
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!(node = %me.name, "synchronous_standby_names = {value}");
-    write(agent, &wanted, revision)
+    record_safely(agent, me, Some(&both), &wanted, revision).map(|_| ())
+}
+
+/// Whether every commit acknowledged under `old` is provable under `new`
+/// without waiting: `new` keeps all of `old`'s standbys and asks no more
+/// acknowledgements (a commit on k_old of them leaves at most k_new - 1
+/// non-reporters without it).
+fn implied(old: Option<&SyncRecord>, new: &SyncRecord) -> bool {
+    new.quorum == 0
+        || old.is_some_and(|o| {
+            o.primary == new.primary
+                && o.quorum > 0
+                && new.quorum <= o.quorum
+                && o.standbys.iter().all(|s| new.standbys.contains(s))
+        })
+}
+
+/// Writes `new` (the setting already in force, or wider than it) when it
+/// proves every acknowledged commit: at once when [`implied`], else once
+/// each of its standbys has flushed what this primary had flushed after
+/// the setting changed (so it holds every earlier commit). Returns whether
+/// it was written; otherwise the next pass tries again.
+fn record_safely(
+    agent: &Agent<'_>,
+    me: &FailoverNode,
+    old: Option<&SyncRecord>,
+    new: &SyncRecord,
+    revision: i64,
+) -> Result<bool> {
+    if implied(old, new) {
+        write(agent, new, revision)?;
+        return Ok(true);
+    }
+    let mut c = pg::connect(me, agent.cfg.connect_timeout())?;
+    let row = c
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .map_err(FailoverError::db(&me.name))?;
+    let Some(target) = row
+        .get::<_, Option<String>>(0)
+        .and_then(|l| l.parse::<pg::Lsn>().ok())
+    else {
+        return Ok(false);
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let replicas = pg::replicas(&mut c, &me.name)?;
+        let caught_up = new.standbys.iter().all(|s| {
+            replicas
+                .iter()
+                .any(|r| &r.application_name == s && r.flush_lsn.is_some_and(|f| f >= target))
+        });
+        if caught_up {
+            write(agent, new, revision)?;
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -244,3 +244,79 @@ fn postgres_crash_under_living_agent_fails_over_after_ttl() {
     }
     assert!(w.agent_log(&old).contains("stale primary"));
 }
+
+/// Double fault: a standby dies, the primary's agent drops it from
+/// `synchronous_standby_names` and records the narrower set; later the
+/// primary's host crashes: the surviving standby alone proves it holds
+/// every acknowledged write and is promoted, with nothing lost.
+#[test]
+fn double_fault_promotes_with_the_sync_records_proof() {
+    let _g = serial();
+    let mut w = World::start("double", 4, 2);
+    let standbys: Vec<String> = w
+        .env
+        .cluster
+        .standbys()
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let (survivor, dead) = (standbys[0].clone(), standbys[1].clone());
+    w.kill_agent(&dead);
+    w.env.cluster.standbys()[1].kill9().unwrap();
+    println!("{dead} died");
+    w.wait_sync_record(std::slice::from_ref(&survivor), Duration::from_secs(20));
+    let load = Load::start(&w.env, "d", 2);
+    pause(2);
+    crash_primary_host(&mut w);
+    w.wait_leader(&survivor, TTL * 6);
+    wait_serving(&w, &survivor, Duration::from_secs(30));
+    w.env
+        .loan_until_ok(ISBNS[0], "after_double", Duration::from_secs(30));
+    pause(1);
+    let (outcomes, before) = load.stop();
+    check_nothing_lost(&w.env.cluster.standbys()[0], &outcomes, &before);
+}
+
+/// The primary and a synchronous standby die together while the record
+/// still names both standbys (`ANY 1` of two): the survivor cannot prove
+/// it holds every acknowledged write, so no agent promotes it, it says
+/// why, and the manual `promote` refuses too without --allow-data-loss.
+#[test]
+fn primary_and_a_standby_dying_together_promote_nobody() {
+    let _g = serial();
+    let mut w = World::start("together", 5, 2);
+    let standbys: Vec<String> = w
+        .env
+        .cluster
+        .standbys()
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    // Frozen first, so the primary's agent cannot narrow the record: the
+    // two die "together".
+    let primary = w.env.primary().name.clone();
+    w.signal_agent(&primary, Signal::SIGSTOP);
+    w.kill_agent(&standbys[0]);
+    w.env.cluster.standbys()[0].kill9().unwrap();
+    crash_primary_host(&mut w);
+    std::thread::sleep(TTL * 3);
+    assert_eq!(
+        in_recovery(&w, &standbys[1]),
+        Some(true),
+        "the survivor was promoted"
+    );
+    assert!(
+        w.leader().is_none(),
+        "someone took the leader key: {:?}",
+        w.leader()
+    );
+    let log = w.agent_log(&standbys[1]);
+    assert!(
+        log.contains("no automatic promotion yet"),
+        "no reason given:\n{log}"
+    );
+    let (ok, out) = w.env.failover(&["promote"]);
+    assert!(!ok, "manual promote went ahead: {out}");
+    assert!(out.contains("--allow-data-loss"), "{out}");
+    assert_eq!(in_recovery(&w, &standbys[1]), Some(true));
+}
