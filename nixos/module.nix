@@ -25,9 +25,11 @@
 # The module is split by role, as nixpkgs splits its large modules:
 # modules/options/*.nix declare the options, modules/services.nix the
 # services and their TOML files, modules/database.nix the PostgreSQL node,
+# modules/failover-agent.nix the automatic failover agent,
 # modules/lib.nix the names they share.
 {
   imports = [
+    ./modules/failover-agent.nix
     ./modules/database.nix
     ./modules/services.nix
     ./modules/options/postgresql.nix

@@ -149,7 +149,9 @@ impl<'a> Agent<'a> {
                 self.down_since = None;
             }
         }
-        if self.cfg.storage.config.is_some() && etcd_ok {
+        // Beside a storage manager only: a database host's agent leaves it
+        // to that one (one writer of the roles file).
+        if self.me.is_none() && self.cfg.storage.config.is_some() && etcd_ok {
             if let Err(e) = self.storage_tick() {
                 self.note(format!("storage manager: {}", pg::short_error(&e)));
             }
