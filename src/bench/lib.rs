@@ -18,6 +18,7 @@
 //! end, also on error or Ctrl-C.
 
 pub mod cpu;
+pub mod failover;
 pub mod floor;
 pub mod machine;
 mod meter;

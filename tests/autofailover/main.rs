@@ -16,7 +16,6 @@ mod env;
 #[path = "../failover/load.rs"]
 mod load;
 
-mod etcd;
 mod world;
 
 use std::time::{Duration, Instant};
@@ -172,15 +171,15 @@ fn blips_cause_no_failover() {
         w.signal_agent(&primary, Signal::SIGCONT);
         assert_no_failover(&w, &primary, 6, &format!("agent frozen {secs}s"));
     }
-    let leader = w.etcd.leader();
+    let leader = w.etcd.leader().unwrap();
     w.etcd.kill(leader);
     assert_no_failover(&w, &primary, 8, "etcd leader killed");
-    w.etcd.restart(leader);
-    w.etcd.wait_healthy();
-    let other = (w.etcd.leader() + 1) % 3;
+    w.etcd.restart(leader).unwrap();
+    w.etcd.wait_healthy().unwrap();
+    let other = (w.etcd.leader().unwrap() + 1) % 3;
     w.etcd.kill(other);
     assert_no_failover(&w, &primary, 8, "one etcd member down");
-    w.etcd.restart(other);
+    w.etcd.restart(other).unwrap();
     w.env
         .loan_until_ok(ISBNS[0], "after_blips", Duration::from_secs(10));
     assert_eq!(serving_from(&w).as_deref(), Some(primary.as_str()));
@@ -203,8 +202,8 @@ fn etcd_without_quorum_promotes_nobody() {
         w.agent_log(&primary).contains("failsafe"),
         "the primary's agent did not say why it stays primary"
     );
-    w.etcd.restart(0);
-    w.etcd.restart(1);
+    w.etcd.restart(0).unwrap();
+    w.etcd.restart(1).unwrap();
 }
 
 /// PostgreSQL alone crashes on the primary while its agent lives: the agent

@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::env::Env;
-use crate::etcd::EtcdCluster;
+use biblioteca_stack::etcd::EtcdCluster;
 
 /// The leader key's lifetime in this suite (the documented default).
 pub const TTL: Duration = Duration::from_secs(5);
@@ -33,7 +33,7 @@ pub const STORAGE_AGENT: &str = "storage";
 impl World {
     pub fn start(tag: &str, slot: u16, standbys: usize) -> World {
         let env = Env::with(tag, slot, standbys, ReplicationMode::Estricta);
-        let etcd = EtcdCluster::start(&env.dir, 23000 + slot * 20);
+        let etcd = EtcdCluster::start(&env.dir, 23000 + slot * 20).unwrap();
         let endpoints: Vec<String> = etcd
             .endpoints()
             .iter()
