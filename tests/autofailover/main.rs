@@ -16,6 +16,7 @@ mod env;
 #[path = "../failover/load.rs"]
 mod load;
 
+mod proxy;
 mod world;
 
 use std::time::{Duration, Instant};
@@ -320,4 +321,51 @@ fn primary_and_a_standby_dying_together_promote_nobody() {
     assert!(!ok, "manual promote went ahead: {out}");
     assert!(out.contains("--allow-data-loss"), "{out}");
     assert_eq!(in_recovery(&w, &standbys[1]), Some(true));
+}
+
+/// The primary cut from etcd only (its agent's etcd traffic goes through
+/// relays that are cut; replication and the other agents work): the
+/// standby's election stops its WAL receiver, the old primary, no longer
+/// covered by the failsafe, fences itself, and only then is the standby
+/// promoted. No write is acknowledged by two primaries.
+#[test]
+fn primary_cut_from_etcd_fences_itself_before_the_promotion() {
+    let _g = serial();
+    let mut w = World::start("cut", 6, 1);
+    let primary = w.env.primary().name.clone();
+    let standby = w.env.standby().name.clone();
+    let relays = w.relay_agent(&primary);
+    w.wait_leader(&primary, Duration::from_secs(20));
+    pause(2);
+    for r in &relays {
+        r.cut();
+    }
+    println!("{primary}'s agent cut from etcd");
+    let (mut fenced_at, mut promoted_at) = (None, None);
+    let deadline = Instant::now() + TTL * 6;
+    while (fenced_at.is_none() || promoted_at.is_none()) && Instant::now() < deadline {
+        if fenced_at.is_none() && !w.env.primary().is_running() {
+            fenced_at = Some(Instant::now());
+        }
+        if promoted_at.is_none() && in_recovery(&w, &standby) == Some(false) {
+            promoted_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (Some(f), Some(p)) = (fenced_at, promoted_at) else {
+        w.dump_logs();
+        panic!("fenced: {fenced_at:?}, promoted: {promoted_at:?}");
+    };
+    assert!(
+        f <= p,
+        "{standby} was promoted before {primary} fenced itself"
+    );
+    println!(
+        "{primary} fenced {:.2}s before {standby} was promoted",
+        (p - f).as_secs_f64()
+    );
+    assert!(w.agent_log(&primary).contains("fencing"));
+    wait_serving(&w, &standby, Duration::from_secs(30));
+    w.env
+        .loan_until_ok(ISBNS[2], "after_cut", Duration::from_secs(30));
 }

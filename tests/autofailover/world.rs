@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::env::Env;
+use crate::proxy::Relay;
 use biblioteca_stack::etcd::EtcdCluster;
 
 /// The leader key's lifetime in this suite (the documented default).
@@ -107,12 +108,40 @@ impl World {
     }
 
     pub fn spawn_agent(&mut self, node: &str) {
+        let config = self.env.failover_toml.clone();
+        self.spawn_agent_with(node, &config);
+    }
+
+    /// Restarts `node`'s agent with its etcd traffic through relays the
+    /// test can cut.
+    pub fn relay_agent(&mut self, node: &str) -> Vec<Relay> {
+        let relays: Vec<Relay> = self
+            .etcd
+            .members
+            .iter()
+            .map(|m| Relay::start(m.client))
+            .collect();
+        let text = std::fs::read_to_string(&self.env.failover_toml).unwrap();
+        let mut relayed = text.clone();
+        for (m, r) in self.etcd.members.iter().zip(&relays) {
+            relayed = relayed.replace(
+                &format!("http://127.0.0.1:{}\"", m.client),
+                &format!("http://127.0.0.1:{}\"", r.port),
+            );
+        }
+        assert_ne!(relayed, text, "no etcd endpoint replaced");
+        let config = self.env.dir.join(format!("failover-{node}.toml"));
+        std::fs::write(&config, relayed).unwrap();
+        self.kill_agent(node);
+        self.spawn_agent_with(node, &config);
+        relays
+    }
+
+    fn spawn_agent_with(&mut self, node: &str, config: &std::path::Path) {
         let bin = find_binary("biblioteca-failover", None).unwrap();
         let log = std::fs::File::create(self.env.dir.join(format!("agent-{node}.log"))).unwrap();
         let mut cmd = Command::new(bin);
-        cmd.arg("--config")
-            .arg(&self.env.failover_toml)
-            .arg("agent");
+        cmd.arg("--config").arg(config).arg("agent");
         if node != STORAGE_AGENT {
             cmd.args(["--node", node]);
         }
