@@ -67,13 +67,7 @@ fn crash_primary_host(w: &mut World) -> String {
 /// the leader must stay `holder` and no standby may leave recovery.
 fn assert_no_failover(w: &World, holder: &str, secs: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let standbys: Vec<String> = w
-        .env
-        .cluster
-        .standbys()
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
+    let standbys = w.standby_names();
     while Instant::now() < deadline {
         if let Some((l, _)) = w.leader() {
             assert_eq!(l.node, holder, "{what}: the leader key moved to {}", l.node);
@@ -134,11 +128,8 @@ fn crashed_primary_host_is_replaced_nothing_lost() {
     check_nothing_lost(new_node, &outcomes, &before);
     // The other standby streams from the new primary again.
     let other: Vec<String> = w
-        .env
-        .cluster
-        .standbys()
-        .iter()
-        .map(|n| n.name.clone())
+        .standby_names()
+        .into_iter()
         .filter(|n| *n != new)
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -255,13 +246,7 @@ fn postgres_crash_under_living_agent_fails_over_after_ttl() {
 fn double_fault_promotes_with_the_sync_records_proof() {
     let _g = serial();
     let mut w = World::start("double", 4, 2);
-    let standbys: Vec<String> = w
-        .env
-        .cluster
-        .standbys()
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
+    let standbys = w.standby_names();
     let (survivor, dead) = (standbys[0].clone(), standbys[1].clone());
     w.kill_agent(&dead);
     w.env.cluster.standbys()[1].kill9().unwrap();
@@ -287,13 +272,7 @@ fn double_fault_promotes_with_the_sync_records_proof() {
 fn primary_and_a_standby_dying_together_promote_nobody() {
     let _g = serial();
     let mut w = World::start("together", 5, 2);
-    let standbys: Vec<String> = w
-        .env
-        .cluster
-        .standbys()
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
+    let standbys = w.standby_names();
     // Frozen first, so the primary's agent cannot narrow the record: the
     // two die "together".
     let primary = w.env.primary().name.clone();
@@ -368,4 +347,33 @@ fn primary_cut_from_etcd_fences_itself_before_the_promotion() {
     wait_serving(&w, &standby, Duration::from_secs(30));
     w.env
         .loan_until_ok(ISBNS[2], "after_cut", Duration::from_secs(30));
+}
+
+/// A planned switchover in the automatic mode goes through the leader key:
+/// the command takes it from the old primary before promoting, no agent
+/// fights it, the new primary's agent adopts the key, and the old primary,
+/// rejoined as a standby by the command, follows it.
+#[test]
+fn switchover_goes_through_the_leader_key() {
+    let _g = serial();
+    let w = World::start("switch", 7, 1);
+    let (old, new) = (w.env.primary().name.clone(), w.env.standby().name.clone());
+    let (ok, out) = w.env.failover(&["switchover"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("took the leader key"), "{out}");
+    w.wait_leader(&new, Duration::from_secs(20));
+    wait_serving(&w, &new, Duration::from_secs(30));
+    w.env
+        .loan_until_ok(ISBNS[1], "after_switchover", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        assert_eq!(w.leader().map(|(l, _)| l.node), Some(new.clone()));
+        assert_ne!(
+            in_recovery(&w, &old),
+            Some(false),
+            "{old} is a primary again"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(in_recovery(&w, &old), Some(true), "{old} is not a standby");
 }

@@ -65,13 +65,7 @@ impl World {
         w.spawn_agent(STORAGE_AGENT);
         let primary = w.env.primary().name.clone();
         w.wait_leader(&primary, Duration::from_secs(20));
-        let mut standbys: Vec<String> = w
-            .env
-            .cluster
-            .standbys()
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
+        let mut standbys = w.standby_names();
         standbys.sort();
         w.wait_sync_record(&standbys, Duration::from_secs(20));
         w
@@ -105,6 +99,16 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The standbys' names, in the cluster's order.
+    pub fn standby_names(&self) -> Vec<String> {
+        self.env
+            .cluster
+            .standbys()
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     pub fn spawn_agent(&mut self, node: &str) {

@@ -161,7 +161,7 @@ fn trial(
             Running::Patroni(patroni::Patroni::start(
                 &dir,
                 &endpoints,
-                &format!("bench{n}"),
+                &format!("bench-{system:?}-{n}"),
                 t,
             )?)
         }
