@@ -162,20 +162,29 @@ fn fake_storage(
         while !sd.is_triggered() {
             if router.poll(zmq::POLLIN, 10).unwrap() > 0 {
                 let frames = router.recv_multipart(0).unwrap();
-                let req: Value = serde_json::from_slice(frames.last().unwrap()).unwrap();
-                let id = req["id"].as_str().unwrap_or_default().to_string();
-                *calls.lock().unwrap().entry(id.clone()).or_default() += 1;
-                if let Storage::Answer { delay_ms } = mode {
-                    let reply = json!({
-                        "exito": true,
-                        "operacion": req["operacion"],
-                        "mensaje": "fake storage: done",
-                        "datos": {"isbn": req["isbn"], "usuario": req["usuario"]},
-                        "id": id,
-                    });
-                    let mut out = frames[..frames.len() - 1].to_vec();
-                    out.push(reply.to_string().into_bytes());
-                    queue.push((Instant::now() + Duration::from_millis(delay_ms), out));
+                // One request, or several after the "lote" mark (each
+                // answered on its own: the actor takes both forms).
+                let delim = frames.iter().position(Vec::is_empty).unwrap();
+                let (route, mut bodies) = frames.split_at(delim + 1);
+                if bodies.len() > 1 && bodies[0] == b"lote" {
+                    bodies = &bodies[1..];
+                }
+                for body in bodies {
+                    let req: Value = serde_json::from_slice(body).unwrap();
+                    let id = req["id"].as_str().unwrap_or_default().to_string();
+                    *calls.lock().unwrap().entry(id.clone()).or_default() += 1;
+                    if let Storage::Answer { delay_ms } = mode {
+                        let reply = json!({
+                            "exito": true,
+                            "operacion": req["operacion"],
+                            "mensaje": "fake storage: done",
+                            "datos": {"isbn": req["isbn"], "usuario": req["usuario"]},
+                            "id": id,
+                        });
+                        let mut out = route.to_vec();
+                        out.push(reply.to_string().into_bytes());
+                        queue.push((Instant::now() + Duration::from_millis(delay_ms), out));
+                    }
                 }
             }
             let now = Instant::now();

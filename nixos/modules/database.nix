@@ -119,6 +119,16 @@ in
         password_encryption = "scram-sha-256";
         synchronous_commit = "on";
         synchronous_standby_names = synchronousStandbyNames;
+        # A silent network (a cut link, a frozen host) noticed in seconds,
+        # not after the 60 s defaults (docs/failover.md, "Network faults").
+        wal_sender_timeout = "10s";
+        wal_receiver_timeout = "10s";
+        wal_receiver_status_interval = "2s";
+        wal_retrieve_retry_interval = "2s";
+        tcp_keepalives_idle = 5;
+        tcp_keepalives_interval = 2;
+        tcp_keepalives_count = 3;
+        tcp_user_timeout = "10s";
       };
       authentication = lib.concatLines hbaLines;
     };

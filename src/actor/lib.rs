@@ -6,7 +6,10 @@
 //! timeouts), and PUSHes each outcome and a heartbeat every `heartbeat_interval` to
 //! the load manager's back-channel. All three sockets are connected, so
 //! ZeroMQ reconnects them when the load manager or the storage manager
-//! restarts; one thread polls them.
+//! restarts; one thread polls them. What is ready together travels together:
+//! the requests of one turn go to the storage manager in one message, the
+//! outcomes of one turn to the load manager in one message
+//! ([`biblioteca_protocol::batch`]).
 //!
 //! - [`worker`]: the poll loop.
 //! - [`pending`]: requests outstanding at the storage manager.

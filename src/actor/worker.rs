@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::pending::{PendingTable, MAX_ATTEMPTS};
 use super::ActorError;
+use biblioteca_protocol::batch::{BATCH_MARK, MAX_PER_MESSAGE};
 use biblioteca_protocol::config::ActorConfig;
 use biblioteca_protocol::{parse_entrada, CodigoError, Entrada, Informe, Peticion, Respuesta};
 use biblioteca_runtime::net;
@@ -20,6 +21,10 @@ use biblioteca_runtime::security::{Curve, Peer};
 use biblioteca_runtime::shutdown::Shutdown;
 
 const BATCH: usize = 256;
+/// Frames kept of a publication: the topic and up to a full batch.
+const PUBLICATION_FRAMES: usize = 1 + MAX_PER_MESSAGE;
+/// Frames kept of a storage reply: the delimiter, the mark, the replies.
+const REPLY_FRAMES: usize = 2 + MAX_PER_MESSAGE;
 const TICK: Duration = Duration::from_millis(100);
 /// Consecutive timeout rounds without any storage reply before the DEALER
 /// is replaced by a fresh one.
@@ -41,6 +46,10 @@ pub(super) struct Actor {
     timeout_rounds: u32,
     next_heartbeat: Instant,
     request_log: RequestLog,
+    /// New requests read this turn, sent to the storage manager together.
+    outbox: Vec<(String, Peticion, Vec<u8>)>,
+    /// Reports produced this turn, sent to the load manager together.
+    reports: Vec<Vec<u8>>,
 }
 
 fn storage_socket(
@@ -49,9 +58,8 @@ fn storage_socket(
     curve: &Curve,
 ) -> Result<zmq::Socket, ActorError> {
     let s = net::socket(ctx, zmq::DEALER)?;
-    // Notice a storage manager that vanished without closing TCP.
-    s.set_heartbeat_ivl(1000)?;
-    s.set_heartbeat_timeout(3000)?;
+    // A storage manager that vanished without closing TCP: heartbeats from
+    // net::connect.
     curve.connect_to(&s, Peer::Storage)?;
     net::connect(&s, endpoint)?;
     Ok(s)
@@ -94,6 +102,8 @@ impl Actor {
             storage,
             timeout_rounds: 0,
             next_heartbeat: Instant::now(),
+            outbox: Vec::new(),
+            reports: Vec::new(),
         })
     }
 
@@ -133,26 +143,33 @@ impl Actor {
                     items.get(1).is_some_and(|i| i.is_readable()),
                 )
             };
+            // Everything ready is read first, then sent on as few
+            // messages as possible: outcomes to the load manager, new
+            // requests to the storage manager.
             if store {
                 for _ in 0..BATCH {
-                    let Some(frames) = net::try_recv(&self.storage)? else {
+                    let Some(frames) = net::try_recv_up_to(&self.storage, REPLY_FRAMES)? else {
                         break;
                     };
-                    self.on_storage_reply(frames, Instant::now());
+                    for r in net::decode_replies(frames) {
+                        self.on_storage_reply(r, Instant::now());
+                    }
                 }
             }
             if published {
                 for _ in 0..BATCH {
-                    if self.pending.len() >= self.cfg.max_in_flight {
+                    if self.pending.len() + self.outbox.len() >= self.cfg.max_in_flight {
                         break;
                     }
-                    let Some(frames) = net::try_recv(&self.sub)? else {
+                    let Some(frames) = net::try_recv_up_to(&self.sub, PUBLICATION_FRAMES)? else {
                         break;
                     };
-                    self.on_publication(frames, Instant::now());
+                    self.on_publication(frames);
                 }
+                self.send_outbox();
             }
             self.timeouts(Instant::now())?;
+            self.send_reports();
         }
     }
 
@@ -186,15 +203,20 @@ impl Actor {
         });
     }
 
-    fn on_publication(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
+    /// `[topic, request, ...]`: one request, or several the load manager
+    /// had ready together.
+    fn on_publication(&mut self, frames: Vec<Vec<u8>>) {
         let op = self.cfg.operacion;
-        let [topic, body] = frames.as_slice() else {
-            tracing::warn!(
-                frames = frames.len(),
-                "publication dropped: expected [topic, request]"
-            );
+        let [topic, bodies @ ..] = frames.as_slice() else {
             return;
         };
+        if bodies.is_empty() {
+            tracing::warn!(
+                frames = frames.len(),
+                "publication dropped: expected [topic, request, ...]"
+            );
+            return;
+        }
         if topic.as_slice() != op.as_str().as_bytes() {
             // SUB filters by prefix: "prestamo" also lets "prestamoX" through.
             tracing::warn!(
@@ -203,6 +225,13 @@ impl Actor {
             );
             return;
         }
+        for body in bodies {
+            self.on_request(body);
+        }
+    }
+
+    fn on_request(&mut self, body: &[u8]) {
+        let op = self.cfg.operacion;
         let p = match parse_entrada(body) {
             Ok(Entrada::Operacion(p)) if p.operacion == op && p.id.is_some() => p,
             Ok(_) => {
@@ -217,7 +246,7 @@ impl Actor {
         let Some(id) = p.id.clone() else {
             return;
         };
-        if self.pending.contains(&id) {
+        if self.pending.contains(&id) || self.outbox.iter().any(|(o, _, _)| *o == id) {
             tracing::debug!(
                 id = id.as_str(),
                 "re-publication of a request already at storage"
@@ -231,14 +260,61 @@ impl Actor {
             "request received"
         );
         let payload = p.to_bytes();
-        if !self.to_storage(&payload) {
-            tracing::warn!(
-                id = id.as_str(),
-                "storage queue full: request dropped until re-published"
-            );
+        self.outbox.push((id, p, payload));
+    }
+
+    /// Sends the requests read this turn: one alone as `["", request]`,
+    /// several as `["", "lote", request, ...]`. What the storage manager's
+    /// queue refuses is dropped until re-published.
+    fn send_outbox(&mut self) {
+        let now = Instant::now();
+        let outbox = std::mem::take(&mut self.outbox);
+        if let [(id, _, payload)] = outbox.as_slice() {
+            if !self.to_storage(payload) {
+                tracing::warn!(
+                    id = id.as_str(),
+                    "storage queue full: request dropped until re-published"
+                );
+                return;
+            }
+        } else if !outbox.is_empty() {
+            let bodies: Vec<&[u8]> = outbox.iter().map(|(_, _, b)| b.as_slice()).collect();
+            let sent = net::send_batched(&self.storage, &[b"", BATCH_MARK], &bodies);
+            let mut at = 0;
+            let mut refused = Vec::new();
+            for (n, r) in sent {
+                if let Err(e) = r {
+                    tracing::warn!(requests = n, error = %e, "storage queue full: requests dropped until re-published");
+                    refused.extend(at..at + n);
+                }
+                at += n;
+            }
+            for (i, (id, p, payload)) in outbox.into_iter().enumerate() {
+                if !refused.contains(&i) {
+                    self.pending.insert(id, p, payload, now);
+                }
+            }
             return;
         }
-        self.pending.insert(id, p, payload, now);
+        for (id, p, payload) in outbox {
+            self.pending.insert(id, p, payload, now);
+        }
+    }
+
+    /// Sends the reports produced this turn to the load manager, several
+    /// in one message (one report per frame).
+    fn send_reports(&mut self) {
+        let reports = std::mem::take(&mut self.reports);
+        let bodies: Vec<&[u8]> = reports.iter().map(Vec::as_slice).collect();
+        for (n, r) in net::send_batched(&self.report, &[], &bodies) {
+            if let Err(e) = r {
+                tracing::warn!(
+                    reports = n,
+                    error = %e,
+                    "outcomes not reported: back-channel full (the load manager will re-publish)"
+                );
+            }
+        }
     }
 
     fn to_storage(&self, payload: &[u8]) -> bool {
@@ -252,10 +328,7 @@ impl Actor {
         }
     }
 
-    fn on_storage_reply(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        let Some(r) = net::decode_reply(frames) else {
-            return;
-        };
+    fn on_storage_reply(&mut self, r: Respuesta, now: Instant) {
         self.timeout_rounds = 0;
         let Some(id) = r.id.clone() else {
             tracing::warn!(
@@ -286,12 +359,9 @@ impl Actor {
             ms = ms_between(received, now),
             "processed"
         );
-        if !self.send_report(&Informe::Resultado { respuesta: r }) {
-            tracing::warn!(
-                id = p.id.as_deref(),
-                "outcome not reported: back-channel full (the load manager will re-publish)"
-            );
-        }
+        // Sent with the turn's other reports ([`Self::send_reports`]).
+        self.reports
+            .push(Informe::Resultado { respuesta: r }.to_bytes());
     }
 
     fn timeouts(&mut self, now: Instant) -> Result<(), ActorError> {

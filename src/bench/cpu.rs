@@ -99,6 +99,11 @@ impl Parts {
         Parts(Vec::new())
     }
 
+    /// The parts, by name, in the order they were named.
+    pub fn entries(&self) -> &[(String, Part)] {
+        &self.0
+    }
+
     pub fn with(mut self, name: &str, part: Part) -> Parts {
         self.0.push((name.to_string(), part));
         self

@@ -24,6 +24,7 @@ pub mod machine;
 mod meter;
 pub mod pgbench;
 pub mod skeleton;
+pub mod switches;
 mod table;
 
 use std::path::PathBuf;
@@ -172,6 +173,8 @@ pub struct BenchStep {
 pub struct SystemCpu {
     pub system: &'static str,
     pub parts: Vec<cpu::PartCost>,
+    /// Context switches per request of each part.
+    pub switches: Vec<switches::PartSwitches>,
 }
 
 /// Peak resident memory of one service process.

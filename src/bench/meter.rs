@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::skeleton::Skeleton;
-use super::{cpu, pgbench, BenchError, BenchOptions, BenchStep, Ours, SystemCpu};
+use super::{cpu, pgbench, switches, BenchError, BenchOptions, BenchStep, Ours, SystemCpu};
 use biblioteca_client::load::{self, spec, LoadOptions};
 use biblioteca_cluster::{Cluster, APP_DB, SUPERUSER};
 use biblioteca_protocol::config::ClientConfig;
@@ -22,6 +22,19 @@ fn median<T: Clone>(v: &[T], key: fn(&T) -> f64) -> Option<T> {
     idx.sort_by(|&a, &b| key(&v[a]).total_cmp(&key(&v[b])));
     let mid = idx.get(idx.len().saturating_sub(1) / 2)?;
     v.get(*mid).cloned()
+}
+
+/// One run's CPU and context switches per request, by part.
+type Costs = (Vec<cpu::PartCost>, Vec<switches::PartSwitches>);
+
+/// The mean costs of one system's runs.
+fn system_cpu(system: &'static str, runs: &[Costs]) -> SystemCpu {
+    let (cpus, switches): (Vec<_>, Vec<_>) = runs.iter().cloned().unzip();
+    SystemCpu {
+        system,
+        parts: cpu::average(&cpus),
+        switches: switches::average(&switches),
+    }
 }
 
 /// The parts whose CPU time is counted: both PostgreSQL nodes, each service
@@ -115,23 +128,23 @@ impl Meter<'_> {
             };
             self.prepare()?;
             eprintln!("{n:>3} clients: pgbench{tag} ...");
-            let before = self.parts.now_snapshot();
+            let (before, watch) = self.start_counting();
             let r = self.pgbench(n, opts.duration, *run)?;
-            cpu_pgbench.push(self.cpu(&before, r.transactions));
+            cpu_pgbench.push(self.cpu(&before, watch, r.transactions));
             pgbench_runs.push(r);
             eprintln!("{n:>3} clients: pipeline{tag} ...");
             self.prepare()?;
-            let before = self.parts.now_snapshot();
+            let (before, watch) = self.start_counting();
             let r = self.ours(n, opts.duration, *run, &endpoints.frontend)?;
-            cpu_ours.push(self.cpu(&before, r.requests));
+            cpu_ours.push(self.cpu(&before, watch, r.requests));
             ours.push(r);
             for (name, endpoint, runs, cpus) in &mut extra {
                 *run += 1;
                 self.prepare()?;
                 eprintln!("{n:>3} clients: {name}{tag} ...");
-                let before = self.parts.now_snapshot();
+                let (before, watch) = self.start_counting();
                 let r = self.ours(n, opts.duration, *run, endpoint)?;
-                cpus.push(self.cpu(&before, r.requests));
+                cpus.push(self.cpu(&before, watch, r.requests));
                 runs.push(r);
             }
         }
@@ -146,14 +159,8 @@ impl Meter<'_> {
             return Err(BenchError::Options("no run was measured".into()));
         };
         let mut cpu = vec![
-            SystemCpu {
-                system: "pgbench",
-                parts: cpu::average(&cpu_pgbench),
-            },
-            SystemCpu {
-                system: "ours",
-                parts: cpu::average(&cpu_ours),
-            },
+            system_cpu("pgbench", &cpu_pgbench),
+            system_cpu("ours", &cpu_ours),
         ];
         for (system, _, runs, cpus) in &extra {
             // Each run against the pgbench run of its own repetition.
@@ -166,10 +173,7 @@ impl Meter<'_> {
                 "{n:>3} clients: {system}/pgbench per run: {}",
                 per_run.join(", ")
             );
-            cpu.push(SystemCpu {
-                system,
-                parts: cpu::average(cpus),
-            });
+            cpu.push(system_cpu(system, cpus));
         }
         let of = |name: &str| {
             let (_, _, runs, _) = extra.iter().find(|e| e.0 == name)?;
@@ -187,11 +191,23 @@ impl Meter<'_> {
         })
     }
 
-    /// CPU per request since `before`. The short wait lets the postmaster reap
-    /// the backends of a pgbench run that just ended, so they are counted.
-    fn cpu(&self, before: &cpu::Snapshot, requests: u64) -> Vec<cpu::PartCost> {
+    /// The CPU times and the context-switch counters at a run's start.
+    fn start_counting(&self) -> (cpu::Snapshot, switches::Watch) {
+        (
+            self.parts.now_snapshot(),
+            switches::Watch::start(&self.parts),
+        )
+    }
+
+    /// CPU and context switches per request since `before`. The short wait
+    /// lets the postmaster reap the backends of a pgbench run that just
+    /// ended, so their CPU is counted.
+    fn cpu(&self, before: &cpu::Snapshot, watch: switches::Watch, requests: u64) -> Costs {
         std::thread::sleep(Duration::from_millis(300));
-        before.per_request(&self.parts.now_snapshot(), requests)
+        (
+            before.per_request(&self.parts.now_snapshot(), requests),
+            watch.finish(requests),
+        )
     }
 
     /// Before each run: a `VACUUM` of the catalogue's tables and a

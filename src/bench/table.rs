@@ -159,6 +159,7 @@ pub fn table(r: &BenchReport) -> String {
     ));
     s.push_str("\nlatencies in ms, per request (one loan or one return)\n");
     s.push_str(&cpu_table(&r.rows));
+    s.push_str(&switches_table(&r.rows));
     s.push_str(&floor_table(&r.rows, &r.floor));
     s.push_str("\n| service | peak RSS (VmHWM) |\n|---|--:|\n");
     for m in &r.memory {
@@ -227,6 +228,48 @@ fn cpu_table(rows: &[BenchStep]) -> String {
                         format!("{:.0}", p.us_per_request)
                     }
                     _ => "-".into(),
+                })
+                .collect();
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                f.clients,
+                c.system,
+                cells.join(" | ")
+            ));
+        }
+    }
+    s
+}
+
+/// Context switches per request of each part, one row per system and
+/// client count (see [`crate::switches`]).
+fn switches_table(rows: &[BenchStep]) -> String {
+    let Some(parts) = rows
+        .iter()
+        .flat_map(|f| f.cpu.iter())
+        .map(|c| {
+            c.switches
+                .iter()
+                .map(|p| p.part.clone())
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(Vec::len)
+        .filter(|p| !p.is_empty())
+    else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\nContext switches per request (voluntary + involuntary, every thread of each part):\n\n| clients | system | {} |\n|--:|---|{}\n",
+        parts.join(" | "),
+        "--:|".repeat(parts.len())
+    );
+    for f in rows {
+        for c in &f.cpu {
+            let cells: Vec<String> = parts
+                .iter()
+                .map(|n| match c.switches.iter().find(|p| &p.part == n) {
+                    Some(p) => format!("{:.1}", p.per_request),
+                    None => "-".into(),
                 })
                 .collect();
             s.push_str(&format!(
@@ -315,23 +358,37 @@ mod tests {
     }
 
     #[test]
-    fn cpu_table_has_a_row_per_system_and_a_dash_for_idle_parts() {
-        use crate::{cpu::PartCost, SystemCpu};
+    fn cpu_and_switches_tables_have_a_row_per_system_and_a_dash_for_idle_parts() {
+        use crate::{cpu::PartCost, switches::PartSwitches, SystemCpu};
         let c = |p: &str, us: f64| PartCost {
             part: p.into(),
             us_per_request: us,
+        };
+        let sw = |p: &str, n: f64| PartSwitches {
+            part: p.into(),
+            per_request: n,
         };
         let mut f = row(16, 1000.0, 500.0, 9.0);
         f.cpu = vec![
             SystemCpu {
                 system: "pgbench",
                 parts: vec![c("pg primary", 300.0), c("carga", 0.1), c("total", 300.1)],
+                switches: vec![sw("pg primary", 9.04), sw("total", 9.04)],
             },
             SystemCpu {
                 system: "ours",
                 parts: vec![c("pg primary", 350.0), c("carga", 60.4), c("total", 410.4)],
+                switches: vec![sw("pg primary", 5.0), sw("carga", 2.26), sw("total", 7.26)],
             },
         ];
+        let t = switches_table(std::slice::from_ref(&f));
+        assert!(
+            t.contains("| clients | system | pg primary | carga | total |"),
+            "{t}"
+        );
+        assert!(t.contains("| 16 | pgbench | 9.0 | - | 9.0 |"), "{t}");
+        assert!(t.contains("| 16 | ours | 5.0 | 2.3 | 7.3 |"), "{t}");
+        assert_eq!(switches_table(&[row(1, 1.0, 1.0, 1.0)]), "");
         let t = cpu_table(std::slice::from_ref(&f));
         assert!(
             t.contains("| clients | system | pg primary | carga | total |"),

@@ -216,6 +216,15 @@ impl Cluster {
              # hot_standby_feedback stays off: it holds back HOT pruning of\n\
              # the guide's four hot rows (docs/benchmark.md, run M)\n\
              synchronous_commit = on\n\
+             # a silent network noticed in seconds (docs/failover.md)\n\
+             wal_sender_timeout = '10s'\n\
+             wal_receiver_timeout = '10s'\n\
+             wal_receiver_status_interval = '2s'\n\
+             wal_retrieve_retry_interval = '2s'\n\
+             tcp_keepalives_idle = 5\n\
+             tcp_keepalives_interval = 2\n\
+             tcp_keepalives_count = 3\n\
+             tcp_user_timeout = '10s'\n\
              max_connections = 200\n\
              include_if_exists = 'node.conf'\n",
         )?;

@@ -344,6 +344,12 @@ impl Local {
             .map(|l| format!("{l}\n"))
             .collect();
         let mut conninfo = format!("{} application_name={}", primary.conninfo, n.name);
+        if !conninfo.contains("connect_timeout") {
+            conninfo.push_str(&format!(
+                " connect_timeout={}",
+                super::follow::STANDBY_CONNECT_TIMEOUT
+            ));
+        }
         let passfile = passfile_of(dir);
         if self.write_pgpass(&passfile, primary)? {
             conninfo.push_str(&format!(

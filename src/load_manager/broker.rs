@@ -4,6 +4,9 @@
 //! vanished peers), publications on a PUB (which drops at its high-water mark;
 //! re-publication covers that), and requests to the storage manager with
 //! `DONTWAIT` (a full queue is answered at once instead of waited on).
+//! Each socket is drained before the loop sleeps; the requests admitted in
+//! one turn are published as one message per operation, and an actor's
+//! report message may carry several outcomes ([`biblioteca_protocol::batch`]).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,7 @@ use super::queries::{Consulta, Consultas};
 use super::sockets::Sockets;
 use super::status::{self, Counters, Ids};
 use super::LoadManagerError;
+use biblioteca_protocol::batch::MAX_PER_MESSAGE;
 use biblioteca_protocol::config::LoadManagerConfig;
 use biblioteca_protocol::{
     parse_entrada, CodigoError, Entrada, Informe, Invalida, Operacion, Peticion, Respuesta,
@@ -46,6 +50,8 @@ pub(super) struct Broker {
     stopping: bool,
     next_sweep: Instant,
     request_log: RequestLog,
+    /// Requests admitted this turn, published together ([`Self::publish_all`]).
+    to_publish: Vec<(Operacion, String)>,
 }
 
 /// The text of a reply sent before a published request's outcome is known.
@@ -74,6 +80,7 @@ impl Broker {
             stopping: false,
             next_sweep: now + SWEEP,
             request_log: RequestLog::new(cfg.request_lines_per_second, now),
+            to_publish: Vec::new(),
             cfg,
             s,
         }
@@ -122,10 +129,11 @@ impl Broker {
             // Outcomes first: they free slots for the clients that follow.
             if back {
                 for _ in 0..BATCH {
-                    let Some(frames) = net::try_recv(&self.s.backchannel)? else {
+                    let Some(frames) = net::try_recv_up_to(&self.s.backchannel, MAX_PER_MESSAGE)?
+                    else {
                         break;
                     };
-                    self.on_report(frames, Instant::now());
+                    self.on_reports(frames, Instant::now());
                 }
             }
             if store {
@@ -143,6 +151,8 @@ impl Broker {
                     };
                     self.on_client(frames, Instant::now());
                 }
+                // Every request read above, one message per operation.
+                self.publish_all();
             }
             self.timers(Instant::now());
         }
@@ -303,7 +313,7 @@ impl Broker {
         };
         p.id = Some(id.clone());
         match self.inflight.admit(p, route, now) {
-            Admision::New => self.publish(op, &id),
+            Admision::New => self.to_publish.push((op, id)),
             Admision::Attached => {
                 tracing::debug!(
                     id = id.as_str(),
@@ -321,11 +331,26 @@ impl Broker {
         }
     }
 
-    fn publish(&mut self, op: Operacion, id: &str) {
-        if let Some(payload) = self.inflight.payload(id) {
-            let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
-            if let Err(e) = self.s.publisher.send_multipart(frames, zmq::DONTWAIT) {
-                tracing::warn!(error = %e, id, "publication failed; will re-publish");
+    /// Publishes the requests admitted this turn: per operation, as few
+    /// `[topic, request, ...]` messages as the bound allows, so the actor
+    /// wakes up once for all of them.
+    fn publish_all(&mut self) {
+        let pending = std::mem::take(&mut self.to_publish);
+        for op in Operacion::WRITES {
+            let payloads: Vec<&[u8]> = pending
+                .iter()
+                .filter(|(o, _)| *o == op)
+                .filter_map(|(_, id)| self.inflight.payload(id))
+                .collect();
+            self.publish(op, &payloads);
+        }
+    }
+
+    fn publish(&self, op: Operacion, payloads: &[&[u8]]) {
+        let topic = op.as_str().as_bytes();
+        for (n, r) in net::send_batched(&self.s.publisher, &[topic], payloads) {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, requests = n, "publication failed; will re-publish");
             }
         }
     }
@@ -417,14 +442,15 @@ impl Broker {
         }
     }
 
-    fn on_report(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
-        let [frame] = frames.as_slice() else {
-            tracing::warn!(
-                frames = frames.len(),
-                "back-channel message dropped: expected one frame"
-            );
-            return;
-        };
+    /// One report per frame: an actor sends the outcomes it had ready
+    /// together.
+    fn on_reports(&mut self, frames: Vec<Vec<u8>>, now: Instant) {
+        for frame in &frames {
+            self.on_report(frame, now);
+        }
+    }
+
+    fn on_report(&mut self, frame: &[u8], now: Instant) {
         match Informe::from_bytes(frame) {
             Err(e) => tracing::warn!(error = %e, "back-channel report dropped"),
             Ok(Informe::Latido { operacion, actor }) => {
@@ -478,11 +504,14 @@ impl Broker {
     fn timers(&mut self, now: Instant) {
         self.request_log.roll(now);
         let tick = self.inflight.tick(now);
-        for (op, payload) in &tick.republish {
-            let frames: [&[u8]; 2] = [op.as_str().as_bytes(), payload];
-            if let Err(e) = self.s.publisher.send_multipart(frames, zmq::DONTWAIT) {
-                tracing::warn!(error = %e, "re-publication failed");
-            }
+        for op in Operacion::WRITES {
+            let payloads: Vec<&[u8]> = tick
+                .republish
+                .iter()
+                .filter(|(o, _)| *o == op)
+                .map(|(_, p)| p.as_slice())
+                .collect();
+            self.publish(op, &payloads);
         }
         if !tick.republish.is_empty() {
             tracing::debug!(

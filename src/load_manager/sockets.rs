@@ -41,9 +41,8 @@ impl Sockets {
         net::bind(&backchannel, &cfg.backchannel)?;
         let storage = net::socket(ctx, zmq::DEALER)?;
         storage.set_sndhwm(STORAGE_HWM)?;
-        // Detect a storage manager that vanished without closing TCP.
-        storage.set_heartbeat_ivl(1000)?;
-        storage.set_heartbeat_timeout(3000)?;
+        // A storage manager that vanished without closing TCP: heartbeats
+        // from net::connect.
         curve.connect_to(&storage, Peer::Storage)?;
         net::connect(&storage, &cfg.storage)?;
         Ok(Sockets {

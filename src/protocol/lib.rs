@@ -12,6 +12,7 @@
 //! input the same way, with `PeticionInvalida` and a message saying what is
 //! wrong. `docs/protocol.md` describes the same messages for humans.
 
+pub mod batch;
 pub mod catalogue;
 pub mod config;
 pub mod config_roles;

@@ -71,7 +71,28 @@ pub fn client_facing(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::S
     Ok(s)
 }
 
+/// ZMTP heartbeats on every TCP connection, both ends: a peer that went
+/// silent (a cut link, a frozen host) is dropped after 3 s instead of when
+/// TCP gives up (minutes), and, on the connecting side, a connect that hangs
+/// on an unanswered SYN is abandoned after 2 s and tried afresh, so a healed
+/// link carries traffic again within about 2 s instead of at the next SYN
+/// retransmission (which backs off to 16-32 s). docs/failover.md, "Network
+/// faults".
+fn liveness(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    if endpoint.starts_with("tcp://") {
+        s.set_heartbeat_ivl(HEARTBEAT_IVL_MS)?;
+        s.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
+        s.set_connect_timeout(CONNECT_TIMEOUT_MS)?;
+    }
+    Ok(())
+}
+
+pub const HEARTBEAT_IVL_MS: i32 = 1000;
+pub const HEARTBEAT_TIMEOUT_MS: i32 = 3000;
+pub const CONNECT_TIMEOUT_MS: i32 = 2000;
+
 pub fn bind(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    liveness(s, endpoint)?;
     s.bind(endpoint).map_err(|source| NetError::Endpoint {
         action: "bind",
         endpoint: endpoint.to_string(),
@@ -80,6 +101,7 @@ pub fn bind(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
 }
 
 pub fn connect(s: &zmq::Socket, endpoint: &str) -> Result<(), NetError> {
+    liveness(s, endpoint)?;
     s.connect(endpoint).map_err(|source| NetError::Endpoint {
         action: "connect",
         endpoint: endpoint.to_string(),
@@ -239,6 +261,55 @@ pub fn decode_reply(frames: Vec<Vec<u8>>) -> Option<biblioteca_protocol::Respues
             None
         }
     }
+}
+
+/// [`decode_reply`] for a message that may carry several replies
+/// (`["", "lote", reply, ...]`, see [`biblioteca_protocol::batch`]); what is
+/// malformed is logged and dropped.
+pub fn decode_replies(frames: Vec<Vec<u8>>) -> Vec<biblioteca_protocol::Respuesta> {
+    let body = match frames.split_first() {
+        Some((empty, rest)) if empty.is_empty() => rest,
+        _ => {
+            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+            return Vec::new();
+        }
+    };
+    let bodies = match biblioteca_protocol::batch::batch_body(body) {
+        Some(many) => many,
+        None if body.len() == 1 => body,
+        None => {
+            tracing::warn!("storage reply without the [\"\", reply] shape dropped");
+            return Vec::new();
+        }
+    };
+    bodies
+        .iter()
+        .filter_map(|b| match biblioteca_protocol::Respuesta::from_bytes(b) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed storage reply dropped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Sends `items` to `s` after `head` (the framing), at most
+/// [`MAX_PER_MESSAGE`](biblioteca_protocol::batch::MAX_PER_MESSAGE) per
+/// message; with `DONTWAIT`. Returns, for each message, how many items it
+/// carried and whether it was queued.
+pub fn send_batched(
+    s: &zmq::Socket,
+    head: &[&[u8]],
+    items: &[&[u8]],
+) -> Vec<(usize, Result<(), zmq::Error>)> {
+    items
+        .chunks(biblioteca_protocol::batch::MAX_PER_MESSAGE)
+        .map(|chunk| {
+            let frames: Vec<&[u8]> = head.iter().chain(chunk).copied().collect();
+            (chunk.len(), s.send_multipart(frames, zmq::DONTWAIT))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,7 +12,12 @@
 //! [`Shutdown::checkin`] once per loop iteration, and `WATCHDOG=1` is sent only
 //! while every thread that ever checked in has done so recently, so a wedged
 //! thread gets the service restarted instead of kept alive by a healthy main
-//! thread.
+//! thread. A thread blocked in a call to the database ([`Shutdown::waiting`])
+//! is not wedged: a commit waits for a synchronous standby as long as the
+//! standby is away, and the wait ends when the standby answers or the
+//! connection dies (TCP keepalives and `tcp_user_timeout` bound a silent
+//! peer). Restarting the service would not end that wait, only drop the
+//! connections that carry it.
 //!
 //! A service is alive only while all of it is: a panic in any thread (the
 //! hook [`run_with_signals`] installs) logs the thread's name, stops the
@@ -35,6 +40,8 @@ pub struct Shutdown {
     stop: Arc<AtomicBool>,
     reloads: Arc<AtomicU64>,
     checkins: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Threads in a declared wait on the database, since when.
+    waits: Arc<Mutex<HashMap<String, Instant>>>,
     /// The first thread that panicked, once one has.
     died: Arc<Mutex<Option<String>>>,
 }
@@ -94,6 +101,10 @@ impl Shutdown {
     pub fn checkin(&self, name: &str) {
         #[cfg(feature = "fault-injection")]
         biblioteca_fault::maybe_panic(name);
+        self.touch(name);
+    }
+
+    fn touch(&self, name: &str) {
         if let Ok(mut map) = self.checkins.lock() {
             match map.get_mut(name) {
                 Some(t) => *t = Instant::now(),
@@ -104,18 +115,66 @@ impl Shutdown {
         }
     }
 
-    /// Threads that have not checked in within `within` (empty: all healthy).
+    /// Marks thread `name` as waiting on the database until the guard is
+    /// dropped (it then checks in): the watchdog counts it alive meanwhile.
+    pub fn waiting(&self, name: &str) -> Waiting<'_> {
+        if let Ok(mut map) = self.waits.lock() {
+            map.insert(name.to_string(), Instant::now());
+        }
+        Waiting {
+            shutdown: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// Threads waiting on the database for longer than `over`, with how long.
+    pub fn long_waits(&self, over: Duration) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        self.waits
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+                    .filter(|(_, d)| *d > over)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Threads that have not checked in within `within` and are not waiting
+    /// on the database (empty: all healthy).
     pub fn stale_threads(&self, within: Duration) -> Vec<String> {
         let now = Instant::now();
+        let waiting: Vec<String> = self
+            .waits
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         self.checkins
             .lock()
             .map(|map| {
                 map.iter()
-                    .filter(|(_, t)| now.duration_since(**t) > within)
+                    .filter(|(n, t)| now.duration_since(**t) > within && !waiting.contains(n))
                     .map(|(n, _)| n.clone())
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A declared wait on the database ([`Shutdown::waiting`]).
+pub struct Waiting<'a> {
+    shutdown: &'a Shutdown,
+    name: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.shutdown.waits.lock() {
+            map.remove(&self.name);
+        }
+        // Not `checkin`: a drop during a panic's unwinding must not panic.
+        self.shutdown.touch(&self.name);
     }
 }
 
@@ -160,10 +219,16 @@ where
     let watchdog = crate::notify::watchdog_interval();
     let mut last_ping = Instant::now();
     let mut warned = false;
+    let mut told_waits = false;
     while !shutdown.is_triggered() {
         if let Some(interval) = watchdog {
             if last_ping.elapsed() >= interval / 3 {
                 let stale = shutdown.stale_threads(interval / 2);
+                let waits = shutdown.long_waits(interval / 2);
+                if !waits.is_empty() && !told_waits {
+                    tracing::warn!(threads = ?waits, "threads waiting on the database (a commit waiting for a synchronous standby, a silent node): alive, keep-alives continue");
+                }
+                told_waits = !waits.is_empty();
                 if stale.is_empty() {
                     crate::notify::watchdog();
                     last_ping = Instant::now();
@@ -200,5 +265,33 @@ where
     match worker.join() {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!("thread {name} panicked")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_waiting_on_the_database_is_not_stale_and_a_silent_one_is() {
+        let s = Shutdown::new();
+        s.checkin("worker");
+        s.checkin("silent");
+        let wait = s.waiting("worker");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            s.stale_threads(Duration::from_millis(10)),
+            vec!["silent".to_string()]
+        );
+        assert_eq!(s.long_waits(Duration::from_millis(10)).len(), 1);
+        drop(wait);
+        assert!(s.long_waits(Duration::ZERO).is_empty());
+        // The end of the wait counts as a check-in.
+        assert_eq!(
+            s.stale_threads(Duration::from_millis(10)),
+            vec!["silent".to_string()]
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.stale_threads(Duration::from_millis(10)).len(), 2);
     }
 }

@@ -10,11 +10,16 @@
 //! serve a light load.
 //!
 //! Writes queue per book: at most one worker at a time runs a book's writes,
-//! and when it is free it takes every write queued for that book (up to
-//! [`MAX_BATCH`], oldest first) to run them in one transaction. A hot book's
+//! and a worker that takes writes takes every write queued for the book whose
+//! turn it is and then for the next ready books (up to [`MAX_BATCH`] in all,
+//! each book's oldest first) to run them in one transaction. A hot book's
 //! requests thus wait here, in order, instead of as row-lock waiters inside
 //! PostgreSQL each holding a backend and a worker, and one commit (one
-//! synchronous-standby round trip) serves the whole batch. Reads have no
+//! synchronous-standby round trip) serves the whole batch, whatever the
+//! books. Batches form only from what is already here: while the front-end
+//! drains its sockets it [`hold`](Dispatch::hold)s placement, so the writes
+//! that arrived together go to one worker together; nothing ever waits for a
+//! batch to fill. Reads have no
 //! book lane: any idle worker takes them at once. When work waits for a
 //! worker, the oldest read and the book whose turn it is (books take turns
 //! in the order they became ready) compete by age, so neither reads nor a
@@ -24,8 +29,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::Sender;
 
-/// Writes of one book run in one transaction at most this many at a time:
-/// a bound on a batch's statement time and on how long other books wait.
+/// Writes run in one transaction at most this many at a time: a bound on a
+/// batch's statement time and on how long other books wait.
 pub(super) const MAX_BATCH: usize = 32;
 
 /// Why a job was not taken.
@@ -46,8 +51,8 @@ pub(super) trait Work {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Idle,
-    /// Running a read, or a batch of the named book's writes.
-    Busy(Option<String>),
+    /// Running a read (no books), or a batch of the named books' writes.
+    Busy(Vec<String>),
     /// Its channel is closed: the thread has exited.
     Gone,
 }
@@ -71,6 +76,8 @@ pub(super) struct Dispatch<J> {
     max_queue: usize,
     /// Arrival number of the next job (decides reads against books).
     seq: u64,
+    /// Placement waits for [`release`](Dispatch::release).
+    holding: bool,
 }
 
 impl<J: Work> Dispatch<J> {
@@ -87,11 +94,25 @@ impl<J: Work> Dispatch<J> {
             queued: 0,
             max_queue,
             seq: 0,
+            holding: false,
         }
     }
 
+    /// Until [`release`](Dispatch::release), jobs only queue and finished
+    /// workers only become idle: what arrives together is placed together.
+    pub(super) fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    /// Places what queued while holding (writes of several books in one
+    /// batch).
+    pub(super) fn release(&mut self) {
+        self.holding = false;
+        self.place_waiting();
+    }
+
     /// Hands `job` to an idle worker, or queues it (writes behind their
-    /// book's batch in flight).
+    /// book's batch in flight; everything while holding).
     pub(super) fn submit(&mut self, job: J) -> Result<(), (Refused, J)> {
         if self.workers.is_empty() || self.state.iter().all(|s| *s == State::Gone) {
             return Err((Refused::Gone, job));
@@ -102,9 +123,9 @@ impl<J: Work> Dispatch<J> {
             Some(b) => !self.lanes.contains_key(b),
         };
         let mut job = job;
-        if free {
+        if free && !self.holding {
             while let Some(i) = self.idle.pop() {
-                match self.give(i, vec![job], book.clone()) {
+                match self.give(i, vec![job], book.iter().cloned().collect()) {
                     Ok(()) => return Ok(()),
                     Err(mut back) => match back.pop() {
                         Some(j) => job = j,
@@ -114,7 +135,12 @@ impl<J: Work> Dispatch<J> {
             }
         }
         if self.queued >= self.max_queue {
-            return Err((Refused::Full, job));
+            // Held work may fit idle workers: the queue is full only
+            // when it cannot be placed.
+            self.place_waiting();
+            if self.queued >= self.max_queue {
+                return Err((Refused::Full, job));
+            }
         }
         self.queued += 1;
         let seq = self.seq;
@@ -133,23 +159,27 @@ impl<J: Work> Dispatch<J> {
             }
         }
         // Work can wait while a worker is idle only if a worker exited
-        // under it; place what waits now.
-        self.place_waiting();
+        // under it (or placement is held); place what waits now.
+        if !self.holding {
+            self.place_waiting();
+        }
         Ok(())
     }
 
     /// Worker `i` delivered its replies: its book may run its next batch,
     /// and the worker takes the oldest waiting work, if any.
     pub(super) fn done(&mut self, i: usize) {
-        let Some(State::Busy(book)) = self.state.get(i).cloned() else {
+        let Some(State::Busy(books)) = self.state.get(i).cloned() else {
             return;
         };
         self.state[i] = State::Idle;
-        if let Some(b) = book {
-            self.book_finished(&b);
+        for b in &books {
+            self.book_finished(b);
         }
         self.idle.push(i);
-        self.place_waiting();
+        if !self.holding {
+            self.place_waiting();
+        }
     }
 
     /// Jobs waiting for a worker.
@@ -180,21 +210,23 @@ impl<J: Work> Dispatch<J> {
     /// Gives waiting work to idle workers while both exist.
     fn place_waiting(&mut self) {
         while !self.idle.is_empty() {
-            let Some((jobs, book)) = self.next_work() else {
+            let Some((jobs, books)) = self.next_work() else {
                 return;
             };
             let Some(i) = self.idle.pop() else {
+                self.put_back(jobs, books);
                 return;
             };
-            if let Err(back) = self.give(i, jobs, book.clone()) {
-                self.put_back(back, book);
+            if let Err(back) = self.give(i, jobs, books.clone()) {
+                self.put_back(back, books);
             }
         }
     }
 
-    /// The oldest of: the first waiting read, the batch of the book whose
-    /// turn it is.
-    fn next_work(&mut self) -> Option<(Vec<J>, Option<String>)> {
+    /// The oldest of: the first waiting read, the batch that starts with the
+    /// book whose turn it is (and takes the next ready books' writes while
+    /// it has room).
+    fn next_work(&mut self) -> Option<(Vec<J>, Vec<String>)> {
         let read_seq = self.reads.front().map(|(s, _)| *s);
         let book_seq = self
             .ready
@@ -210,49 +242,72 @@ impl<J: Work> Dispatch<J> {
         if take_read {
             let (_, job) = self.reads.pop_front()?;
             self.queued -= 1;
-            return Some((vec![job], None));
+            return Some((vec![job], Vec::new()));
         }
-        let b = self.ready.pop_front()?;
-        let lane = self.lanes.get_mut(&b)?;
-        let n = lane.queue.len().min(MAX_BATCH);
-        let jobs: Vec<J> = lane.queue.drain(..n).map(|(_, j)| j).collect();
+        let mut jobs: Vec<J> = Vec::new();
+        let mut books = Vec::new();
+        while jobs.len() < MAX_BATCH {
+            let Some(b) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(lane) = self.lanes.get_mut(&b) else {
+                continue;
+            };
+            let n = lane.queue.len().min(MAX_BATCH - jobs.len());
+            jobs.extend(lane.queue.drain(..n).map(|(_, j)| j));
+            lane.running = true;
+            books.push(b);
+        }
         self.queued -= jobs.len();
-        lane.running = true;
-        Some((jobs, Some(b)))
+        (!jobs.is_empty()).then_some((jobs, books))
     }
 
-    /// Work a worker could not take goes back to the front of its queue,
-    /// numbered as older than anything waiting.
-    fn put_back(&mut self, jobs: Vec<J>, book: Option<String>) {
+    /// Work a worker could not take goes back to the front of its queues,
+    /// numbered as older than anything waiting, its books first in turn.
+    fn put_back(&mut self, jobs: Vec<J>, books: Vec<String>) {
         self.queued += jobs.len();
         let oldest = self.reads.front().map(|(s, _)| *s).unwrap_or(self.seq);
-        match book {
-            None => {
-                for j in jobs.into_iter().rev() {
-                    self.reads.push_front((oldest.saturating_sub(1), j));
-                }
+        let older = oldest.saturating_sub(1);
+        if books.is_empty() {
+            for j in jobs.into_iter().rev() {
+                self.reads.push_front((older, j));
             }
-            Some(b) => {
-                let lane = self.lanes.entry(b.clone()).or_insert_with(|| Lane {
+            return;
+        }
+        for j in jobs.into_iter().rev() {
+            let Some(b) = j.book().map(str::to_string) else {
+                self.reads.push_front((older, j));
+                continue;
+            };
+            self.lanes
+                .entry(b)
+                .or_insert_with(|| Lane {
                     queue: VecDeque::new(),
                     running: false,
-                });
-                for j in jobs.into_iter().rev() {
-                    lane.queue.push_front((oldest.saturating_sub(1), j));
-                }
+                })
+                .queue
+                .push_front((older, j));
+        }
+        for b in books.into_iter().rev() {
+            if let Some(lane) = self.lanes.get_mut(&b) {
                 lane.running = false;
-                self.ready.push_front(b);
+                if lane.queue.is_empty() {
+                    self.lanes.remove(&b);
+                    continue;
+                }
             }
+            self.ready.retain(|r| *r != b);
+            self.ready.push_front(b);
         }
     }
 
     /// Sends `jobs` to worker `i`; a closed channel marks the worker gone
     /// and the jobs come back.
-    fn give(&mut self, i: usize, jobs: Vec<J>, book: Option<String>) -> Result<(), Vec<J>> {
+    fn give(&mut self, i: usize, jobs: Vec<J>, books: Vec<String>) -> Result<(), Vec<J>> {
         let Some(w) = self.workers.get(i) else {
             return Err(jobs);
         };
-        if let Some(b) = &book {
+        for b in &books {
             self.lanes
                 .entry(b.clone())
                 .or_insert_with(|| Lane {
@@ -263,12 +318,12 @@ impl<J: Work> Dispatch<J> {
         }
         match w.send(jobs) {
             Ok(()) => {
-                self.state[i] = State::Busy(book);
+                self.state[i] = State::Busy(books);
                 Ok(())
             }
             Err(e) => {
                 self.state[i] = State::Gone;
-                if let Some(b) = &book {
+                for b in &books {
                     if let Some(lane) = self.lanes.get_mut(b) {
                         lane.running = false;
                         if lane.queue.is_empty() {

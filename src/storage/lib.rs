@@ -17,6 +17,7 @@ mod batch;
 mod connection;
 mod credentials;
 mod dispatch;
+mod failure;
 mod fencing;
 mod handler;
 mod migrate;
@@ -27,6 +28,8 @@ mod replication;
 mod replication_record;
 pub mod seed;
 mod server;
+mod status;
+mod write;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "eventos_replicacion",
         sql: include_str!("migrations/0006_eventos_replicacion.sql"),
     },
+    Migration {
+        version: 7,
+        name: "lote_libros",
+        sql: include_str!("migrations/0007_lote_libros.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -162,7 +162,7 @@ impl Backend {
                 .max_size(db.pool_size)
                 .min_idle(Some(0))
                 .connection_timeout(connect_timeout(db))
-                // Checked by the write path instead (see handler::write).
+                // Checked by the write path instead (see write::write_as).
                 .test_on_check_out(false)
                 .error_handler(Box::new(QuietErrors))
                 .connection_customizer(Box::new(SessionSettings {

@@ -140,7 +140,7 @@ fn outcome(salida: Salida, p: &Peticion, id: &str) -> Result<Vec<u8>, TxError> {
     }
 }
 
-/// The batch function's call (migration 0005): operations, ids, isbns,
+/// The batch function's call (migrations 0005 and 0007): operations, ids, isbns,
 /// users, the newest timeline, then every operation's rules.
 const LOTE: (&str, &[Type]) = (
     "SELECT biblioteca_lote($1, $2, $3, $4, $5, $6, $7, $8)::text",
@@ -157,7 +157,9 @@ const LOTE: (&str, &[Type]) = (
 );
 
 /// Runs write requests `ps` (under `ids`, same order) in ONE transaction and
-/// ONE statement, in order, each exactly once by id as [`apply_write`] does
+/// ONE statement, by book and each book's in the order given (migration
+/// 0007: one lock order for every batch), each exactly once by id as
+/// [`apply_write`] does
 /// (a later duplicate of an id in the batch replays the earlier one's
 /// reply). Outer error: nothing is known to be applied — a database error
 /// rolled the whole batch back, or the node must not write. Inner error: that

@@ -3,9 +3,13 @@
 //! One thread owns the ROUTER: it splits envelopes, validates frames (garbage
 //! gets `PeticionInvalida` when it has a return route and is dropped with a
 //! log line when it has none), answers `status` itself and queues everything
-//! else for the workers ([`dispatch`](super::dispatch): straight to an idle
-//! worker, else a bounded queue; a book's writes queue behind its batch in
-//! flight; full queue: `ServicioOcupado`). Each worker owns a PUSH socket
+//! else for the workers ([`dispatch`](super::dispatch): each turn reads
+//! everything ready, then hands it to idle workers, the writes of several
+//! books together; else a bounded queue; a book's writes queue behind its
+//! batch in flight; full queue: `ServicioOcupado`). A peer may send several
+//! requests in one message (`["", "lote", request, ...]`, see
+//! [`biblioteca_protocol::batch`]); their replies go back the same way, the
+//! ones ready in a turn together. Each worker owns a PUSH socket
 //! over inproc back to the front-end's PULL, so no socket crosses threads;
 //! one message carries the worker's number (it is idle again) and, for each
 //! job it ran, the job number (which route it goes to) and the reply. On
@@ -18,11 +22,10 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::dispatch::{Dispatch, Refused, Work};
+use super::status::status_reply;
 use super::{handler, Shared, StorageError};
-use biblioteca_protocol::{self as protocol, CodigoError, Entrada, Respuesta};
+use biblioteca_protocol::{self as protocol, batch, CodigoError, Entrada, Respuesta};
 use biblioteca_runtime::net::{self, Envelope, NetError};
 use biblioteca_runtime::notify;
 use biblioteca_runtime::shutdown::Shutdown;
@@ -32,6 +35,12 @@ const POLL: Duration = Duration::from_millis(100);
 const WORKER_IDLE: Duration = Duration::from_secs(1);
 /// Messages read from the ROUTER per loop turn, so replies are not starved.
 const BURST: usize = 256;
+/// Frames kept of one message: a route, the delimiter, the mark and a
+/// multi-request message's requests ([`batch`]); anything longer is refused.
+const READ_FRAMES: usize = net::MAX_FRAMES + 1 + batch::MAX_PER_MESSAGE;
+
+/// The frames a ROUTER needs to send a reply back to a peer.
+type Route = Vec<Vec<u8>>;
 
 /// A request handed to a worker, as the front-end remembers it.
 struct Pending {
@@ -39,6 +48,8 @@ struct Pending {
     since: Instant,
     op: &'static str,
     id: Option<String>,
+    /// It came in a multi-request message: its reply may share one too.
+    lote: bool,
 }
 
 /// A validated request on its way to a worker.
@@ -108,6 +119,7 @@ pub fn serve(shared: Arc<Shared>, bind: &str, shutdown: &Shutdown) -> Result<(),
         shared: shared.clone(),
         deadline,
         next_sweep: Instant::now(),
+        outgoing: Vec::new(),
     };
     let drain_for = deadline;
     let mut stop_deadline: Option<Instant> = None;
@@ -158,6 +170,9 @@ struct Front {
     /// A request unanswered this long gets `AlmacenamientoNoDisponible`.
     deadline: Duration,
     next_sweep: Instant,
+    /// Replies for peers that send several requests per message, by route,
+    /// sent together at the end of the turn.
+    outgoing: Vec<(Route, Vec<Vec<u8>>)>,
 }
 
 impl Front {
@@ -171,19 +186,25 @@ impl Front {
             }),
         ];
         net::poll(&mut items, POLL.as_millis() as i64)?;
+        // Everything that is ready is read before anything is placed, so
+        // writes that arrived together (and workers that became idle
+        // together) make one batch: opportunistic, no waiting.
+        self.dispatch.hold();
         // The workers' own messages: a whole batch of replies in one.
         while let Some(frames) = net::try_recv_up_to(&self.replies, usize::MAX)? {
             self.deliver(frames);
         }
         if accepting {
             for _ in 0..BURST {
-                let Some(frames) = net::try_recv(&self.router)? else {
+                let Some(frames) = net::try_recv_up_to(&self.router, READ_FRAMES)? else {
                     break;
                 };
                 self.accept(frames);
             }
         }
+        self.dispatch.release();
         self.sweep();
+        self.flush();
         self.shared.set_in_flight(self.pending.len());
         Ok(())
     }
@@ -218,7 +239,40 @@ impl Front {
             )
             .with_id(p.id)
             .to_bytes();
-            self.send(p.route, &reply);
+            self.answer(p.route, reply, p.lote);
+        }
+    }
+
+    /// Replies to a request: at once, or with the others for the same peer
+    /// at the end of the turn when it sends several per message.
+    fn answer(&mut self, route: Vec<Vec<u8>>, reply: Vec<u8>, lote: bool) {
+        if !lote {
+            self.send(route, &reply);
+            return;
+        }
+        match self.outgoing.iter_mut().find(|(r, _)| *r == route) {
+            Some((_, replies)) => replies.push(reply),
+            None => self.outgoing.push((route, vec![reply])),
+        }
+    }
+
+    /// Sends the gathered replies, each peer's in as few messages as the
+    /// bound allows (`["", "lote", reply, ...]`; one alone as usual).
+    fn flush(&mut self) {
+        for (route, replies) in std::mem::take(&mut self.outgoing) {
+            if let [one] = replies.as_slice() {
+                self.send(route, one);
+                continue;
+            }
+            let mut head: Vec<&[u8]> = route.iter().map(Vec::as_slice).collect();
+            head.push(batch::BATCH_MARK);
+            let bodies: Vec<&[u8]> = replies.iter().map(Vec::as_slice).collect();
+            for (n, sent) in net::send_batched(&self.router, &head, &bodies) {
+                match sent {
+                    Ok(()) => (0..n).for_each(|_| self.shared.count_answered()),
+                    Err(e) => tracing::debug!(error = %e, "replies not sent"),
+                }
+            }
         }
     }
 
@@ -237,7 +291,7 @@ impl Front {
                 tracing::debug!(job = n, "late reply for an expired job dropped");
                 continue;
             };
-            self.send(p.route, &reply);
+            self.answer(p.route, reply, p.lote);
         }
     }
 
@@ -262,6 +316,12 @@ impl Front {
             );
             return;
         };
+        if let Some(bodies) = batch::batch_body(&env.body) {
+            for body in bodies {
+                self.accept_one(env.route.clone(), body, true);
+            }
+            return;
+        }
         let Some(body) = env.single_body() else {
             let why = protocol::Invalida(format!(
                 "expected exactly one body frame after the delimiter, got {}",
@@ -271,18 +331,23 @@ impl Front {
             self.send(env.route, &reply);
             return;
         };
+        self.accept_one(env.route.clone(), body, false);
+    }
+
+    /// One request frame from `route` (`lote`: one of several in a message).
+    fn accept_one(&mut self, route: Vec<Vec<u8>>, body: &[u8], lote: bool) {
         let entrada = match protocol::parse_entrada(body) {
             Ok(e) => e,
             Err(why) => {
                 tracing::debug!(reason = %why, "invalid request");
                 let reply = Respuesta::invalida(body, &why).to_bytes();
-                self.send(env.route, &reply);
+                self.answer(route, reply, lote);
                 return;
             }
         };
         if entrada == Entrada::Status {
             let reply = status_reply(&self.shared);
-            self.send(env.route, &reply);
+            self.answer(route, reply, lote);
             return;
         }
         let n = self.next;
@@ -299,10 +364,11 @@ impl Front {
         match self.dispatch.submit(Job { n, entrada }) {
             Ok(()) => {
                 let pending = Pending {
-                    route: env.route,
+                    route,
                     since: Instant::now(),
                     op,
                     id,
+                    lote,
                 };
                 self.pending.insert(n, pending);
             }
@@ -314,7 +380,7 @@ impl Front {
                 )
                 .with_id(id)
                 .to_bytes();
-                self.send(env.route, &reply);
+                self.answer(route, reply, lote);
             }
             Err((Refused::Gone, _)) => {
                 let reply = Respuesta::error(
@@ -324,7 +390,7 @@ impl Front {
                 )
                 .with_id(id)
                 .to_bytes();
-                self.send(env.route, &reply);
+                self.answer(route, reply, lote);
             }
         }
     }
@@ -349,7 +415,11 @@ fn worker(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let numbers: Vec<[u8; 8]> = jobs.iter().map(|j| j.n.to_be_bytes()).collect();
-        let replies = handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect());
+        // Alive while the database holds it (a commit waiting for a standby).
+        let replies = {
+            let _wait = shutdown.waiting(&name);
+            handler::handle_batch(shared, jobs.into_iter().map(|j| j.entrada).collect())
+        };
         let mut frames: Vec<&[u8]> = Vec::with_capacity(1 + 2 * replies.len());
         frames.push(&me[..]);
         for (n, reply) in numbers.iter().zip(&replies) {
@@ -360,36 +430,4 @@ fn worker(
             tracing::error!(error = %e, "cannot hand replies to the front-end");
         }
     }
-}
-
-/// `{"operacion":"status"}`: answered without touching the database.
-pub fn status_reply(shared: &Shared) -> Vec<u8> {
-    let backend = shared.backend();
-    let writer = backend.writer().map(|(_, n)| n.cfg.name.clone());
-    let mut mensaje = match &writer {
-        Some(n) => format!("storage manager up; writes go to {n}"),
-        None => "storage manager up; no writable database node".to_string(),
-    };
-    if shared.replication.registro().estado
-        == biblioteca_protocol::config::ReplicationState::Degradada
-    {
-        mensaje.push_str("; replication degradada: no standby confirms commits");
-    }
-    Respuesta::ok(
-        "status",
-        mensaje,
-        json!({
-            "servicio": "almacenamiento",
-            "nodo": writer,
-            "uptime_s": shared.started.elapsed().as_secs(),
-            "atendidas": shared.answered(),
-            "en_curso": shared.in_flight(),
-            "workers": backend.config.workers,
-            "nodos": backend.nodes_status(),
-            "timeline": shared.fencing.newest(),
-            "replicacion": shared.replication.status(backend.config.replicacion),
-            "roles_from": backend.config.roles_from,
-        }),
-    )
-    .to_bytes()
 }

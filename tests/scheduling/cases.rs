@@ -13,14 +13,14 @@ use crate::common::{assert_err, assert_ok, eventually, request, sql, World};
 static CASE: AtomicU16 = AtomicU16::new(0);
 
 /// A storage manager of its own with `workers` workers, on a free port.
-struct Almacen {
-    service: Service,
-    endpoint: String,
-    ctx: zmq::Context,
+pub(crate) struct Almacen {
+    pub(crate) service: Service,
+    pub(crate) endpoint: String,
+    pub(crate) ctx: zmq::Context,
 }
 
 impl Almacen {
-    fn start(w: &World, workers: usize) -> Almacen {
+    pub(crate) fn start(w: &World, workers: usize) -> Almacen {
         let port = free_port().unwrap();
         let mut cfg = w.stack.spec().storage_config();
         cfg.bind = format!("tcp://127.0.0.1:{port}");
@@ -41,13 +41,40 @@ impl Almacen {
     }
 
     /// Sends `body` from a thread of its own; the reply and when it came.
-    fn send(&self, body: Value) -> JoinHandle<(Value, Instant)> {
+    pub(crate) fn send(&self, body: Value) -> JoinHandle<(Value, Instant)> {
         let (ctx, endpoint) = (self.ctx.clone(), self.endpoint.clone());
         std::thread::spawn(move || {
             let bytes = serde_json::to_vec(&body).unwrap();
             let r = request(&ctx, &endpoint, &bytes, Duration::from_secs(30))
                 .unwrap_or_else(|| panic!("no reply to {body}"));
             (r, Instant::now())
+        })
+    }
+
+    /// Sends `bodies` in this order over one connection (so they arrive in
+    /// it) from a thread of its own; the replies in the same order.
+    pub(crate) fn send_in_order(&self, bodies: Vec<Value>) -> JoinHandle<Vec<(Value, Instant)>> {
+        let (ctx, endpoint) = (self.ctx.clone(), self.endpoint.clone());
+        std::thread::spawn(move || {
+            let s = ctx.socket(zmq::DEALER).unwrap();
+            s.set_linger(0).unwrap();
+            s.set_rcvtimeo(30_000).unwrap();
+            s.connect(&endpoint).unwrap();
+            for b in &bodies {
+                let bytes = serde_json::to_vec(b).unwrap();
+                s.send_multipart([&b""[..], &bytes], 0).unwrap();
+            }
+            let mut out: Vec<Option<(Value, Instant)>> = vec![None; bodies.len()];
+            for _ in 0..bodies.len() {
+                let frames = s.recv_multipart(0).expect("a reply to every request");
+                let v: Value = serde_json::from_slice(frames.last().unwrap()).unwrap();
+                // Replies come as batches end; a repeated id gets one each.
+                let at = (0..bodies.len())
+                    .find(|&i| out[i].is_none() && bodies[i]["id"] == v["id"])
+                    .unwrap_or_else(|| panic!("a reply to no request: {v}"));
+                out[at] = Some((v, Instant::now()));
+            }
+            out.into_iter().map(Option::unwrap).collect()
         })
     }
 
@@ -63,7 +90,7 @@ impl Almacen {
         r["datos"]["en_curso"].as_u64().unwrap_or(0)
     }
 
-    fn wait_in_flight(&self, n: u64) {
+    pub(crate) fn wait_in_flight(&self, n: u64) {
         assert!(
             eventually(Duration::from_secs(15), || self.in_flight() >= n),
             "the storage manager holds {} requests, expected {n}",
@@ -73,12 +100,12 @@ impl Almacen {
 }
 
 /// A session of the test's own, to hold row locks.
-fn session(w: &World) -> postgres::Client {
+pub(crate) fn session(w: &World) -> postgres::Client {
     postgres::Client::connect(&w.primary().conninfo("app", "library"), postgres::NoTls).unwrap()
 }
 
 /// Holds book `isbn`'s row lock until the returned transaction ends.
-fn lock_book<'a>(c: &'a mut postgres::Client, isbn: &str) -> postgres::Transaction<'a> {
+pub(crate) fn lock_book<'a>(c: &'a mut postgres::Client, isbn: &str) -> postgres::Transaction<'a> {
     let mut t = c.transaction().unwrap();
     t.execute("SELECT 1 FROM libros WHERE isbn = $1 FOR UPDATE", &[&isbn])
         .unwrap();
@@ -86,7 +113,7 @@ fn lock_book<'a>(c: &'a mut postgres::Client, isbn: &str) -> postgres::Transacti
 }
 
 /// A new book with `copies` copies; its ISBN is unique to the case.
-fn add_book(w: &World, name: &str, copies: i64) -> String {
+pub(crate) fn add_book(w: &World, name: &str, copies: i64) -> String {
     let n = CASE.fetch_add(1, Ordering::SeqCst);
     let isbn = format!("978-88{n:04}{:04}", name.len());
     sql(
@@ -99,18 +126,18 @@ fn add_book(w: &World, name: &str, copies: i64) -> String {
     isbn
 }
 
-fn loan(isbn: &str, usuario: &str, id: &str) -> Value {
+pub(crate) fn loan(isbn: &str, usuario: &str, id: &str) -> Value {
     json!({"operacion": "prestamo", "isbn": isbn, "usuario": usuario, "id": id})
 }
 
-fn num(w: &World, query: &str) -> i64 {
+pub(crate) fn num(w: &World, query: &str) -> i64 {
     sql(w.primary(), query)
         .parse()
         .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
 /// Waits until a backend of the application waits for a row lock.
-fn wait_for_lock_waiter(w: &World, query_like: &str) -> i64 {
+pub(crate) fn wait_for_lock_waiter(w: &World, query_like: &str) -> i64 {
     let q = format!(
         "SELECT coalesce(max(pid), 0) FROM pg_stat_activity \
          WHERE usename = 'app' AND wait_event_type = 'Lock' AND query LIKE '{query_like}'"
@@ -127,25 +154,29 @@ fn wait_for_lock_waiter(w: &World, query_like: &str) -> i64 {
 }
 
 /// Every request of `handles`, replies in send order.
-fn replies(handles: Vec<JoinHandle<(Value, Instant)>>) -> Vec<(Value, Instant)> {
+pub(crate) fn replies(handles: Vec<JoinHandle<(Value, Instant)>>) -> Vec<(Value, Instant)> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 /// Stalls the only worker on a blocker book's row lock, then queues
-/// `bodies` behind it; returns the blocker's pending reply and theirs once
+/// `bodies` behind it in order; returns the blocker's pending reply and theirs once
 /// the lock is released.
-fn queued_behind_a_blocker(w: &World, a: &Almacen, bodies: Vec<Value>) -> Vec<(Value, Instant)> {
+pub(crate) fn queued_behind_a_blocker(
+    w: &World,
+    a: &Almacen,
+    bodies: Vec<Value>,
+) -> Vec<(Value, Instant)> {
     let blocker = add_book(w, "blocker", 10);
     let mut c = session(w);
     let t = lock_book(&mut c, &blocker);
     let first = a.send(loan(&blocker, "blocker", &format!("blk-{blocker}")));
     wait_for_lock_waiter(w, "%biblioteca_prestamo%");
     let n = bodies.len() as u64;
-    let handles: Vec<_> = bodies.into_iter().map(|b| a.send(b)).collect();
+    let handle = a.send_in_order(bodies);
     a.wait_in_flight(1 + n);
     t.commit().unwrap();
     assert_ok(&first.join().unwrap().0, "the blocker's loan");
-    replies(handles)
+    handle.join().unwrap()
 }
 
 pub fn last_copy_and_duplicate_id_in_one_batch(w: &mut World) {
@@ -270,7 +301,9 @@ pub fn reads_are_not_stuck_behind_writes(w: &mut World) {
     let writes: Vec<_> = (0..5)
         .map(|i| a.send(loan(&book, &format!("r{i}"), &format!("busy-{book}-{i}"))))
         .collect();
-    wait_for_lock_waiter(w, "%biblioteca_prestamo%");
+    // One write alone or several arriving together (a batch): either
+    // way the book's writes stall a worker.
+    wait_for_lock_waiter(w, "%biblioteca_%");
     a.wait_in_flight(5);
     // The book's writes hold one worker (stalled) and the queue; the read
     // goes to the other worker while the lock is still held.
@@ -295,11 +328,15 @@ pub fn backend_terminated_mid_batch(w: &mut World) {
     let a = Almacen::start(w, 1);
     let blocker = add_book(w, "blocker", 10);
     let book = add_book(w, "terminated", 3);
+    let other = add_book(w, "alongside", 5);
     let mut bodies: Vec<Value> = (0..6)
         .map(|i| loan(&book, &format!("t{i}"), &format!("term-{book}-{i}")))
         .collect();
     let dup = format!("term-{book}-0");
     bodies.push(loan(&book, "t0", &dup));
+    // Another book's writes share the batch (and its fate).
+    bodies.push(loan(&other, "o1", &format!("term-{other}-1")));
+    bodies.push(loan(&other, "o2", &format!("term-{other}-2")));
 
     let mut c1 = session(w);
     let mut c2 = session(w);
@@ -321,12 +358,24 @@ pub fn backend_terminated_mid_batch(w: &mut World) {
     std::thread::sleep(Duration::from_millis(300));
     t2.commit().unwrap();
     let r = replies(handles);
-    let winners: Vec<&Value> = r
+    for (v, _) in &r[7..] {
+        assert_ok(v, "the other book's loans in the terminated batch");
+    }
+    assert_eq!(
+        num(
+            w,
+            &format!("SELECT count(*) FROM prestamos WHERE isbn = '{other}'")
+        ),
+        2,
+        "the other book's loans were lost or applied twice"
+    );
+    let r7 = r[..7].to_vec();
+    let winners: Vec<&Value> = r7
         .iter()
         .map(|(v, _)| v)
         .filter(|v| v["exito"] == json!(true))
         .collect();
-    for (v, _) in &r {
+    for (v, _) in &r7 {
         if v["exito"] != json!(true) {
             assert_err(v, "SinEjemplaresDisponibles", "after the terminated batch");
         }

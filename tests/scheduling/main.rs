@@ -10,7 +10,12 @@
 //! Cases: the last copy raced inside one batch (one winner) with the same
 //! request id twice in that batch (applied once); no request starves behind a
 //! hot book's backlog; reads are not stuck behind a book's queued writes; a
-//! worker whose backend is terminated mid-batch loses and duplicates nothing.
+//! worker whose backend is terminated mid-batch loses and duplicates nothing
+//! (another book in that batch neither); several books' writes share one
+//! transaction, with business refusals among them that change nothing for
+//! the others; two storage managers' concurrent batches of the same books,
+//! queued in opposite orders, do not deadlock; requests of several books in
+//! one multi-request message share a transaction with no worker stalled.
 
 // A harness-less test is not compiled with cfg(test): allow what tests may do.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -19,6 +24,7 @@
 mod common;
 
 mod cases;
+mod cross_book;
 
 use biblioteca_protocol::Operacion;
 use common::{run_suite, World, WorldSpec};
@@ -48,6 +54,18 @@ fn main() {
             (
                 "backend_terminated_mid_batch",
                 cases::backend_terminated_mid_batch,
+            ),
+            (
+                "refusals_inside_a_cross_book_batch",
+                cross_book::refusals_inside_a_cross_book_batch,
+            ),
+            (
+                "requests_arriving_together_share_a_transaction",
+                cross_book::requests_arriving_together_share_a_transaction,
+            ),
+            (
+                "concurrent_cross_book_batches_do_not_deadlock",
+                cross_book::concurrent_cross_book_batches_do_not_deadlock,
             ),
         ],
     )

@@ -1,4 +1,4 @@
-//! The clients of the chaos test and the history they record.
+//! The clients of a fault test and the history they record.
 //!
 //! Each client thread owns one Lazy Pirate [`Client`] (one try per call, so
 //! every retry is visible here) and runs short per-user sessions: borrow a
@@ -15,9 +15,13 @@ use std::time::{Duration, Instant};
 
 use biblioteca_client::pirate::{Client, ClientError};
 use biblioteca_protocol::config::ClientConfig;
+use biblioteca_protocol::curve::ClientCurve;
 use biblioteca_protocol::{CodigoError, Operacion, Peticion, Respuesta};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::now_ms;
 
 /// How hard a client tries before it reports a request as unknown.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +49,7 @@ pub const IMPATIENT: Budget = Budget {
     total: Duration::from_secs(3),
 };
 
-/// The workload's random draws: reproducible from `CHAOS_SEED`.
+/// The workload's random draws: reproducible from the seed.
 pub trait Draws {
     /// Uniform in `0..n`.
     fn below(&mut self, n: u64) -> u64;
@@ -64,7 +68,7 @@ impl Draws for SmallRng {
 }
 
 /// How a request ended, as the client saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
     /// A final reply: success or a definitive business error (stored under the id).
     Definitive(Respuesta),
@@ -73,15 +77,16 @@ pub enum Outcome {
     Unknown { last: String },
 }
 
-/// One request of the history.
-#[derive(Debug, Clone)]
+/// One request of the history; times in milliseconds since the Unix epoch
+/// (comparable with the fault marks of another process on the same host).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     pub id: String,
     pub op: Operacion,
     pub isbn: String,
     pub usuario: String,
-    pub start: Instant,
-    pub end: Instant,
+    pub start: u64,
+    pub end: u64,
     pub tries: u32,
     /// Transient replies (`ServicioNoDisponible`, ...) received on the way.
     pub transient: u32,
@@ -105,7 +110,12 @@ impl Entry {
 /// What the clients share with the test: where to send, what to borrow.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub frontend: String,
+    /// Load-manager endpoints, tried in order.
+    pub endpoints: Vec<String>,
+    pub curve: Option<ClientCurve>,
+    /// Starts every request id and user name: the checker looks only at
+    /// rows that carry it, so runs against one database do not mix.
+    pub prefix: String,
     pub isbns: Vec<String>,
     pub seed: u64,
     /// Client `c` uses `budgets[c % budgets.len()]`.
@@ -119,29 +129,29 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn start(plan: &Plan, clients: usize) -> Workload {
+    pub fn start(plan: &Plan, clients: usize) -> Result<Workload, std::io::Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = zmq::Context::new();
         let threads = (0..clients)
             .map(|c| {
                 let (plan, stop, ctx) = (plan.clone(), stop.clone(), ctx.clone());
                 std::thread::Builder::new()
-                    .name(format!("chaos-client-{c}"))
+                    .name(format!("history-client-{c}"))
                     .spawn(move || run_client(c, &plan, &ctx, &stop))
-                    .unwrap()
             })
-            .collect();
-        Workload { stop, threads }
+            .collect::<Result<_, _>>()?;
+        Ok(Workload { stop, threads })
     }
 
     /// Lets every session's current request finish, then returns the history
     /// sorted by start time.
     pub fn finish(self) -> Vec<Entry> {
         self.stop.store(true, Ordering::SeqCst);
+        // A client thread that panicked left no history: nothing to add.
         let mut all: Vec<Entry> = self
             .threads
             .into_iter()
-            .flat_map(|t| t.join().unwrap())
+            .flat_map(|t| t.join().unwrap_or_default())
             .collect();
         all.sort_by_key(|e| e.start);
         all
@@ -150,6 +160,7 @@ impl Workload {
 
 struct Session<'a> {
     c: usize,
+    prefix: &'a str,
     budget: Budget,
     client: &'a mut Client,
     usuario: String,
@@ -163,19 +174,19 @@ impl Session<'_> {
     /// when it ended unknown (the session must stop).
     fn send(&mut self, op: Operacion) -> Option<Respuesta> {
         *self.seq += 1;
-        let id = format!("ch{}-{}", self.c, self.seq);
+        let id = format!("{}{}-{}", self.prefix, self.c, self.seq);
         let p = Peticion {
             operacion: op,
             isbn: self.isbn.clone(),
             usuario: self.usuario.clone(),
             id: Some(id.clone()),
         };
-        let start = Instant::now();
+        let (start, begun) = (now_ms(), Instant::now());
         let (mut tries, mut transient, mut timeouts) = (0, 0, 0);
         let mut transient_texts = Vec::new();
         let mut last = String::new();
         let mut answer = None;
-        while tries < self.budget.tries && start.elapsed() < self.budget.total {
+        while tries < self.budget.tries && begun.elapsed() < self.budget.total {
             tries += 1;
             match self.client.request(&p) {
                 Ok(r) if r.error.is_none_or(CodigoError::is_definitive) => {
@@ -209,7 +220,7 @@ impl Session<'_> {
             isbn: self.isbn.clone(),
             usuario: self.usuario.clone(),
             start,
-            end: Instant::now(),
+            end: now_ms(),
             tries,
             transient,
             transient_texts,
@@ -221,15 +232,25 @@ impl Session<'_> {
 }
 
 fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> Vec<Entry> {
-    let budget = plan.budgets[c % plan.budgets.len()];
+    let budget = plan
+        .budgets
+        .get(c % plan.budgets.len().max(1))
+        .copied()
+        .unwrap_or(PATIENT);
     let cfg = ClientConfig {
-        endpoints: vec![plan.frontend.clone()],
+        endpoints: plan.endpoints.clone(),
         timeout: Duration::from_millis(budget.try_timeout_ms),
         // One try per call: the session loop retries (same id) and counts.
         retries: 1,
-        curve: None,
+        curve: plan.curve.clone(),
     };
-    let mut client = Client::with_context(ctx.clone(), cfg).unwrap();
+    let mut client = match Client::with_context(ctx.clone(), cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "client {c} cannot start");
+            return Vec::new();
+        }
+    };
     let mut rng =
         SmallRng::seed_from_u64(plan.seed ^ (c as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut log = Vec::new();
@@ -240,9 +261,10 @@ fn run_client(c: usize, plan: &Plan, ctx: &zmq::Context, stop: &AtomicBool) -> V
         let isbn = plan.isbns[rng.below(plan.isbns.len() as u64) as usize].clone();
         let mut s = Session {
             c,
+            prefix: &plan.prefix,
             budget,
             client: &mut client,
-            usuario: format!("ch{c}u{n}"),
+            usuario: format!("{}{c}u{n}", plan.prefix),
             isbn,
             seq: &mut seq,
             log: &mut log,

@@ -1,24 +1,25 @@
-//! The per-fault table: each fault's window runs from its start to the next
+//! The chaos suite's per-fault table: each fault's window runs from its start to the next
 //! fault's start (the fault plus the healthy traffic after it); requests are
 //! counted in the window they ended in, so a request caught in flight by a
 //! fault counts for that fault.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use biblioteca_protocol::Operacion;
 
-use crate::checker::Resolution;
+use crate::resolve::Resolution;
 use crate::workload::{Entry, Outcome};
 
 /// One injected fault, as the driver did it.
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub name: String,
-    pub start: Instant,
+    /// Milliseconds since the epoch, as [`crate::now_ms`].
+    pub start: u64,
     /// When the process was back (restart returned READY, or SIGCONT sent).
-    pub end: Instant,
+    pub end: u64,
     /// Recovery is measured on this operation only (a killed actor does not
     /// stop the other operations); `None`: any write.
     pub affects: Option<Operacion>,
@@ -93,9 +94,10 @@ pub fn table(faults: &[Fault], history: &[Entry], resolved: &[Resolution]) -> Ve
             .filter(|e| f.affects.map_or(e.op.is_write(), |op| e.op == op))
             .map(|e| e.end)
             .min();
-        rows[i + 1].recover = first_ok.map(|t| t.saturating_duration_since(f.end));
+        let since = |from: u64| move |t: u64| Duration::from_millis(t.saturating_sub(from));
+        rows[i + 1].recover = first_ok.map(since(f.end));
         // From the fault to the first definitively answered request that began after it.
-        rows[i + 1].outage = first_ok.map(|t| t.saturating_duration_since(f.start));
+        rows[i + 1].outage = first_ok.map(since(f.start));
     }
     rows.push(total);
     rows
@@ -179,7 +181,7 @@ pub fn unknown_causes(history: &[Entry]) -> String {
 }
 
 /// Writes to the real stderr: libtest captures `println!`/`eprintln!` of
-/// passing tests, and this table is the point of the run.
+/// passing tests, and the table is the point of the run.
 pub fn emit(text: &str) {
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(text.as_bytes());
