@@ -26,9 +26,11 @@
 # modules/options/*.nix declare the options, modules/services.nix the
 # services and their TOML files, modules/database.nix the PostgreSQL node,
 # modules/lib.nix the names they share, modules/metrics.nix the metrics
-# endpoints' firewall ports and the opt-in Prometheus scrape job.
+# endpoints' firewall ports and the opt-in Prometheus scrape job,
+# modules/failover-agent.nix the automatic failover agent.
 {
   imports = [
+    ./modules/failover-agent.nix
     ./modules/database.nix
     ./modules/services.nix
     ./modules/metrics.nix

@@ -19,6 +19,7 @@
 //! Everything is stopped and removed at the end, also on error or Ctrl-C.
 
 pub mod cpu;
+pub mod failover;
 pub mod floor;
 pub mod machine;
 mod meter;

@@ -15,6 +15,8 @@ use std::time::Duration;
 use biblioteca_protocol::config::{ConfigError, Validate};
 use biblioteca_runtime::security::OperatorCurve;
 
+pub use super::auto_config::AutoConfig;
+
 /// One PostgreSQL node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +141,8 @@ pub struct FailoverConfig {
     /// something records its last run, last success and duration there
     /// (`biblioteca_failover_<action>.prom`); absent: nothing is written.
     pub textfile_dir: Option<PathBuf>,
+    /// The opt-in automatic mode (`biblioteca-failover agent`).
+    pub auto: AutoConfig,
 }
 
 impl Default for FailoverConfig {
@@ -154,6 +158,7 @@ impl Default for FailoverConfig {
             synchronous: true,
             quorum: 1,
             textfile_dir: None,
+            auto: AutoConfig::default(),
         }
     }
 }
@@ -232,7 +237,8 @@ impl Validate for FailoverConfig {
         if self.promote_timeout.is_zero() || self.storage.status_timeout.is_zero() {
             return invalid("promote_timeout and storage.status_timeout must be positive");
         }
-        Ok(())
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        self.auto.validate(&names)
     }
 }
 

@@ -62,6 +62,15 @@ fn wait_for(cfg: &FailoverConfig, want: &str, wait: Duration) -> Option<Value> {
 }
 
 pub fn degrade(cfg: &FailoverConfig, progress: &Progress) -> Result<()> {
+    if cfg.auto.enabled {
+        // Writes acknowledged without a standby would be lost by the next
+        // automatic promotion, and the sync record would not know.
+        return Err(FailoverError::stuck(
+            "degrade is refused in the automatic mode ([auto] enabled)",
+            "nothing was changed",
+            "turn the automatic mode off (stop the agents, [auto] enabled = false) for planned work without standbys",
+        ));
+    }
     let file = request_file(cfg)?;
     std::fs::write(&file, "requested by biblioteca-failover degrade\n").map_err(|e| {
         FailoverError::Command {

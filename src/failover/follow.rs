@@ -123,6 +123,20 @@ pub fn standby_conninfo(conninfo: &str) -> String {
     render(&out)
 }
 
+/// Whether two conninfos name the same server (host, hostaddr, port).
+pub fn same_server(a: &str, b: &str) -> bool {
+    let server = |c: &str| {
+        let mut p: Vec<(String, String)> = pairs(c)
+            .into_iter()
+            .filter(|(k, _)| matches!(k.as_str(), "host" | "hostaddr" | "port"))
+            .collect();
+        p.sort();
+        p
+    };
+    server(a) == server(b)
+}
+
+
 /// Points every reachable standby other than `new` and `old` at `new`,
 /// then sets the new primary's synchronous standbys; returns the names of
 /// the standbys that stream from it.

@@ -11,10 +11,15 @@
 //! line through [`Progress`]; a failure says what state things were left in
 //! and what to do next ([`FailoverError::Stuck`]).
 
+pub mod agent;
+pub mod auto_config;
 pub mod config;
 pub mod degrade;
+pub mod election;
+pub mod etcd;
 pub mod follow;
 pub mod local;
+pub mod manual;
 pub mod pg;
 pub mod promote;
 pub mod quorum;
@@ -23,10 +28,11 @@ pub mod roles_file;
 pub mod status;
 pub mod storage;
 pub mod switchover;
+pub mod sync_record;
 
 use std::time::Instant;
 
-pub use config::{FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
+pub use config::{AutoConfig, FailoverConfig, FailoverNode, ReloadMethod, StorageTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -53,6 +59,8 @@ pub enum FailoverError {
     Net(#[from] biblioteca_runtime::net::NetError),
     #[error("{0}")]
     Cluster(#[from] biblioteca_cluster::ClusterError),
+    #[error("{0}")]
+    Etcd(#[from] etcd::EtcdError),
     #[error("curve: {0}")]
     Security(#[from] biblioteca_runtime::security::SecurityError),
 }

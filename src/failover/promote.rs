@@ -88,7 +88,12 @@ pub fn promote(
     if let Some(o) = old {
         fence_old_primary(cfg, o, find(&probes, &o.name), progress)?;
     }
-    finish_promotion(cfg, target, old.map(|o| o.name.as_str()), already, progress)
+    let claim = super::manual::claim(cfg, &target.name, None, progress)?;
+    let outcome = finish_promotion(cfg, target, old.map(|o| o.name.as_str()), already, progress)?;
+    if let Some(c) = claim {
+        c.done(outcome.timeline)?;
+    }
+    Ok(outcome)
 }
 
 fn find<'a>(probes: &'a [Probe], name: &str) -> Option<&'a Probe> {
@@ -363,6 +368,33 @@ pub fn finish_promotion(
     already: bool,
     progress: &Progress,
 ) -> Result<PromoteOutcome> {
+    let outcome = promote_database(cfg, target, old, already, progress)?;
+    // Before the storage manager writes again: with standbys following,
+    // the first acknowledged loans are on them too.
+    super::follow::follow(cfg, target, old, progress)?;
+    storage::repoint(cfg, &target.name, old, progress)?;
+    let total_secs = progress.elapsed_secs();
+    progress.step(format!(
+        "promotion complete: {} is the primary on timeline {} (total {total_secs:.1}s)",
+        target.name,
+        outcome.timeline.map_or("?".into(), |t| t.to_string())
+    ));
+    Ok(PromoteOutcome {
+        total_secs,
+        ..outcome
+    })
+}
+
+/// The database side of a promotion: `pg_promote`, synchronous standbys
+/// cleared, a test write; the automatic mode's agents do the rest (the
+/// other standbys follow the leader key, the storage managers too).
+pub fn promote_database(
+    cfg: &FailoverConfig,
+    target: &FailoverNode,
+    old: Option<&str>,
+    already: bool,
+    progress: &Progress,
+) -> Result<PromoteOutcome> {
     let db = FailoverError::db(&target.name);
     let mut c = pg::connect(target, cfg.connect_timeout())?;
     let before = pg::counts(&mut c, &target.name)?;
@@ -480,22 +512,12 @@ pub fn finish_promotion(
             shown(deltas[1])
         ));
     }
-    // Before the storage manager writes again: with standbys following,
-    // the first acknowledged loans are on them too.
-    super::follow::follow(cfg, target, old, progress)?;
-    storage::repoint(cfg, &target.name, old, progress)?;
-    let total_secs = progress.elapsed_secs();
-    progress.step(format!(
-        "promotion complete: {} is the primary on timeline {} (total {total_secs:.1}s)",
-        target.name,
-        timeline.map_or("?".into(), |t| t.to_string())
-    ));
     Ok(PromoteOutcome {
         new_primary: target.name.clone(),
         old_primary: old.map(str::to_string),
         timeline,
         before,
         after,
-        total_secs,
+        total_secs: progress.elapsed_secs(),
     })
 }

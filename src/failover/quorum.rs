@@ -41,12 +41,12 @@ pub fn best_standby(probes: &[Probe]) -> Option<&Probe> {
 /// target holds every quorum-acknowledged commit. `standbys`: how many
 /// standbys the old primary had (every configured node but it).
 pub fn check(
-    cfg: &FailoverConfig,
+    quorum: usize,
     probes: &[Probe],
     target: &str,
     standbys: usize,
 ) -> std::result::Result<String, String> {
-    let k = cfg.quorum.clamp(1, standbys.max(1));
+    let k = quorum.clamp(1, standbys.max(1));
     let reachable: Vec<&Probe> = probes.iter().filter(|p| p.role == Role::Standby).collect();
     let needed = standbys.saturating_sub(k) + 1;
     if reachable.len() < needed {
@@ -158,7 +158,29 @@ pub fn verify(
         .map(|s| s.database.standbys().count())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| cfg.nodes.len().saturating_sub(1));
-    match check(cfg, probes, target, standbys) {
+    // In the automatic mode the sync record in etcd says which standbys
+    // commits waited for, even after one of them died.
+    let record = super::sync_record::read_with(cfg)?;
+    let (quorum, probes, standbys): (usize, Vec<Probe>, usize) = match &record {
+        Some(r) if r.quorum > 0 => {
+            progress.step(format!(
+                "sync record in etcd: {} waited for ANY {} of {:?}",
+                r.primary, r.quorum, r.standbys
+            ));
+            (
+                r.quorum,
+                probes
+                    .iter()
+                    .filter(|p| r.standbys.contains(&p.name))
+                    .cloned()
+                    .collect(),
+                r.standbys.len(),
+            )
+        }
+        _ => (cfg.quorum, probes.to_vec(), standbys),
+    };
+    let probes = probes.as_slice();
+    match check(quorum, probes, target, standbys) {
         Ok(fine) => progress.step(fine),
         Err(why) if allow => progress.warn(format!(
             "{why}; promoting {target} anyway (--allow-data-loss): commits acknowledged only by the missing standbys are LOST"
@@ -231,27 +253,20 @@ mod tests {
         p
     }
 
-    fn cfg(quorum: usize) -> FailoverConfig {
-        FailoverConfig {
-            quorum,
-            ..FailoverConfig::default()
-        }
-    }
-
     #[test]
     fn quorum_arithmetic() {
         let two = [standby("s1", 100), standby("s2", 200)];
         // ANY 1 of 3 standbys: all 3 must answer.
-        assert!(check(&cfg(1), &two, "s2", 3).is_err());
+        assert!(check(1, &two, "s2", 3).is_err());
         // ANY 2 of 3: two answering is enough.
-        assert!(check(&cfg(2), &two, "s2", 3).is_ok());
+        assert!(check(2, &two, "s2", 3).is_ok());
         // ANY 1 of 2: both answer, the most advanced is chosen.
-        assert!(check(&cfg(1), &two, "s2", 2).is_ok());
-        let err = check(&cfg(1), &two, "s1", 2).unwrap_err();
+        assert!(check(1, &two, "s2", 2).is_ok());
+        let err = check(1, &two, "s1", 2).unwrap_err();
         assert!(err.contains("s2 received more WAL"), "{err}");
         // One of two answers with ANY 1: the other may hold the commit.
-        assert!(check(&cfg(1), &two[..1], "s1", 2).is_err());
-        assert!(check(&cfg(1), &two[..1], "s1", 1).is_ok());
+        assert!(check(1, &two[..1], "s1", 2).is_err());
+        assert!(check(1, &two[..1], "s1", 1).is_ok());
         let tie = [standby("s1", 100), standby("s2", 100)];
         assert_eq!(best_standby(&tie).map(|p| p.name.as_str()), Some("s1"));
     }

@@ -87,7 +87,11 @@ pub fn switchover(cfg: &FailoverConfig, wanted: Option<&str>, progress: &Progres
         hold_read_only(cfg, old, progress)?
     };
     wait_replayed(cfg, new, needed, progress)?;
-    finish_promotion(cfg, new, Some(&primary), false, progress)?;
+    let claim = super::manual::claim(cfg, &target, Some(&primary), progress)?;
+    let outcome = finish_promotion(cfg, new, Some(&primary), false, progress)?;
+    if let Some(c) = claim {
+        c.done(outcome.timeline)?;
+    }
     if old.managed() {
         rejoin(cfg, &primary, progress)?;
     } else {

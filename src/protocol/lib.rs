@@ -19,6 +19,7 @@ pub mod config_roles;
 pub mod curve;
 pub mod metrics_config;
 pub mod scheduling;
+pub mod sync_names;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -9,6 +9,7 @@
 //! separate `biblioteca-almacenamiento migrate` run: the services log in as
 //! `app`, which may not change the schema.
 
+pub mod etcd;
 pub mod launch;
 
 use std::path::{Path, PathBuf};

@@ -102,7 +102,7 @@ PATH="$HOME/.cargo/bin:$PATH"
 
 # ---------------------------------------------------------------- units
 
-SERVICES=(biblioteca-carga.service biblioteca-almacenamiento.service
+SERVICES=(biblioteca-carga.service biblioteca-almacenamiento.service biblioteca-failover-agent.service
     biblioteca-migrate.service biblioteca-actor@prestamo.service)
 
 # Copies units/ (unit files and their .d/ drop-ins) with /usr/local/bin/

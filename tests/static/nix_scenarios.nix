@@ -156,6 +156,22 @@ let
     } // extra;
   };
 
+  etcdMembers = [ "http://10.0.0.1:2379" "http://10.0.0.2:2379" "http://10.0.0.5:2379" ];
+  agentOn = endpoints: {
+    services.biblioteca = {
+      enable = true;
+      components.failover.enable = true;
+      settings.failover.nodes = [
+        { name = "db1"; conninfo = kv "10.0.0.1"; data_dir = "/var/lib/postgresql/15"; }
+        { name = "db2"; conninfo = kv "10.0.0.2"; }
+      ];
+      failoverAgent = {
+        enable = true;
+        etcdEndpoints = endpoints;
+      };
+    };
+  };
+
   # What a check looks at.
   failed = cfg: map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
   hba = cfg: lib.splitString "\n" cfg.services.postgresql.authentication;
@@ -298,6 +314,24 @@ let
     too-many-sync = cfg: [
       (check "synchronousCount above the standbys is refused" (hasMessage cfg "synchronousCount (3)"))
     ];
+    agent-db = cfg: common cfg ++ [
+      (check "the agent's [auto] table names the etcd members and this node"
+        ((toml cfg "failover").auto.etcd == etcdMembers && (toml cfg "failover").auto.node == "db1"
+          && (toml cfg "failover").auto.enabled))
+      (check "on a database host the agent runs as postgres, hardened"
+        ((svc cfg "biblioteca-failover-agent").serviceConfig.User == "postgres"
+          && (svc cfg "biblioteca-failover-agent").serviceConfig.PrivateUsers))
+      (check "the agent reads failover.toml as a credential"
+        (lib.hasInfix "--config %d/failover.toml agent" (svc cfg "biblioteca-failover-agent").serviceConfig.ExecStart))
+    ];
+    agent-storage = cfg: common cfg ++ [
+      (check "beside the storage manager: no node, root for the roles file"
+        (!((toml cfg "failover").auto ? node) && (svc cfg "biblioteca-failover-agent").serviceConfig.User == "root"))
+    ];
+    agent-disponible = cfg: [
+      (check "automatic failover with disponible is refused" (hasMessage cfg "refuses replicacion"))
+      (check "fewer than three etcd members are refused" (hasMessage cfg "three etcd members"))
+    ];
     store-secret = cfg: [
       (check "a password file in the Nix store is refused" (hasMessage cfg "must not be in the Nix store"))
     ];
@@ -366,6 +400,16 @@ let
     standby-bare = [ module { services.biblioteca.postgresql = { enable = true; role = "standby"; }; } ];
     hostname-peer = [ module (db "standby" { peerAddresses = [ "db2" ]; primaryHost = "db1"; }) ];
     too-many-sync = [ module (db "primary" { synchronousStandbys = [ "db2" "db3" ]; synchronousCount = 3; }) ];
+    agent-db = [ module secrets keys (storageNodes kv) (db "primary" { }) (agentOn etcdMembers) ];
+    agent-storage = [ module secrets keys (storageNodes kv) (agentOn etcdMembers) ];
+    agent-disponible = [
+      module
+      secrets
+      keys
+      (storageNodes kv)
+      (agentOn [ "http://10.0.0.1:2379" ])
+      { services.biblioteca.settings.almacenamiento.replication.replicacion = "disponible"; }
+    ];
     store-secret = [ module secrets (storageNodes kv) { services.biblioteca = { enable = true; curve.enable = false; databasePasswordFile = lib.mkForce "${builtins.storeDir}/x-db"; }; } ];
   };
   quorumEval = evalWith (addressesOf quorumTest);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use biblioteca_failover::promote::{promote, PromoteOptions};
-use biblioteca_failover::{degrade, rejoin, status, switchover, FailoverConfig, Progress};
+use biblioteca_failover::{agent, degrade, rejoin, status, switchover, FailoverConfig, Progress};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +72,14 @@ enum Command {
     /// standbys): the storage manager does it, records it and reports
     /// `degradada` until `restore`.
     Degrade,
+    /// The automatic mode (opt-in, `[auto] enabled = true`): one agent per
+    /// database host and one beside each storage manager, coordinated
+    /// through etcd (docs/failover.md, "Automatic failover").
+    Agent {
+        /// This host's database node (default: `[auto] node`).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Withdraw `degrade`: synchronous replication comes back once enough
     /// standbys stream and have replayed everything.
     Restore,
@@ -88,13 +96,20 @@ impl Command {
             Command::Switchover { .. } => Some("switchover"),
             Command::Degrade => Some("degrade"),
             Command::Restore => Some("restore"),
+            // A service, not a run: its health is the unit's.
+            Command::Agent { .. } => None,
         }
     }
 }
 
 fn main() -> ExitCode {
-    biblioteca_runtime::logging::init_terminal("biblioteca-failover");
     let cli = Cli::parse();
+    // The agent is a service (journald under systemd); the rest are commands.
+    if matches!(cli.command, Some(Command::Agent { .. })) {
+        biblioteca_runtime::logging::init("biblioteca-failover");
+    } else {
+        biblioteca_runtime::logging::init_terminal("biblioteca-failover");
+    }
     let mut cfg: FailoverConfig = match biblioteca_protocol::config::parse(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -148,6 +163,7 @@ fn main() -> ExitCode {
         Command::Rejoin { node } => rejoin::rejoin(&cfg, &node, &progress),
         Command::Switchover { node } => switchover::switchover(&cfg, node.as_deref(), &progress),
         Command::Degrade => degrade::degrade(&cfg, &progress),
+        Command::Agent { node } => agent::run(&cfg, node.as_deref()),
         Command::Restore => degrade::restore(&cfg, &progress),
     };
     if let (Some(dir), Some(action)) = (&cfg.textfile_dir, action) {
