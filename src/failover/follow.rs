@@ -136,7 +136,6 @@ pub fn same_server(a: &str, b: &str) -> bool {
     server(a) == server(b)
 }
 
-
 /// Points every reachable standby other than `new` and `old` at `new`,
 /// then sets the new primary's synchronous standbys; returns the names of
 /// the standbys that stream from it.
