@@ -17,6 +17,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/faults.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/scenarios.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/scenario_s6.sh"
 
 if [[ -z ${LAB_REUSE:-} ]]; then
     lab_up
@@ -28,7 +29,8 @@ scenarios_setup
 rm -f "$LAB/scenarios.jsonl"
 
 # S5 promotes a standby and S3 crashes the primary: either runs last (S3
-# only when asked for).
+# only when asked for). S6 and S6D promote from the database side and run
+# only when asked for (PARTITIONS="S6 S6D", on a lab of their own).
 for s in ${PARTITIONS:-S1 S2 S4 S7 S8 S9 S10 S5}; do
     phase "scenario $s"
     case $s in
@@ -36,6 +38,12 @@ for s in ${PARTITIONS:-S1 S2 S4 S7 S8 S9 S10 S5}; do
         S2) CHECK_ARGS=--no-acks-during-fault check "S2: primary cut from both standbys 30 s: nothing acknowledged while cut, every write resolved" scenario S2 5 s2_fault 25 ;;
         S4) FAULT_SECONDS=20 check "S4: storage host cut from the primary 20 s" scenario S4 5 s4_fault 20 ;;
         S5) check "S5: storage host cut from the primary, failover.yml promotes a standby" scenario S5 5 s5_fault 25 ;;
+        S6) FAULT_SECONDS=10 CHECK_ARGS=--no-acks-during-fault check "S6: {app, db1} | {db2, db3}, promote on the database side: refused without --allow-data-loss, then forced; nothing acknowledged while cut" scenario S6 5 s6_fault 25 ;;
+        S6D)
+            check "S6D: the storage manager switched to replicacion = disponible" s6d_set_mode disponible
+            FAULT_SECONDS=10 check "S6D: S6 with replicacion = disponible: promote refused without --allow-data-loss (the checker reports what forcing it lost)" scenario S6D 5 s6_fault 25
+            check "S6D: the storage manager back to replicacion = estricta" s6d_set_mode estricta
+            ;;
         S7) check "S7: actors' host cut from the load manager 30 s" scenario S7 5 s7_fault 20 ;;
         S8) FAULT_SECONDS=60 check "S8: 30 % loss on the client's link 60 s" scenario S8 5 s8_fault 20 ;;
         S9) FAULT_SECONDS=60 check "S9: 10 % loss on the replication path 60 s" scenario S9 5 s9_fault 20 ;;
