@@ -36,6 +36,14 @@ s6_install_tool() {
 
 # S6: the partition, a refused then a forced promote on the database side,
 # FAULT_SECONDS more of partition, then the heal (by scenario).
+# s6_allow_side HOST: the lab's pg_hba lets the superuser in from the storage
+# host only; the tool on the database side needs it from there too.
+s6_allow_side() {
+    on "$1" "f=\$(runuser -u postgres -- psql -X -tAc 'SHOW hba_file') &&
+        { grep -q '^# s6' \"\$f\" || printf '# s6\nhost all postgres $NET.0/24 scram-sha-256\n' >>\"\$f\"; } &&
+        runuser -u postgres -- psql -X -tAc 'SELECT pg_reload_conf()' >/dev/null"
+}
+
 s6_fault() {
     local old=$1 node h out log=$LOGS/s6-promote side=() stale=()
     # The database side: the standbys. A fenced former primary left by an
@@ -45,6 +53,7 @@ s6_fault() {
         if [[ $(qsql "$h" 'SELECT pg_is_in_recovery()') == t ]]; then side+=("$h"); else stale+=("$h"); fi
     done
     node=${side[0]:?no standby to promote}
+    for h in "${side[@]}"; do s6_allow_side "$h" || FAULT_FAILED="cannot open pg_hba on $h"; done
     for h in "${side[@]}"; do
         cut_both app "$h"
         cut_both "$old" "$h"
