@@ -63,7 +63,8 @@ s6_fault() {
     done
     sleep 5
     s6_install_tool "$node"
-    local promote="biblioteca-failover --config $S6_CONFIG promote --node $(pg_node_name "$node")"
+    # No --node: the tool picks the reachable standby with the most WAL.
+    local promote="biblioteca-failover --config $S6_CONFIG promote"
     mark "promote $node (refused)"
     if out=$(on "$node" "$promote" 2>&1); then
         FAULT_FAILED="promote on $node without --allow-data-loss did not refuse"
@@ -75,6 +76,7 @@ s6_fault() {
     mark "promote $node --allow-data-loss"
     out=$(on "$node" "$promote --allow-data-loss" 2>&1) || true
     printf '%s\n' "$out" >"$log-forced.log"
+    for h in "${side[@]}"; do [[ $(qsql "$h" 'SELECT pg_is_in_recovery()') == f ]] && node=$h; done
     if [[ $(qsql "$node" 'SELECT pg_is_in_recovery()') != f ]]; then
         FAULT_FAILED="${FAULT_FAILED:+$FAULT_FAILED; }promote --allow-data-loss did not promote $node: $(tail -n 3 "$log-forced.log")"
     elif ! grep -q "old primary unreachable" "$log-forced.log"; then
