@@ -61,6 +61,18 @@ impl Node {
         format!("host=127.0.0.1 port={} user={user} dbname={db}", self.port)
     }
 
+    /// This node as a `[[nodes]]` entry of `biblioteca-failover`'s TOML,
+    /// connecting as `user` to `db`.
+    pub fn failover_toml_entry(&self, user: &str, db: &str) -> String {
+        format!(
+            "[[nodes]]\nname = \"{}\"\nconninfo = \"{}\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n\n",
+            self.name,
+            self.conninfo(user, db),
+            self.data_dir.display(),
+            self.log_file.display()
+        )
+    }
+
     /// `pg_ctl -D DATA ARGS..` (as the PostgreSQL user when root).
     pub fn pg_ctl<I, S>(&self, args: I) -> Result<String, ClusterError>
     where

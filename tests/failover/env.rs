@@ -116,15 +116,7 @@ impl Env {
 
     /// (Re)writes the failover config (the storage manager's pid changes on restart).
     pub fn write_failover_toml(&mut self) {
-        let node = |n: &Node| {
-            format!(
-                "[[nodes]]\nname = \"{}\"\nconninfo = \"{}\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n\n",
-                n.name,
-                n.conninfo("postgres", "library"),
-                n.data_dir.display(),
-                n.log_file.display()
-            )
-        };
+        let node = |n: &Node| n.failover_toml_entry("postgres", "library");
         let pid = self.stack().storage.pid().expect("storage pid");
         let nodes: String = self.cluster.nodes().into_iter().map(node).collect();
         let text = format!(

@@ -78,15 +78,7 @@ impl World {
     }
 
     fn write_failover_toml(&self) {
-        let node = |n: &Node| {
-            format!(
-                "[[nodes]]\nname = \"{}\"\nconninfo = \"{}\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n\n",
-                n.name,
-                n.conninfo("postgres", "library"),
-                n.data_dir.display(),
-                n.log_file.display()
-            )
-        };
+        let node = |n: &Node| n.failover_toml_entry("postgres", "library");
         let pid = self.stack.storage.pid().expect("storage pid");
         let nodes: String = self.cluster.nodes().into_iter().map(node).collect();
         let text = format!(

@@ -36,13 +36,7 @@ impl Ours {
         let cluster = Cluster::create(spec)?;
         let mut text = String::new();
         for n in cluster.nodes() {
-            text += &format!(
-                "[[nodes]]\nname = \"{}\"\nconninfo = \"{}\"\ndata_dir = \"{}\"\nlog_file = \"{}\"\n\n",
-                n.name,
-                n.conninfo(SUPERUSER, "postgres"),
-                n.data_dir.display(),
-                n.log_file.display()
-            );
+            text += &n.failover_toml_entry(SUPERUSER, "postgres");
         }
         let quoted: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
         text += &format!(
